@@ -1,0 +1,565 @@
+"""The configuration schema: the upstream LoRA-routing guide's keys verbatim, plus our own sections.
+
+Loading is three steps: YAML -> plain data (PyYAML), plain data -> typed `Config` (msgspec, which
+rejects unknown keys and out-of-range values), then `check` for the rules that span several fields
+(a `lora_name` must be declared under its model, endpoints must exist, ...). `load_config` runs all
+three and raises `ConfigError` carrying *every* problem found, each with its path and, where the
+YAML has it, its line; a bad config therefore never starts a service.
+
+Relative paths in the config (model directories, mapping files) are resolved against the current
+working directory, as upstream does.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+import yaml
+
+__all__ = [
+    "DEFAULT_AUTO_MODEL_NAMES",
+    "DEFAULT_REASONING_FAMILIES",
+    "Batching",
+    "Category",
+    "CategoryModel",
+    "Classifier",
+    "Config",
+    "ConfigError",
+    "ConfigIssue",
+    "Dispatcher",
+    "Inference",
+    "Ingress",
+    "Lora",
+    "ModelConfig",
+    "ModelScore",
+    "Nats",
+    "ReasoningFamily",
+    "Routing",
+    "VllmEndpoint",
+    "check",
+    "decode_config",
+    "load_config",
+]
+
+
+class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Base of every config table.
+
+    `forbid_unknown_fields`: a misspelt key (`treshold`) is an error, not a setting silently left
+    at its default. `kw_only`: fields are named in YAML, never positional.
+    """
+
+
+# --------------------------------------------------------------------------- the guide's keys
+
+
+class CategoryModel(_Strict):
+    """`classifier.category_model`: the domain classifier."""
+
+    model_id: str
+    """Model directory (upstream layout: `model.onnx` or `onnx/*.onnx`, `tokenizer.json`,
+    `config.json`, `category_mapping.json`)."""
+    use_modernbert: bool = False
+    """Accepted for compatibility; the architecture is read from the model directory."""
+    threshold: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.6
+    """Below this confidence a request has no category and goes to `default_model`. Too low routes
+    doubtful requests to a specialist adapter; too high sends most traffic to the default."""
+    use_cpu: bool = True
+    """Run on the CPU even where a CUDA provider is available."""
+    category_mapping_path: str | None = None
+    """`category_mapping.json`; defaults to the one inside `model_id`."""
+
+
+class Classifier(_Strict):
+    """`classifier`: the guide's classifier section."""
+
+    category_model: CategoryModel
+
+
+class VllmEndpoint(_Strict):
+    """`vllm_endpoints[]`: one vLLM server."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1)]
+    address: Annotated[str, msgspec.Meta(min_length=1)]
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)]
+    weight: Annotated[float, msgspec.Meta(ge=0.0)] = 1.0
+    """Share of this model's traffic among its `preferred_endpoints`; 0 keeps it as a standby."""
+    scheme: Literal["http", "https"] = "http"
+    """Addition: `https` for a TLS-terminated vLLM."""
+
+    @property
+    def base_url(self) -> str:
+        """`scheme://address:port`, without a trailing slash."""
+        return f"{self.scheme}://{self.address}:{self.port}"
+
+
+class Lora(_Strict):
+    """`model_config.<model>.loras[]`: an adapter served on top of the base model."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1)]
+    description: str = ""
+
+
+class ModelConfig(_Strict):
+    """`model_config.<model>`: a base model, its endpoints and its adapters."""
+
+    reasoning_family: str | None = None
+    """Key into `reasoning_families`; how reasoning is switched on and off for this model."""
+    preferred_endpoints: list[str] = msgspec.field(default_factory=list)
+    """Names from `vllm_endpoints`; empty means every endpoint."""
+    loras: list[Lora] = msgspec.field(default_factory=list)
+
+
+ReasoningEffort = Literal["minimal", "low", "medium", "high"]
+
+
+class ModelScore(_Strict):
+    """`categories[].model_scores[]`: one candidate for a category; the highest score wins."""
+
+    model: Annotated[str, msgspec.Meta(min_length=1)]
+    lora_name: str | None = None
+    """The adapter to send as `model`; unset means the base model itself."""
+    score: Annotated[float, msgspec.Meta(ge=0.0)] = 1.0
+    use_reasoning: bool | None = None
+    """True/False sends an explicit on/off through the model's reasoning family; unset sends nothing."""
+    reasoning_effort: ReasoningEffort | None = None
+    """This candidate's effort; falls back to `routing.default_reasoning_effort`."""
+
+
+class Category(_Strict):
+    """`categories[]`: a domain, its system prompt and its candidate models."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1)]
+    description: str = ""
+    system_prompt: str | None = None
+    model_scores: list[ModelScore] = msgspec.field(default_factory=list)
+    mmlu_categories: list[str] | None = None
+    """Addition (upstream v0.3's name): the classifier labels that count as this category, so a
+    14-label model can drive fewer categories; their probabilities are summed. Default: `[name]`."""
+
+    @property
+    def labels(self) -> list[str]:
+        """The classifier labels that map to this category."""
+        return [self.name] if self.mmlu_categories is None else list(self.mmlu_categories)
+
+
+class ReasoningFamily(_Strict):
+    """`reasoning_families.<name>`: how a model family expresses reasoning on/off and effort."""
+
+    type: Literal["chat_template_kwargs", "reasoning_effort", "top_level_reasoning_effort"]
+    parameter: Annotated[str, msgspec.Meta(min_length=1)]
+
+
+# --------------------------------------------------------------------------- our own sections
+
+
+class Nats(_Strict):
+    """`nats`: the message bus. The server URL itself comes from `--nats` or `LORAROUTE_NATS_URL`."""
+
+    subject_prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")] = (
+        "loraroute"
+    )
+    """Prefix of every subject, so several deployments can share one NATS cluster."""
+
+
+class Ingress(_Strict):
+    """`ingress`: the HTTP front door."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8080
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 4 * 1024 * 1024
+    """Larger bodies get 413. Too small rejects long conversations; too large lets one client
+    make every stage copy megabytes."""
+    request_timeout_s: Annotated[float, msgspec.Meta(gt=0.0)] = 300.0
+    """Deadline for a whole request; past it the client gets 504 and queued work is dropped."""
+    classify_timeout_s: Annotated[float, msgspec.Meta(gt=0.0)] = 10.0
+    """Deadline for the classification API (`/api/v1/classify/*`)."""
+
+
+class Routing(_Strict):
+    """`routing`: how a request becomes a route (DESIGN section 4)."""
+
+    auto_model_names: list[str] = msgspec.field(
+        default_factory=lambda: list(DEFAULT_AUTO_MODEL_NAMES)
+    )
+    """`model` values that ask for classification; any configured model or adapter passes through."""
+    system_prompt_mode: Literal["insert", "replace"] = "insert"
+    """`insert` puts the category's prompt before an existing system message's text; `replace`
+    overwrites it. Without a system message, both add one first."""
+    history_user_turns: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Earlier user turns classified together with the last one (0: the last user message only).
+    More turns keep a conversation on one adapter; fewer follow topic changes at once."""
+    max_text_chars: Annotated[int, msgspec.Meta(ge=16)] = 2048
+    """Text classified is cut to this many characters (head and tail kept) before tokenizing;
+    the tokenizer then truncates at the model's max length. Both are counted, never silent."""
+    default_reasoning_effort: ReasoningEffort = "medium"
+
+
+class Batching(_Strict):
+    """`batching`: the classifier's micro-batcher (DESIGN section 6)."""
+
+    max_batch_size: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 32
+    """Larger batches raise throughput on 2+ cores but each request waits for the whole batch."""
+    max_batch_tokens: Annotated[int, msgspec.Meta(ge=16)] = 8192
+    """Padded cost budget (longest x count); stops one long text from inflating a whole batch."""
+    max_wait_ms: Annotated[float, msgspec.Meta(ge=0.0)] = 2.0
+    """How long a batch may wait to fill. 0: classify whatever is queued at once."""
+    max_queue: Annotated[int, msgspec.Meta(ge=1)] = 1024
+    """Requests waiting beyond this are refused at once (overloaded) rather than queued forever."""
+
+
+class Inference(_Strict):
+    """`inference`: the ONNX Runtime session."""
+
+    intra_op_threads: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Threads for one batch; 0 lets ONNX Runtime use every core."""
+    inter_op_threads: Annotated[int, msgspec.Meta(ge=1)] = 1
+
+
+class Dispatcher(_Strict):
+    """`dispatcher`: calls to vLLM."""
+
+    max_connections_per_endpoint: Annotated[int, msgspec.Meta(ge=1)] = 256
+    """Requests in flight to one vLLM at once; more wait for a connection."""
+    connect_timeout_s: Annotated[float, msgspec.Meta(gt=0.0)] = 5.0
+    """A connect slower than this counts as a dead endpoint and is retried elsewhere."""
+    max_attempts: Annotated[int, msgspec.Meta(ge=1)] = 2
+    """Endpoints tried per request, only while nothing has been sent to the client."""
+    check_response_model: bool = True
+    """Fail a response whose `model` differs from the adapter asked for (a misconfigured vLLM)."""
+
+
+DEFAULT_AUTO_MODEL_NAMES: tuple[str, ...] = ("MoM", "auto", "vllm-sr/auto")
+
+DEFAULT_REASONING_FAMILIES: dict[str, ReasoningFamily] = {
+    "qwen3": ReasoningFamily(type="chat_template_kwargs", parameter="enable_thinking"),
+    "deepseek": ReasoningFamily(type="chat_template_kwargs", parameter="thinking"),
+    "gpt-oss": ReasoningFamily(type="reasoning_effort", parameter="reasoning_effort"),
+    "mistral": ReasoningFamily(type="top_level_reasoning_effort", parameter="reasoning_effort"),
+}
+
+
+class Config(_Strict):
+    """The whole file. The first five keys are the upstream guide's; the rest are additions."""
+
+    classifier: Classifier
+    vllm_endpoints: list[VllmEndpoint]
+    model_config: dict[str, ModelConfig]
+    default_model: Annotated[str, msgspec.Meta(min_length=1)]
+    categories: list[Category]
+    nats: Nats = msgspec.field(default_factory=Nats)
+    ingress: Ingress = msgspec.field(default_factory=Ingress)
+    routing: Routing = msgspec.field(default_factory=Routing)
+    batching: Batching = msgspec.field(default_factory=Batching)
+    inference: Inference = msgspec.field(default_factory=Inference)
+    dispatcher: Dispatcher = msgspec.field(default_factory=Dispatcher)
+    reasoning_families: dict[str, ReasoningFamily] = msgspec.field(
+        default_factory=lambda: dict(DEFAULT_REASONING_FAMILIES)
+    )
+    """Replaces the defaults (qwen3, deepseek, gpt-oss, mistral) as a whole when given."""
+
+    def base_model_of(self, name: str) -> str | None:
+        """The base model serving `name` (itself for a base model, the parent for an adapter)."""
+        if name in self.model_config:
+            return name
+        for base, model in self.model_config.items():
+            if any(lora.name == name for lora in model.loras):
+                return base
+        return None
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class ConfigIssue(msgspec.Struct, frozen=True):
+    """One problem: where (`path`, `line` when the YAML has it) and what."""
+
+    path: str
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f"line {self.line}: " if self.line is not None else ""
+        return f"{where}{self.path}: {self.message}" if self.path else f"{where}{self.message}"
+
+
+class ConfigError(ValueError):
+    """The config is invalid; `issues` lists every problem found (never empty)."""
+
+    def __init__(self, issues: Sequence[ConfigIssue], source: str = "") -> None:
+        self.issues = list(issues)
+        self.source = source
+        head = f"{source}: " if source else ""
+        super().__init__(head + "; ".join(map(str, self.issues)))
+
+
+# --------------------------------------------------------------------------- loading
+
+_PATH_TOKEN = re.compile(r"\.([A-Za-z_][\w-]*)|\[(\d+)\]|\[['\"]?([^\]'\"]+)['\"]?\]")
+
+
+def _yaml_lines(text: str) -> dict[tuple[str | int, ...], int]:
+    """Map each key path of a YAML document to its 1-based line (keys, not values)."""
+    lines: dict[tuple[str | int, ...], int] = {}
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return lines
+
+    def walk(node: yaml.Node, path: tuple[str | int, ...]) -> None:
+        lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                child = (*path, str(key.value))
+                lines[child] = key.start_mark.line + 1
+                walk(value, child)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                walk(item, (*path, index))
+
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _split_path(path: str) -> tuple[str | int, ...]:
+    """`categories[1].model_scores[0]` or msgspec's `$.categories[1]...` -> key tuple."""
+    text = path.removeprefix("$")
+    if text and not text.startswith((".", "[")):
+        text = "." + text
+    parts: list[str | int] = []
+    for name, index, key in _PATH_TOKEN.findall(text):
+        parts.append(name or (int(index) if index else key))
+    return tuple(parts)
+
+
+def _line_for(path: str, lines: Mapping[tuple[str | int, ...], int]) -> int | None:
+    keys = _split_path(path)
+    while keys:
+        if keys in lines:
+            return lines[keys]
+        keys = keys[:-1]
+    return None
+
+
+def _from_validation_error(error: msgspec.ValidationError) -> ConfigIssue:
+    text = str(error)
+    message, _, where = text.partition(" - at `")
+    path = where.rstrip("`").removeprefix("$").removeprefix(".")
+    unknown = re.match(r"Object contains unknown field `(.+)`", message)
+    if unknown:
+        path = f"{path}.{unknown.group(1)}" if path else unknown.group(1)
+        message = "unknown key (not part of the schema; check its spelling)"
+    return ConfigIssue(path=path, message=message)
+
+
+def decode_config(data: Any) -> Config:
+    """Turn plain data (as parsed from YAML) into a typed `Config`, without cross-checks.
+
+    Raises `ConfigError` with the first type or range problem msgspec finds.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError([ConfigIssue("", "the config must be a mapping of keys to values")])
+    try:
+        return msgspec.convert(data, Config, str_keys=True)
+    except msgspec.ValidationError as error:
+        raise ConfigError([_from_validation_error(error)]) from error
+
+
+def load_config(
+    path: str | Path,
+    *,
+    labels: Sequence[str] | None = None,
+) -> tuple[Config, list[ConfigIssue]]:
+    """Read, type and cross-check the YAML file at `path`.
+
+    `labels` are the classifier's labels when known (from the model directory); with them, every
+    category must be reachable. Returns the config and its warnings (problems that do not stop
+    routing, e.g. an undefined reasoning family). Raises `ConfigError` listing every error, each
+    with the YAML line where available, and `OSError` when the file cannot be read.
+    """
+    source = str(path)
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise ConfigError([ConfigIssue("", f"not valid YAML: {error}", line)], source) from error
+    lines = _yaml_lines(text)
+    try:
+        config = decode_config(data)
+    except ConfigError as error:
+        raise ConfigError(
+            [ConfigIssue(i.path, i.message, _line_for(i.path, lines)) for i in error.issues], source
+        ) from error
+    errors, warnings = check(config, labels=labels)
+    errors = [ConfigIssue(i.path, i.message, _line_for(i.path, lines)) for i in errors]
+    warnings = [ConfigIssue(i.path, i.message, _line_for(i.path, lines)) for i in warnings]
+    if errors:
+        raise ConfigError(errors, source)
+    return config, warnings
+
+
+# --------------------------------------------------------------------------- cross-checks
+
+
+def _duplicates(names: Iterable[str]) -> list[str]:
+    seen: set[str] = set()
+    repeated: list[str] = []
+    for name in names:
+        if name in seen and name not in repeated:
+            repeated.append(name)
+        seen.add(name)
+    return repeated
+
+
+def check(
+    config: Config, *, labels: Sequence[str] | None = None
+) -> tuple[list[ConfigIssue], list[ConfigIssue]]:
+    """The rules that span several fields. Returns `(errors, warnings)`; never raises.
+
+    Errors: undeclared adapters, unknown models or endpoints, duplicate names, a `default_model`
+    that is neither a base model nor an adapter, auto names that shadow a model, and (when
+    `labels` is given) categories no classifier label reaches or labels claimed twice.
+    Warnings: reasoning families the config does not define (no reasoning field is sent).
+    """
+    errors: list[ConfigIssue] = []
+    warnings: list[ConfigIssue] = []
+
+    endpoint_names = [e.name for e in config.vllm_endpoints]
+    for name in _duplicates(endpoint_names):
+        index = endpoint_names.index(name, endpoint_names.index(name) + 1)
+        errors.append(ConfigIssue(f"vllm_endpoints[{index}].name", f"duplicate endpoint {name!r}"))
+    if not config.vllm_endpoints:
+        errors.append(ConfigIssue("vllm_endpoints", "at least one endpoint is required"))
+
+    if not config.model_config:
+        errors.append(ConfigIssue("model_config", "at least one base model is required"))
+    adapter_owner: dict[str, str] = {}
+    for model_name, model in config.model_config.items():
+        where = f"model_config[{model_name!r}]"
+        for i, endpoint in enumerate(model.preferred_endpoints):
+            if endpoint not in endpoint_names:
+                errors.append(
+                    ConfigIssue(
+                        f"{where}.preferred_endpoints[{i}]",
+                        f"{endpoint!r} is not an endpoint in vllm_endpoints "
+                        f"(known: {', '.join(endpoint_names) or 'none'})",
+                    )
+                )
+        for i, lora in enumerate(model.loras):
+            if lora.name in config.model_config:
+                errors.append(
+                    ConfigIssue(
+                        f"{where}.loras[{i}].name",
+                        f"{lora.name!r} is also a base model name; vLLM could not tell them apart",
+                    )
+                )
+            elif lora.name in adapter_owner:
+                owner = adapter_owner[lora.name]
+                other = "this model" if owner == model_name else f"model_config[{owner!r}]"
+                errors.append(
+                    ConfigIssue(
+                        f"{where}.loras[{i}].name",
+                        f"duplicate adapter {lora.name!r} (already declared under {other})",
+                    )
+                )
+            else:
+                adapter_owner[lora.name] = model_name
+        family = model.reasoning_family
+        if family is not None and family not in config.reasoning_families:
+            warnings.append(
+                ConfigIssue(
+                    f"{where}.reasoning_family",
+                    f"{family!r} is not defined in reasoning_families; no reasoning field will be "
+                    f"sent for this model (defined: {', '.join(config.reasoning_families)})",
+                )
+            )
+
+    known_models = set(config.model_config) | set(adapter_owner)
+    if config.default_model not in known_models:
+        errors.append(
+            ConfigIssue(
+                "default_model",
+                f"{config.default_model!r} is neither a base model in model_config nor a "
+                "declared adapter",
+            )
+        )
+
+    category_names = [c.name for c in config.categories]
+    for name in _duplicates(category_names):
+        index = category_names.index(name, category_names.index(name) + 1)
+        errors.append(ConfigIssue(f"categories[{index}].name", f"duplicate category {name!r}"))
+    for ci, category in enumerate(config.categories):
+        for si, score in enumerate(category.model_scores):
+            where = f"categories[{ci}].model_scores[{si}]"
+            base = config.model_config.get(score.model)
+            if base is None:
+                errors.append(
+                    ConfigIssue(
+                        f"{where}.model",
+                        f"{score.model!r} is not a base model in model_config "
+                        f"(known: {', '.join(config.model_config) or 'none'})",
+                    )
+                )
+                continue
+            if score.lora_name is not None and all(
+                lora.name != score.lora_name for lora in base.loras
+            ):
+                errors.append(
+                    ConfigIssue(
+                        f"{where}.lora_name",
+                        f"{score.lora_name!r} is not declared in "
+                        f"model_config[{score.model!r}].loras",
+                    )
+                )
+
+    for i, name in enumerate(config.routing.auto_model_names):
+        if name in known_models:
+            errors.append(
+                ConfigIssue(
+                    f"routing.auto_model_names[{i}]",
+                    f"{name!r} is also a model name; requests for it could not pass through",
+                )
+            )
+
+    if labels is not None:
+        label_set = set(labels)
+        claimed: dict[str, str] = {}
+        for ci, category in enumerate(config.categories):
+            where = f"categories[{ci}]"
+            mapped = [label for label in category.labels if label in label_set]
+            if not mapped:
+                key = "mmlu_categories" if category.mmlu_categories is not None else "name"
+                errors.append(
+                    ConfigIssue(
+                        f"{where}.{key}",
+                        f"category {category.name!r} is reached by no classifier label "
+                        f"(model labels: {', '.join(labels)}); list the labels that mean it "
+                        "under mmlu_categories",
+                    )
+                )
+            for li, label in enumerate(category.labels):
+                if label not in label_set:
+                    if category.mmlu_categories is not None:
+                        errors.append(
+                            ConfigIssue(
+                                f"{where}.mmlu_categories[{li}]",
+                                f"{label!r} is not a label of the classifier",
+                            )
+                        )
+                elif label in claimed:
+                    errors.append(
+                        ConfigIssue(
+                            f"{where}.mmlu_categories[{li}]" if category.mmlu_categories else where,
+                            f"label {label!r} already maps to category {claimed[label]!r}",
+                        )
+                    )
+                else:
+                    claimed[label] = category.name
+    return errors, warnings

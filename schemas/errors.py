@@ -1,0 +1,137 @@
+"""The OpenAI/vLLM error shape, and the one table from error kind to HTTP status.
+
+vLLM (0.10.1+) answers every failure it handles with ``{"error": {"message", "type", "param", "code"}}``
+(``ErrorResponse`` here); releases up to 0.10.0 used a flat body (``LegacyErrorResponse``). Code that
+produces errors picks an ``ErrorKind`` and calls ``error_response``; the kind's value is the wire
+``type`` string and ``STATUS`` gives its HTTP status, so no handler spells either. Code that reads
+errors from an upstream should use ``parse_error_body``, which accepts every shape vLLM has sent.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import msgspec
+
+__all__ = [
+    "STATUS",
+    "ErrorInfo",
+    "ErrorKind",
+    "ErrorResponse",
+    "LegacyErrorResponse",
+    "error_response",
+    "parse_error_body",
+]
+
+
+class ErrorKind(enum.Enum):
+    """What went wrong; the value is the ``type`` string vLLM puts on the wire for it."""
+
+    #: The body failed schema validation: missing field, wrong type, invalid JSON, wrong content type.
+    #: vLLM sends the HTTP reason phrase here, not an exception name.
+    VALIDATION = "Bad Request"
+    #: A semantic check on a well-formed request failed (``max_tokens`` too large, ``stream_options``
+    #: without ``stream``, prompt longer than the context).
+    BAD_REQUEST = "BadRequestError"
+    #: The runtime LoRA endpoints' argument errors (empty name, name taken, already loaded).
+    INVALID_USER_INPUT = "InvalidUserInput"
+    #: Unknown model or adapter (same error for both), unknown adapter path, unload of an unknown name.
+    NOT_FOUND = "NotFoundError"
+    #: Input that parsed but cannot be processed (e.g. an image URL that cannot be fetched).
+    UNPROCESSABLE = "UnprocessableEntityError"
+    #: Generation failed, or the engine died.
+    INTERNAL = "InternalServerError"
+    #: The endpoint is not supported by this model (chat on a model without a chat template).
+    NOT_IMPLEMENTED = "NotImplementedError"
+    #: A retryable engine failure, or the engine is paused.
+    UNAVAILABLE = "ServiceUnavailableError"
+    #: Admission control refused the request (vLLM's ``--max-num-queued-reqs``); no ``Retry-After``.
+    QUEUE_FULL = "Service Unavailable"
+
+
+#: The one mapping from kind to HTTP status.
+STATUS: dict[ErrorKind, int] = {
+    ErrorKind.VALIDATION: 400,
+    ErrorKind.BAD_REQUEST: 400,
+    ErrorKind.INVALID_USER_INPUT: 400,
+    ErrorKind.NOT_FOUND: 404,
+    ErrorKind.UNPROCESSABLE: 422,
+    ErrorKind.INTERNAL: 500,
+    ErrorKind.NOT_IMPLEMENTED: 501,
+    ErrorKind.UNAVAILABLE: 503,
+    ErrorKind.QUEUE_FULL: 503,
+}
+
+
+class ErrorInfo(msgspec.Struct, kw_only=True):
+    """The inner error object. ``param`` names the offending field (``"model"``, ``"body.messages"``)
+    or is null; ``code`` repeats the HTTP status."""
+
+    message: str
+    type: str
+    param: str | None = None
+    code: int
+
+
+class ErrorResponse(msgspec.Struct, kw_only=True):
+    """The current (vLLM >= 0.10.1) error body: ``{"error": ErrorInfo}``."""
+
+    error: ErrorInfo
+
+    @property
+    def status(self) -> int:
+        """The HTTP status to send this body with."""
+        return self.error.code
+
+
+class LegacyErrorResponse(msgspec.Struct, kw_only=True):
+    """The flat error body of vLLM <= 0.10.0: ``{"object": "error", "message", "type", "param", "code"}``."""
+
+    object: str = "error"
+    message: str
+    type: str
+    param: str | None = None
+    code: int
+
+    @classmethod
+    def from_current(cls, response: ErrorResponse) -> LegacyErrorResponse:
+        e = response.error
+        return cls(message=e.message, type=e.type, param=e.param, code=e.code)
+
+
+def error_response(kind: ErrorKind, message: str, param: str | None = None) -> ErrorResponse:
+    """Build the error body for ``kind``; ``code`` comes from ``STATUS``."""
+    return ErrorResponse(
+        error=ErrorInfo(message=message, type=kind.value, param=param, code=STATUS[kind])
+    )
+
+
+def parse_error_body(body: bytes, status: int) -> ErrorInfo:
+    """Read an error body from any vLLM-like server, leniently.
+
+    Accepts the nested shape, the legacy flat shape, FastAPI's ``{"detail": ...}`` (unknown route,
+    wrong method) and vLLM's ``{"error": "Unauthorized"}``; anything else (including bodies that are
+    not JSON) becomes an ``ErrorInfo`` carrying the raw text. Never raises.
+    """
+    try:
+        data: Any = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return ErrorInfo(message=body.decode("utf-8", "replace"), type="", code=status)
+    if isinstance(data, dict):
+        inner = data.get("error")
+        if isinstance(inner, dict):
+            data = inner
+        elif isinstance(inner, str):
+            return ErrorInfo(message=inner, type=inner, code=status)
+        elif "detail" in data and "message" not in data:
+            return ErrorInfo(message=str(data["detail"]), type="", code=status)
+        param = data.get("param")
+        code = data.get("code")
+        return ErrorInfo(
+            message=str(data.get("message", "")),
+            type=str(data.get("type") or ""),
+            param=param if isinstance(param, str) else None,
+            code=code if isinstance(code, int) else status,
+        )
+    return ErrorInfo(message=str(data), type="", code=status)

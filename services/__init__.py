@@ -1,0 +1,1 @@
+"""The running parts of loraroute: one sub-package per service, plus `common`."""

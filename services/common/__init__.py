@@ -1,0 +1,1 @@
+"""What several services share: NATS connection, subjects, logging, metrics, settings."""

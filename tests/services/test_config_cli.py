@@ -1,0 +1,62 @@
+"""`loraroute config check`: OK and exit 0, or every error and exit 1."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.schemas.test_config import GUIDE
+
+
+def _run(path: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", "config", "check", str(path)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+
+
+def test_ok(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(GUIDE)
+    result = _run(path, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{path}: OK"
+    assert "category reachability not checked" in result.stderr
+
+
+def test_every_error_printed(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        GUIDE.replace('lora_name: "medical-lora"', 'lora_name: "x-lora"').replace(
+            'default_model: "llama2-7b"', 'default_model: "nope"'
+        )
+    )
+    result = _run(path, tmp_path)
+    assert result.returncode == 1
+    assert "2 error(s)" in result.stderr
+    assert "default_model: 'nope'" in result.stderr
+    assert "categories[1].model_scores[0].lora_name: 'x-lora'" in result.stderr
+
+
+def test_labels_from_model_directory(tmp_path: Path) -> None:
+    model = tmp_path / "models" / "category_classifier_modernbert-base_model"
+    model.mkdir(parents=True)
+    labels = {"0": "technical", "1": "medical", "2": "general"}
+    (model / "config.json").write_text(json.dumps({"id2label": labels}))
+    path = tmp_path / "c.yaml"
+    path.write_text(GUIDE)
+    result = _run(path, tmp_path)
+    assert result.returncode == 1
+    assert "category 'legal' is reached by no classifier label" in result.stderr
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    result = _run(tmp_path / "absent.yaml", tmp_path)
+    assert result.returncode == 1
+    assert "cannot read" in result.stderr
