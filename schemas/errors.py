@@ -44,10 +44,21 @@ class ErrorKind(enum.Enum):
     INTERNAL = "InternalServerError"
     #: The endpoint is not supported by this model (chat on a model without a chat template).
     NOT_IMPLEMENTED = "NotImplementedError"
-    #: A retryable engine failure, or the engine is paused.
+    #: A retryable engine failure, or the engine is paused; for loraroute also "no classifier or
+    #: dispatcher is subscribed" (NATS no responders), answered at once.
     UNAVAILABLE = "ServiceUnavailableError"
     #: Admission control refused the request (vLLM's ``--max-num-queued-reqs``); no ``Retry-After``.
     QUEUE_FULL = "Service Unavailable"
+
+    # loraroute's own kinds (the router's failures, not vLLM's).
+    #: The body is larger than the ingress accepts.
+    TOO_LARGE = "PayloadTooLargeError"
+    #: The classifier's queue is full; the client should retry later (ingress adds `Retry-After`).
+    OVERLOADED = "RateLimitError"
+    #: Every endpoint failed, or vLLM's answer was unusable (wrong model, cut stream).
+    BAD_GATEWAY = "BadGatewayError"
+    #: The request's deadline passed before an answer.
+    TIMEOUT = "TimeoutError"
 
 
 #: The one mapping from kind to HTTP status.
@@ -61,6 +72,10 @@ STATUS: dict[ErrorKind, int] = {
     ErrorKind.NOT_IMPLEMENTED: 501,
     ErrorKind.UNAVAILABLE: 503,
     ErrorKind.QUEUE_FULL: 503,
+    ErrorKind.TOO_LARGE: 413,
+    ErrorKind.OVERLOADED: 429,
+    ErrorKind.BAD_GATEWAY: 502,
+    ErrorKind.TIMEOUT: 504,
 }
 
 

@@ -175,9 +175,7 @@ def balanced_split(
     held = [e for e in examples if text_key(e.text) in held_keys]
     # Keep exactly per_class per label even when a key is shared by two rows of one label.
     held = _cap_per_label(held, per_class)
-    held_set = {text_key(e.text) for e in held}
     rest = [e for e in examples if text_key(e.text) not in held_keys]
-    del held_set
     return rest, held
 
 

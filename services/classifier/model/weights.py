@@ -1,0 +1,131 @@
+"""The committed classifier weights: one directory per head under `weights/<head-name>/`.
+
+Format (written by `loraroute model train`, read by `loraroute model build`)::
+
+    labels.json      ordered list of label strings (logit i is labels[i])
+    head.npz         weight float32 [num_labels, hidden], bias float32 [num_labels]
+                     (temperature calibration, if any, already folded in)
+    meta.json        {"pooling": "mean", "normalize": bool, "max_length": int, ...}
+                     plus free-form provenance: data sources and licences, metrics
+    encoder_lora/    optional: a peft adapter (save_pretrained of the MiniLM BertModel),
+                     merged into the encoder at build time
+
+This module needs only numpy and the standard library, so checking whether a build is
+current never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "POOLINGS",
+    "WEIGHTS_DIR",
+    "Head",
+    "head_names",
+    "load_head",
+    "save_head",
+]
+
+#: Where the committed heads live (inside the package, so a wheel carries them).
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+POOLINGS = ("mean",)
+
+
+@dataclass(frozen=True)
+class Head:
+    """A loaded head: `weight` [num_labels, hidden], `bias` [num_labels], in `labels` order."""
+
+    path: Path
+    labels: tuple[str, ...]
+    weight: npt.NDArray[np.float32]
+    bias: npt.NDArray[np.float32]
+    pooling: str
+    normalize: bool
+    max_length: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def lora_dir(self) -> Path | None:
+        """The encoder adapter directory, when the head has one."""
+        path = self.path / "encoder_lora"
+        return path if (path / "adapter_config.json").is_file() else None
+
+
+def head_names(weights_dir: Path = WEIGHTS_DIR) -> list[str]:
+    """Names of the heads committed under `weights_dir` (directories with a labels.json)."""
+    if not weights_dir.is_dir():
+        return []
+    return sorted(p.name for p in weights_dir.iterdir() if (p / "labels.json").is_file())
+
+
+def load_head(path: Path) -> Head:
+    """Read and check the head directory `path`.
+
+    Raises `FileNotFoundError` when a required file is missing and `ValueError` when the
+    files disagree (shapes, label count, unknown pooling), each naming the file.
+    """
+    for name in ("labels.json", "head.npz", "meta.json"):
+        if not (path / name).is_file():
+            raise FileNotFoundError(
+                f"{path / name} is missing; a head needs labels.json, head.npz and meta.json "
+                "(written by `loraroute model train`)"
+            )
+    labels = json.loads((path / "labels.json").read_text(encoding="utf-8"))
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise ValueError(f"{path / 'labels.json'}: expected a non-empty list of strings")
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"{path / 'labels.json'}: a label appears twice")
+    with np.load(path / "head.npz") as npz:
+        if "weight" not in npz or "bias" not in npz:
+            raise ValueError(f"{path / 'head.npz'}: needs arrays 'weight' and 'bias'")
+        weight = np.asarray(npz["weight"], dtype=np.float32)
+        bias = np.asarray(npz["bias"], dtype=np.float32)
+    if weight.ndim != 2 or weight.shape[0] != len(labels) or bias.shape != (len(labels),):
+        raise ValueError(
+            f"{path / 'head.npz'}: weight {list(weight.shape)} / bias {list(bias.shape)} do not "
+            f"fit {len(labels)} labels (expected [num_labels, hidden] and [num_labels])"
+        )
+    if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
+        raise ValueError(f"{path / 'head.npz'}: non-finite values")
+    meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path / 'meta.json'}: expected a JSON object")
+    pooling = meta.get("pooling", "mean")
+    if pooling not in POOLINGS:
+        raise ValueError(f"{path / 'meta.json'}: pooling {pooling!r} is not one of {POOLINGS}")
+    normalize = meta.get("normalize")
+    if not isinstance(normalize, bool):
+        raise ValueError(f"{path / 'meta.json'}: 'normalize' must be true or false")
+    # Required: the runtime must truncate where training did, and the encoder's own
+    # setting (256) differs from what training uses.
+    max_length = meta.get("max_length")
+    if not isinstance(max_length, int) or isinstance(max_length, bool) or not 2 <= max_length <= 512:
+        raise ValueError(f"{path / 'meta.json'}: 'max_length' must be an integer in 2..512")
+    return Head(path, tuple(labels), weight, bias, pooling, normalize, max_length, meta)
+
+
+def save_head(
+    path: Path,
+    labels: list[str],
+    weight: npt.NDArray[np.floating[Any]],
+    bias: npt.NDArray[np.floating[Any]],
+    meta: dict[str, Any],
+) -> Head:
+    """Write a head directory in the format above and return it as `load_head` reads it.
+
+    `meta` must hold `pooling`, `normalize` and `max_length`. The adapter,
+    if any, is written separately with peft's `save_pretrained(path / "encoder_lora")`.
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "labels.json").write_text(json.dumps(labels, indent=1) + "\n", encoding="utf-8")
+    np.savez(path / "head.npz", weight=weight.astype(np.float32), bias=bias.astype(np.float32))
+    (path / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return load_head(path)

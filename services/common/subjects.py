@@ -1,0 +1,53 @@
+"""Every name on the wire, defined once: subjects, queue groups and header names.
+
+Subjects derive from the configured prefix (`nats.subject_prefix`), so several deployments can
+share one NATS cluster. Model names become subject tokens through `model_token`, because NATS
+reserves `.`, `*`, `>` and white space, while model names often contain `/` and `.`.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "CLASSIFIERS_QUEUE",
+    "DISPATCHERS_QUEUE",
+    "HEADER_DEADLINE",
+    "HEADER_REQUEST_ID",
+    "HEADER_TRACEPARENT",
+    "Subjects",
+    "model_token",
+]
+
+CLASSIFIERS_QUEUE = "classifiers"
+DISPATCHERS_QUEUE = "dispatchers"
+
+#: The request id, as the client's `x-request-id` or one the ingress made.
+HEADER_REQUEST_ID = "Lr-Request-Id"
+#: Absolute deadline, Unix time in milliseconds; stages drop work that is past it.
+HEADER_DEADLINE = "Lr-Deadline-Ms"
+#: W3C trace context, passed through unchanged.
+HEADER_TRACEPARENT = "traceparent"
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def model_token(model: str) -> str:
+    """A subject token for `model`: safe characters kept, others escaped as `~XX` (hex).
+
+    Injective, so two different model names never share a dispatch subject.
+    """
+    return _UNSAFE.sub(lambda m: "".join(f"~{b:02x}" for b in m.group().encode()), model)
+
+
+class Subjects:
+    """The subjects of one deployment, from its prefix."""
+
+    def __init__(self, prefix: str = "loraroute") -> None:
+        self.prefix = prefix
+        self.classify = f"{prefix}.classify"
+        self.dispatch_all = f"{prefix}.dispatch.*"
+
+    def dispatch(self, base_model: str) -> str:
+        """The subject on which dispatchers for `base_model` listen."""
+        return f"{self.prefix}.dispatch.{model_token(base_model)}"
