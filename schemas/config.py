@@ -178,6 +178,18 @@ class Ingress(_Strict):
     """Deadline for a whole request; past it the client gets 504 and queued work is dropped."""
     classify_timeout_s: Annotated[float, msgspec.Meta(gt=0.0)] = 10.0
     """Deadline for the classification API (`/api/v1/classify/*`)."""
+    max_in_flight: Annotated[int, msgspec.Meta(ge=1)] = 4096
+    """Requests one ingress process holds open at once; beyond it new ones get 429 at once.
+    Too small refuses bursts the pipeline could absorb; too large lets a stalled pipeline pile
+    up open connections and memory in the ingress."""
+    retry_after_s: Annotated[int, msgspec.Meta(ge=0)] = 1
+    """`Retry-After` sent with 429 (overloaded). Too small makes clients hammer a saturated
+    classifier; too large leaves capacity idle after a burst."""
+    max_classify_texts: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 100
+    """Texts one `/api/v1/classify/batch` call may carry (400 beyond). Too large lets one call
+    occupy the classifier's batches and delay chat traffic."""
+    ready_timeout_s: Annotated[float, msgspec.Meta(gt=0.0)] = 1.0
+    """How long `/ready` waits for each worker kind's ping answer."""
 
 
 class Routing(_Strict):

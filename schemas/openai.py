@@ -111,9 +111,12 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class CompletionRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """``POST /v1/completions`` body. ``max_tokens`` defaults to 16 (OpenAI's and vLLM's default)."""
+    """``POST /v1/completions`` body. ``max_tokens`` defaults to 16 (OpenAI's and vLLM's default).
+    ``prompt`` is optional on the wire (vLLM answers a missing one with a 400 ``BadRequestError``)."""
 
-    prompt: str | list[str] | list[int] | list[list[int]]
+    # One text, a batch of texts, token ids, or a batch of token-id lists (msgspec allows one
+    # array type per union, hence the element union).
+    prompt: str | list[str | int | list[int]] | None = None
     model: str | None = None
     max_tokens: int | None = 16
     n: int | None = 1
@@ -157,8 +160,8 @@ class Usage(msgspec.Struct, kw_only=True):
     prompt_tokens: int
     total_tokens: int
     completion_tokens: int = 0
-    prompt_tokens_details: dict[str, Any] | None | UnsetType = UNSET
-    completion_tokens_details: dict[str, Any] | None | UnsetType = UNSET
+    prompt_tokens_details: dict[str, Any] | UnsetType | None = UNSET
+    completion_tokens_details: dict[str, Any] | UnsetType | None = UNSET
 
 
 class ResponseMessage(msgspec.Struct, kw_only=True):
@@ -205,8 +208,8 @@ class ChatCompletionResponse(msgspec.Struct, kw_only=True):
 
 class DeltaMessage(msgspec.Struct, kw_only=True):
     role: str | UnsetType = UNSET
-    content: str | None | UnsetType = UNSET
-    reasoning: str | None | UnsetType = UNSET
+    content: str | UnsetType | None = UNSET
+    reasoning: str | UnsetType | None = UNSET
     tool_calls: list[dict[str, Any]] | UnsetType = UNSET
 
 
@@ -218,8 +221,8 @@ class ChunkChoice(msgspec.Struct, kw_only=True):
     delta: DeltaMessage
     logprobs: Any = None
     finish_reason: str | None = None
-    stop_reason: int | str | None | UnsetType = UNSET
-    token_ids: list[int] | None | UnsetType = UNSET
+    stop_reason: int | str | UnsetType | None = UNSET
+    token_ids: list[int] | UnsetType | None = UNSET
 
 
 class ChatCompletionChunk(msgspec.Struct, kw_only=True):
@@ -230,10 +233,10 @@ class ChatCompletionChunk(msgspec.Struct, kw_only=True):
     created: int
     model: str
     choices: list[ChunkChoice]
-    usage: Usage | None | UnsetType = UNSET
-    system_fingerprint: str | None | UnsetType = UNSET
-    prompt_token_ids: list[int] | None | UnsetType = UNSET
-    prompt_text: str | None | UnsetType = UNSET
+    usage: Usage | UnsetType | None = UNSET
+    system_fingerprint: str | UnsetType | None = UNSET
+    prompt_token_ids: list[int] | UnsetType | None = UNSET
+    prompt_text: str | UnsetType | None = UNSET
 
 
 class CompletionChoice(msgspec.Struct, kw_only=True):
@@ -245,6 +248,7 @@ class CompletionChoice(msgspec.Struct, kw_only=True):
     token_ids: list[int] | None = None
     prompt_logprobs: Any = None
     prompt_token_ids: list[int] | None = None
+    routed_experts: Any = None
 
 
 class CompletionResponse(msgspec.Struct, kw_only=True):
@@ -259,6 +263,8 @@ class CompletionResponse(msgspec.Struct, kw_only=True):
     system_fingerprint: str | None = None
     usage: Usage
     kv_transfer_params: dict[str, Any] | None = None
+    ec_transfer_params: dict[str, Any] | None = None
+    metrics: Any = None
 
 
 class CompletionChunkChoice(msgspec.Struct, kw_only=True):
@@ -267,8 +273,8 @@ class CompletionChunkChoice(msgspec.Struct, kw_only=True):
     logprobs: Any = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None
-    token_ids: list[int] | None | UnsetType = UNSET
-    prompt_token_ids: list[int] | None | UnsetType = UNSET
+    prompt_token_ids: list[int] | None = None
+    token_ids: list[int] | None = None
 
 
 class CompletionChunk(msgspec.Struct, kw_only=True):
@@ -279,7 +285,8 @@ class CompletionChunk(msgspec.Struct, kw_only=True):
     created: int
     model: str
     choices: list[CompletionChunkChoice]
-    usage: Usage | None | UnsetType = UNSET
+    usage: Usage | UnsetType | None = UNSET
+    system_fingerprint: str | UnsetType | None = UNSET
 
 
 class ModelPermission(msgspec.Struct, kw_only=True):

@@ -61,7 +61,9 @@ class LabelMap:
                 pairs = [(f"{where}.name", category)]
             else:
                 if not listed:
-                    raise LabelMappingError(f"{where}.mmlu_categories: must list at least one label")
+                    raise LabelMappingError(
+                        f"{where}.mmlu_categories: must list at least one label"
+                    )
                 pairs = [(f"{where}.mmlu_categories[{li}]", lab) for li, lab in enumerate(listed)]
             for path, label in pairs:
                 li = index.get(label)

@@ -186,7 +186,9 @@ def _reconcile(
     if all(_GENERIC_LABEL.fullmatch(name) for name in id2label):
         return tuple(idx_to_category)
     if id2label != idx_to_category:
-        diff = next(i for i, (a, b) in enumerate(zip(id2label, idx_to_category, strict=True)) if a != b)
+        diff = next(
+            i for i, (a, b) in enumerate(zip(id2label, idx_to_category, strict=True)) if a != b
+        )
         raise ModelDirError(
             f"{mapping_path}: idx_to_category[{diff}] is {idx_to_category[diff]!r} but "
             f"{config_path} id2label[{diff}] is {id2label[diff]!r}"
@@ -197,7 +199,9 @@ def _reconcile(
 def _max_length(config: dict[str, Any], path: Path) -> int:
     value = config.get("max_seq_length")
     if value is None:
-        value = min(int(config.get("max_position_embeddings", DEFAULT_MAX_LENGTH)), DEFAULT_MAX_LENGTH)
+        value = min(
+            int(config.get("max_position_embeddings", DEFAULT_MAX_LENGTH)), DEFAULT_MAX_LENGTH
+        )
     if not isinstance(value, int) or isinstance(value, bool) or value < 2:
         raise ModelDirError(f"{path}: max_seq_length must be an integer >= 2, got {value!r}")
     return value

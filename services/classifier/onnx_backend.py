@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
-import structlog
 
 from services.classifier.backend import Prediction
 from services.classifier.errors import BackendError, ModelDirError, ProviderError
 from services.classifier.model_dir import ModelDir
 from services.classifier.tokens import Encoded
+from services.common.log import get_logger
 
 __all__ = ["CPU", "CUDA", "OnnxBackend", "softmax"]
 
@@ -30,9 +30,10 @@ CUDA = "CUDAExecutionProvider"
 
 #: Output names tried in order, as upstream does; a graph with one output uses that one.
 _OUTPUT_NAMES = ("logits", "output", "predictions")
-_INT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
-
-_log = structlog.get_logger(__name__)
+_INT_TYPES: dict[str, type[np.signedinteger[Any]]] = {
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+}
 
 
 def softmax(logits: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float32]:
@@ -100,8 +101,12 @@ class OnnxBackend:
                 else "the CUDA provider failed to load (see onnxruntime's log above)"
             )
             if require_gpu:
-                raise ProviderError(f"GPU required but the session runs on {self.provider}: {reason}")
-            _log.warning("classifier_gpu_unavailable", provider=self.provider, reason=reason)
+                raise ProviderError(
+                    f"GPU required but the session runs on {self.provider}: {reason}"
+                )
+            get_logger().warning(
+                "classifier_gpu_unavailable", provider=self.provider, reason=reason
+            )
         self._inputs = self._input_types()
         self._output = self._output_name()
 

@@ -13,6 +13,8 @@ __all__ = [
     "CLASSIFIERS_QUEUE",
     "DISPATCHERS_QUEUE",
     "HEADER_DEADLINE",
+    "HEADER_PING",
+    "HEADER_REPLY_TO",
     "HEADER_REQUEST_ID",
     "HEADER_TRACEPARENT",
     "Subjects",
@@ -28,6 +30,11 @@ HEADER_REQUEST_ID = "Lr-Request-Id"
 HEADER_DEADLINE = "Lr-Deadline-Ms"
 #: W3C trace context, passed through unchanged.
 HEADER_TRACEPARENT = "traceparent"
+#: The ingress inbox to answer, when the NATS reply subject is not it: the classifier forwards
+#: with its own bounce subject as reply (to learn of "no responders") and the inbox here.
+HEADER_REPLY_TO = "Lr-Reply-To"
+#: A liveness probe: a service answers at once with an empty body and does no work.
+HEADER_PING = "Lr-Ping"
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -47,6 +54,11 @@ class Subjects:
         self.prefix = prefix
         self.classify = f"{prefix}.classify"
         self.dispatch_all = f"{prefix}.dispatch.*"
+
+    def bounce(self, instance: str) -> str:
+        """Reply-subject prefix of one classifier process; NATS "no responders" statuses for
+        the requests it forwarded arrive below it (`<bounce>.<original reply subject>`)."""
+        return f"{self.prefix}.bounce.{model_token(instance)}"
 
     def dispatch(self, base_model: str) -> str:
         """The subject on which dispatchers for `base_model` listen."""

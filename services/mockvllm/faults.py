@@ -43,6 +43,16 @@ class Fault:
     every: int | None = None  # every N-th request (1 = all)
     after: int = 1
 
+    def __str__(self) -> str:
+        when = (
+            f"%{self.every}"
+            if self.every not in (None, 1)
+            else "*"
+            if self.every
+            else str(self.nth)
+        )
+        return f"{self.kind.value}@{when}" + (f",after={self.after}" if self.after != 1 else "")
+
     def matches(self, request_no: int) -> bool:
         if self.nth is not None:
             return request_no == self.nth

@@ -1,7 +1,7 @@
 """What the mock "generates": deterministic text per (model, prompt), or an echo of the request.
 
-Text mode: the same model and prompt always give the same tokens, and different models (base or
-adapter) give different ones, so a test can tell by the text which adapter answered, as it can with a
+Text mode: the same weights (model or adapter path) and prompt always give the same tokens, and
+different weights give different ones, so a test can tell by the text which adapter answered, as it can with a
 real vLLM serving distinct adapters. Echo mode: the reply is the received request body as JSON, so a
 test can assert exactly what vLLM would have seen (model, messages with any injected system prompt,
 ``chat_template_kwargs``, ``reasoning_effort``, ...).
@@ -25,12 +25,61 @@ __all__ = [
     "render_chat",
 ]
 
-_WORDS = (
-    "the server data request model adapter route queue token stream patient dose clinic symptom "
-    "contract clause court liability kernel cache thread socket latency batch signal vector index "
-    "policy review answer value field record system network memory process state event market "
-    "report design module config error result version update option source target layer weight"
-).split()
+_WORDS = [
+    "the",
+    "server",
+    "data",
+    "request",
+    "model",
+    "adapter",
+    "route",
+    "queue",
+    "token",
+    "stream",
+    "patient",
+    "dose",
+    "clinic",
+    "symptom",
+    "contract",
+    "clause",
+    "court",
+    "liability",
+    "kernel",
+    "cache",
+    "thread",
+    "socket",
+    "latency",
+    "batch",
+    "signal",
+    "vector",
+    "index",
+    "policy",
+    "review",
+    "answer",
+    "value",
+    "field",
+    "record",
+    "system",
+    "network",
+    "memory",
+    "process",
+    "state",
+    "event",
+    "market",
+    "report",
+    "design",
+    "module",
+    "config",
+    "error",
+    "result",
+    "version",
+    "update",
+    "option",
+    "source",
+    "target",
+    "layer",
+    "weight",
+]
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 
 
@@ -75,7 +124,7 @@ def _stream(seed: bytes) -> bytes:
 
 
 def generate(
-    model: str,
+    weights: str,
     prompt: str,
     *,
     max_tokens: int | None,
@@ -85,20 +134,18 @@ def generate(
     length_range: tuple[int, int] = (8, 24),
     stop: Sequence[str] = (),
 ) -> Generation:
-    """Deterministic tokens for ``model`` and ``prompt``.
+    """Deterministic tokens for the model whose weights are at ``weights`` (a path) and ``prompt``.
 
     Without ``ignore_eos`` the "natural" length is drawn from ``length_range`` by the same hash, and
     ``max_tokens`` below it ends the choice with ``"length"``; with ``ignore_eos`` exactly
     ``max_tokens`` tokens come out (``"length"``). A ``stop`` string ends the text before it (``"stop"``,
     ``stop_reason`` = that string), as vLLM does when ``include_stop_str_in_output`` is false.
     """
-    digest = hashlib.sha256(f"{model}\0{choice}\0{prompt}".encode()).digest()
+    digest = hashlib.sha256(f"{weights}\0{choice}\0{prompt}".encode()).digest()
     lo, hi = length_range
     natural = lo + int.from_bytes(digest[:4], "big") % max(1, hi - lo + 1)
     natural = max(natural, min_tokens)
-    if ignore_eos and max_tokens is not None:
-        count, finish = max_tokens, "length"
-    elif max_tokens is not None and max_tokens < natural:
+    if (ignore_eos and max_tokens is not None) or (max_tokens is not None and max_tokens < natural):
         count, finish = max_tokens, "length"
     else:
         count, finish = natural, "stop"

@@ -7,7 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["LoraModule", "MockSettings"]
+__all__ = ["DEFAULT_FINGERPRINT", "DEFAULT_OUTPUT_TOKENS", "LoraModule", "MockSettings"]
+
+#: vLLM's shape (vllm-<version>-<hash8>); the hash spells "mock".
+DEFAULT_FINGERPRINT = "vllm-0.32.0-6d6f636b"
+DEFAULT_OUTPUT_TOKENS = (8, 24)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,12 +37,12 @@ class MockSettings:
     legacy_errors: bool = False
     #: Append " Valid aliases: <base names>." to the unknown-model message (vLLM 0.29+).
     valid_aliases_suffix: bool = True
-    system_fingerprint: str = "vllm-0.32.0-6d6f636b"
+    system_fingerprint: str = DEFAULT_FINGERPRINT
     version: str = "0.32.0"
     enable_force_include_usage: bool = False
     # generation
     echo: bool = False
-    default_output_tokens: tuple[int, int] = (8, 24)
+    default_output_tokens: tuple[int, int] = DEFAULT_OUTPUT_TOKENS
     # latency model
     ttft_ms: float = 0.0
     itl_ms: float = 0.0

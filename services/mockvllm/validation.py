@@ -22,8 +22,12 @@ __all__ = ["check_content_type", "decode_request"]
 
 T = TypeVar("T", bound=msgspec.Struct)
 
-_MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]+)`(?: - at `(?P<at>[^`]+)`)?$")
-_EXPECTED = re.compile(r"^Expected `(?P<expected>[^`]+)`, got `(?P<got>[^`]+)`(?: - at `(?P<at>[^`]+)`)?$")
+_MISSING = re.compile(
+    r"^Object missing required field `(?P<field>[^`]+)`(?: - at `(?P<at>[^`]+)`)?$"
+)
+_EXPECTED = re.compile(
+    r"^Expected `(?P<expected>[^`]+)`, got `(?P<got>[^`]+)`(?: - at `(?P<at>[^`]+)`)?$"
+)
 _PATH_PART = re.compile(r"\.([A-Za-z_][\w-]*)|\[(\d+)\]")
 
 # pydantic's (type, message) per expected JSON type: (when given a string, otherwise)
@@ -161,7 +165,8 @@ def decode_request(body: bytes, kind: type[T]) -> T | ErrorResponse:
 
 def _stub(annotation: Any) -> Any:
     """A value of the field's type, to stand in for a missing required field while re-checking."""
-    for candidate in ([], ""):
+    candidates: tuple[Any, ...] = ([], "")
+    for candidate in candidates:
         try:
             msgspec.convert(candidate, annotation)
         except msgspec.ValidationError:

@@ -7,8 +7,8 @@ versions give byte-identical files, so greedy outputs are stable between runs.
 
 The recipe is the one in ``shared/reference/real-vllm-on-cpu.md`` section 4. Two choices matter:
 ``init_lora_weights=False`` (PEFT's default zero B matrix would make every adapter equal the base
-model, and no test could tell adapters apart) and ``r=8`` (must not exceed the server's
-``--max-lora-rank``).
+model, and no test could tell adapters apart) and the rank (must not exceed the server's
+``--max-lora-rank``, or loading fails).
 """
 
 from __future__ import annotations
@@ -18,9 +18,14 @@ import json
 import sys
 from pathlib import Path
 
-#: Adapter name -> torch seed. The names are the shipped config's LoRA names.
-ADAPTERS: dict[str, int] = {"technical-lora": 100, "medical-lora": 101, "legal-lora": 102}
-LORA_RANK = 8
+#: Adapter name -> (torch seed, rank). The first three are the shipped config's LoRA names, served
+#: with --max-lora-rank 8; rank16-lora is never served: loading it at run time must fail (rank > 8).
+ADAPTERS: dict[str, tuple[int, int]] = {
+    "technical-lora": (100, 8),
+    "medical-lora": (101, 8),
+    "legal-lora": (102, 8),
+    "rank16-lora": (103, 16),
+}
 MAX_MODEL_LEN = 512
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] + "
@@ -100,11 +105,11 @@ def build(out: Path) -> None:
     if not (base_dir / "chat_template.jinja").exists():
         (base_dir / "chat_template.jinja").write_text(CHAT_TEMPLATE)
 
-    for name, seed in ADAPTERS.items():
+    for name, (seed, rank) in ADAPTERS.items():
         torch.manual_seed(seed)
         base = LlamaForCausalLM.from_pretrained(base_dir, dtype=torch.bfloat16)
         lora = LoraConfig(
-            r=LORA_RANK,
+            r=rank,
             lora_alpha=16,
             target_modules=["q_proj", "v_proj"],
             task_type="CAUSAL_LM",

@@ -119,6 +119,12 @@ stop_vllm() {
             kill -KILL -- "-$VLLM_PID" 2>/dev/null || true
         fi
     fi
+    # EngineCore and Worker share the server's process group; none may outlive the run.
+    if [[ -n "$VLLM_PID" ]] && kill -0 -- "-$VLLM_PID" 2>/dev/null; then
+        kill -TERM -- "-$VLLM_PID" 2>/dev/null || true
+        sleep 3
+        kill -KILL -- "-$VLLM_PID" 2>/dev/null || true
+    fi
     if [[ $rc -ne 0 && -f "$SERVER_LOG" ]]; then
         log "last lines of the vLLM log ($SERVER_LOG):"
         tail -n 40 "$SERVER_LOG" >&2 || true
@@ -131,15 +137,20 @@ trap 'exit 143' TERM
 
 log "starting vLLM on 127.0.0.1:$PORT (log: $SERVER_LOG)"
 # setsid: its own process group, so the fallback above can reach EngineCore and Worker by the group id.
+# setsid forks when the caller leads a process group (job control on), so $! may not be the server:
+# the server writes its own pid (exec keeps it) before becoming vLLM.
+PID_FILE="$RUN_DIR/vllm.pid"
 VLLM_CPU_KVCACHE_SPACE=1 VLLM_HOST_IP=127.0.0.1 VLLM_ALLOW_RUNTIME_LORA_UPDATING=True \
 HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 \
-    setsid "$VLLM_VENV/bin/python" -m vllm.entrypoints.openai.api_server \
+    setsid bash -c 'echo $$ >"$0"; exec "$@"' "$PID_FILE" \
+        "$VLLM_VENV/bin/python" -m vllm.entrypoints.openai.api_server \
         --model "$MODEL_ROOT/tiny-llama" --served-model-name "$SERVED_NAME" \
         --host 127.0.0.1 --port "$PORT" \
         --enable-lora --max-lora-rank 8 --lora-modules "${lora_modules[@]}" \
         --max-model-len 512 --dtype bfloat16 \
         >"$SERVER_LOG" 2>&1 &
-VLLM_PID=$!
+for _ in $(seq 1 100); do [[ -s "$PID_FILE" ]] && break; sleep 0.05; done
+VLLM_PID=$(cat "$PID_FILE")
 
 URL="http://127.0.0.1:$PORT"
 deadline=$((SECONDS + ${LORAROUTE_VLLM_START_TIMEOUT:-180}))
@@ -163,6 +174,7 @@ export LORAROUTE_REAL_VLLM_MODEL_PATH="$MODEL_ROOT/tiny-llama"
 export LORAROUTE_REAL_VLLM_LORA_MODULES="${lora_modules[*]}"
 export LORAROUTE_REAL_VLLM_MAX_MODEL_LEN=512
 export LORAROUTE_REAL_VLLM_RUNTIME_LORA=1
+export LORAROUTE_REAL_VLLM_HIGH_RANK_LORA="$MODEL_ROOT/rank16-lora"
 export LORAROUTE_REAL_VLLM_PID="$VLLM_PID"
 export LORAROUTE_REAL_VLLM_LOG="$SERVER_LOG"
 set +e

@@ -22,7 +22,9 @@ for _r, _row in enumerate(_ROWS):
         near = [_row[j] for j in (_c - 1, _c + 1) if 0 <= j < len(_row)]
         for _other in (_r - 1, _r + 1):
             if 0 <= _other < len(_ROWS):
-                near += [_ROWS[_other][j] for j in (_c - 1, _c, _c + 1) if 0 <= j < len(_ROWS[_other])]
+                near += [
+                    _ROWS[_other][j] for j in (_c - 1, _c, _c + 1) if 0 <= j < len(_ROWS[_other])
+                ]
         _NEIGHBOURS[_ch] = "".join(near)
 
 

@@ -46,8 +46,9 @@ def fit_linear_head(
     wt = wt / wt.sum()
     weight = torch.zeros(num_classes, xt.shape[1], requires_grad=True)
     bias = torch.zeros(num_classes, requires_grad=True)
-    opt = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter,
-                            history_size=20, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [weight, bias], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe"
+    )
 
     def closure() -> torch.Tensor:
         opt.zero_grad()

@@ -78,7 +78,9 @@ def load_jsonl(path: str | Path) -> list[Example]:
     """
     path = Path(path)
     try:
-        raw_lines = path.read_text(encoding="utf-8").splitlines()
+        # Split on "\n" only: str.splitlines() also breaks at U+2028 and friends, which
+        # JSON strings may hold unescaped.
+        raw_lines = path.read_text(encoding="utf-8").split("\n")
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except UnicodeDecodeError as exc:

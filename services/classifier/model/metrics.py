@@ -28,8 +28,9 @@ IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 
 
-def confusion_matrix(y_true: Sequence[int] | IntArray, y_pred: Sequence[int] | IntArray,
-                     num_classes: int) -> IntArray:
+def confusion_matrix(
+    y_true: Sequence[int] | IntArray, y_pred: Sequence[int] | IntArray, num_classes: int
+) -> IntArray:
     """Counts [num_classes, num_classes]: row = true class, column = predicted class."""
     t = np.asarray(y_true, dtype=np.int64)
     p = np.asarray(y_pred, dtype=np.int64)
@@ -84,8 +85,9 @@ def per_class(cm: IntArray) -> list[ClassReport]:
     return out
 
 
-def expected_calibration_error(probs: npt.ArrayLike, y_true: Sequence[int] | IntArray,
-                               n_bins: int = 15) -> float:
+def expected_calibration_error(
+    probs: npt.ArrayLike, y_true: Sequence[int] | IntArray, n_bins: int = 15
+) -> float:
     """ECE of the top-1 confidence: sum over equal-width bins of |accuracy - confidence|,
     weighted by the fraction of examples in the bin.
 
@@ -128,8 +130,9 @@ class Report:
         }
 
 
-def report(labels: Sequence[str], probs: npt.ArrayLike, y_true: Sequence[int] | IntArray,
-           n_bins: int = 15) -> Report:
+def report(
+    labels: Sequence[str], probs: npt.ArrayLike, y_true: Sequence[int] | IntArray, n_bins: int = 15
+) -> Report:
     """All metrics for predictions `probs` [n, len(labels)] against `y_true` [n]."""
     p = np.asarray(probs, dtype=np.float64)
     cm = confusion_matrix(y_true, p.argmax(axis=1), len(labels))
@@ -156,7 +159,9 @@ def format_report(r: Report) -> str:
         f"{'class':<{width}}  precision  recall     f1  support",
     ]
     for name, c in zip(r.labels, r.per_class, strict=True):
-        lines.append(f"{name:<{width}}  {c.precision:9.4f}  {c.recall:6.4f}  {c.f1:5.4f}  {c.support:7d}")
+        lines.append(
+            f"{name:<{width}}  {c.precision:9.4f}  {c.recall:6.4f}  {c.f1:5.4f}  {c.support:7d}"
+        )
     lines += ["", "confusion matrix (rows: true, columns: predicted)"]
     short = [x[:6] for x in r.labels]
     lines.append(" " * width + "  " + " ".join(f"{s:>6}" for s in short))

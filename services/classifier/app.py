@@ -1,0 +1,164 @@
+"""The classifier worker, wired: NATS subscriptions, batcher and handlers around one engine.
+
+Lifespan: `load_engine` builds the engine once from the config and refuses a config whose
+categories the model's labels cannot reach; `ClassifierWorker.start` connects, starts the
+batcher and subscribes to the classify subject in queue group `classifiers` (plus this
+process's bounce subject); `stop` drains: no new messages, every accepted request answered,
+then the connection is closed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from nats.aio.client import Client
+from nats.aio.subscription import Subscription
+from prometheus_client import CollectorRegistry
+
+from schemas.config import Config, ConfigError, check
+from services.classifier.batch_queue import Batch, BatchQueue
+from services.classifier.batcher import Batcher
+from services.classifier.handlers import BatchResult, ClassifierHandlers
+from services.classifier.metrics import WorkerMetrics
+from services.classifier.route import Router
+from services.classifier.work import Item
+from services.common import bus
+from services.common.subjects import CLASSIFIERS_QUEUE, Subjects
+
+if TYPE_CHECKING:
+    from services.classifier.engine import Engine
+    from services.classifier.tokens import Encoded
+
+__all__ = ["ClassifierWorker", "load_engine"]
+
+
+def load_engine(config: Config) -> Engine:
+    """Build the engine the config names and check the config against the model's labels.
+
+    Raises `ConfigError` listing every category no model label reaches, and the engine's
+    `ClassifierError`s (missing model directory, provider) as they come.
+    """
+    from services.classifier.engine import Engine  # onnxruntime loads here, not at import
+
+    model = config.classifier.category_model
+    engine = Engine.from_model_dir(
+        model.model_id,
+        category_labels={c.name: c.mmlu_categories for c in config.categories},
+        category_mapping_path=Path(model.category_mapping_path)
+        if model.category_mapping_path
+        else None,
+        use_cpu=model.use_cpu,
+        intra_op_threads=config.inference.intra_op_threads,
+        inter_op_threads=config.inference.inter_op_threads,
+        max_batch_size=config.batching.max_batch_size,
+    )
+    verify_labels(config, engine.labels)
+    return engine
+
+
+def verify_labels(config: Config, labels: tuple[str, ...]) -> None:
+    """Raise `ConfigError` unless every config category is reachable from `labels`."""
+    errors, _warnings = check(config, labels=labels)
+    if errors:
+        raise ConfigError(errors, "config does not fit the classifier model")
+
+
+class ClassifierWorker:
+    """One worker process's NATS side. `engine` is built by the caller (see `load_engine`)."""
+
+    def __init__(
+        self,
+        config: Config,
+        engine: Engine,
+        nats_url: str,
+        *,
+        name: str | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        verify_labels(config, engine.labels)
+        self.config = config
+        self.engine = engine
+        self.nats_url = nats_url
+        self.name = name or f"classifier-{uuid.uuid4().hex[:8]}"
+        self.subjects = Subjects(config.nats.subject_prefix)
+        self.metrics = WorkerMetrics(registry if registry is not None else CollectorRegistry())
+        self.router = Router(config)
+        self.nc: Client | None = None
+        self.batcher: Batcher[Item, Encoded, BatchResult] | None = None
+        self._subs: list[Subscription] = []
+
+    def _prepare(self, batch: Batch[Item]) -> Encoded:
+        from services.classifier.tokens import Encoded
+
+        now = time.perf_counter()
+        queued = self.metrics.stage_seconds.labels("queue")
+        for entry in batch.entries:
+            queued.observe(now - entry.payload.work.received)
+        return Encoded.collate(
+            [e.payload.encoded for e in batch.entries], self.engine.tokenizer.pad_id
+        )
+
+    def _run(self, encoded: Encoded) -> BatchResult:
+        # On the inference thread: the only place the model runs.
+        start = time.perf_counter()
+        results = self.engine.classify_encoded(encoded)
+        return results, time.perf_counter() - start
+
+    async def start(self) -> None:
+        """Connect, start the batcher and subscribe. Raises when NATS cannot be reached."""
+        batching = self.config.batching
+        queue: BatchQueue[Item] = BatchQueue(
+            max_batch_size=min(batching.max_batch_size, self.engine.backend.max_batch_size),
+            max_batch_tokens=batching.max_batch_tokens,
+            max_wait_s=batching.max_wait_ms / 1000.0,
+            max_queue=batching.max_queue,
+        )
+        self.nc = await bus.connect(self.nats_url, name=self.name)
+        bounce = self.subjects.bounce(self.name)
+        # The batcher calls back into the handlers, which hold the batcher: bind late.
+        handlers: ClassifierHandlers
+        self.batcher = Batcher(
+            queue,
+            prepare=self._prepare,
+            run=self._run,
+            complete=lambda batch, result, error: handlers.complete(batch, result, error),
+            expire=lambda entries: handlers.expire(entries),
+        )
+        handlers = ClassifierHandlers(
+            nc=self.nc,
+            subjects=self.subjects,
+            bounce=bounce,
+            router=self.router,
+            tokenizer=self.engine.tokenizer,
+            batcher=self.batcher,
+            metrics=self.metrics,
+        )
+        self.batcher.start()
+        # The bounce subscription first: a forward must never race its own "no responders".
+        self._subs.append(await self.nc.subscribe(f"{bounce}.>", cb=handlers.on_bounce))
+        self._subs.append(
+            await self.nc.subscribe(
+                self.subjects.classify, queue=CLASSIFIERS_QUEUE, cb=handlers.on_classify
+            )
+        )
+        await self.nc.flush()
+
+    async def stop(self, timeout_s: float = 30.0) -> None:
+        """Drain: stop intake, answer every accepted request, then close. Safe to call twice."""
+        if self.nc is None:
+            return
+        nc, self.nc = self.nc, None
+        classify = self._subs[1] if len(self._subs) > 1 else None
+        if classify is not None and not nc.is_closed:
+            # Unsubscribe, then let the callback finish what already arrived (it only queues).
+            with contextlib.suppress(Exception):  # closed: nothing more can arrive anyway
+                await classify.drain()  # type: ignore[no-untyped-call]
+        if self.batcher is not None:
+            await self.batcher.drain(timeout_s)
+            await self.batcher.close()
+        await bus.close(nc)
+        self._subs = []

@@ -1,0 +1,73 @@
+"""The classifier worker's Prometheus metrics (prefix `loraroute_classifier_`).
+
+Built on a registry passed in, so tests and several workers in one process never collide.
+Labels stay low-cardinality: categories and models come from the config, never from clients.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["WorkerMetrics"]
+
+# Batch sizes up to 1024 (`batching.max_batch_size`'s ceiling).
+_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+_TOKEN_BUCKETS = (16, 64, 256, 1024, 4096, 16384, 65536)
+_SECONDS_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+
+class WorkerMetrics:
+    """Every metric the worker records, registered on `registry`."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.queue_depth = Gauge(
+            "loraroute_classifier_queue_depth",
+            "Requests waiting in the batch queue.",
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "loraroute_classifier_batch_size",
+            "Texts per batch run by the model.",
+            buckets=_SIZE_BUCKETS,
+            registry=registry,
+        )
+        self.batch_tokens = Histogram(
+            "loraroute_classifier_batch_tokens",
+            "Tokens per batch: padded (longest x count, what the model computes) and real.",
+            ["kind"],
+            buckets=_TOKEN_BUCKETS,
+            registry=registry,
+        )
+        self.stage_seconds = Histogram(
+            "loraroute_classifier_stage_seconds",
+            "Time per request in each stage: tokenize, queue, inference, total.",
+            ["stage"],
+            buckets=_SECONDS_BUCKETS,
+            registry=registry,
+        )
+        self.truncations = Counter(
+            "loraroute_classifier_truncations_total",
+            "Texts cut before classification: to routing.max_text_chars (chars) or to the "
+            "model's max length (tokens).",
+            ["kind"],
+            registry=registry,
+        )
+        self.routed = Counter(
+            "loraroute_routed_total",
+            "Chat requests routed, by category (none below the threshold), model and reason.",
+            ["category", "model", "reason"],
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "loraroute_classifier_rejected_total",
+            "Requests answered with an error, by kind (overloaded, expired, invalid, "
+            "unknown_model, engine, no_dispatcher).",
+            ["kind"],
+            registry=registry,
+        )
+        self.classified_texts = Counter(
+            "loraroute_classifier_api_texts_total",
+            "Texts classified for the classification API.",
+            registry=registry,
+        )

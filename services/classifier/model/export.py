@@ -1,0 +1,122 @@
+"""Encoder + pooling + head as one torch module, exported to ONNX.
+
+The graph takes int64 `input_ids` and `attention_mask` `[batch, sequence]` (both axes
+dynamic; no `token_type_ids`, which are all zeros for one segment) and returns `logits`
+`[batch, num_labels]`. It uses the TorchScript ("legacy") exporter at opset 17: the newer
+exporter cannot emit opset 17 and its graph ran 15-20% slower on CPU here.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from services.classifier.model.encoder import encoder_path, mean_pool
+from services.classifier.model.weights import Head
+from services.classifier.tokens import Encoded
+
+__all__ = ["OPSET", "HeadModel", "export_onnx", "load_encoder", "torch_logits"]
+
+OPSET = 17
+
+#: Name prefix of the head's nodes in the exported graph (kept fp32 by quantization).
+HEAD_NODE_PREFIX = "/classifier/"
+
+
+class HeadModel(torch.nn.Module):
+    """BERT encoder -> masked mean pooling (optionally L2-normalised) -> linear head."""
+
+    def __init__(self, encoder: Any, head: Head) -> None:
+        super().__init__()
+        self.encoder = encoder
+        num_labels, hidden = head.weight.shape
+        if hidden != int(encoder.config.hidden_size):
+            raise ValueError(
+                f"{head.path}: head expects {hidden}-dim embeddings, "
+                f"the encoder produces {encoder.config.hidden_size}"
+            )
+        # Named `classifier` so its graph nodes carry HEAD_NODE_PREFIX.
+        self.classifier = torch.nn.Linear(hidden, num_labels)
+        with torch.no_grad():
+            self.classifier.weight.copy_(torch.from_numpy(head.weight))
+            self.classifier.bias.copy_(torch.from_numpy(head.bias))
+        self.normalize = head.normalize
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        logits: torch.Tensor = self.classifier(mean_pool(hidden, attention_mask, self.normalize))
+        return logits
+
+
+def load_encoder(lora_dir: Path | None) -> Any:
+    """Load the packaged MiniLM encoder offline, merging the adapter in `lora_dir` if given.
+
+    Raises `ValueError` when the adapter changes no weight (it was saved for other modules).
+    """
+    # The package carries every file; a hub lookup would be a bug, so forbid it.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # build shows progress
+
+    # Eager attention traces into plain MatMul/Softmax that onnxruntime fuses and quantizes.
+    encoder = AutoModel.from_pretrained(str(encoder_path()), attn_implementation="eager")
+    encoder.eval()
+    if lora_dir is None:
+        return encoder
+    from peft import PeftModel
+
+    before = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
+    with warnings.catch_warnings():
+        # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` alias.
+        warnings.filterwarnings(
+            "ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning
+        )
+        merged = PeftModel.from_pretrained(encoder, str(lora_dir)).merge_and_unload()
+    merged.eval()
+    after = merged.state_dict()
+    changed = [k for k, v in before.items() if k in after and not torch.equal(v, after[k])]
+    if not changed:
+        raise ValueError(f"{lora_dir}: merging the adapter changed no encoder weight")
+    return merged
+
+
+@torch.inference_mode()
+def torch_logits(model: HeadModel, batch: Encoded) -> npt.NDArray[np.float32]:
+    """The torch model's logits for `batch`, as float32 `[n, num_labels]`."""
+    out = model(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask))
+    return np.asarray(out.float().numpy(), dtype=np.float32)
+
+
+def export_onnx(model: HeadModel, sample: Encoded, path: Path) -> None:
+    """Trace `model` on `sample` (pick rows of unequal length) and write the graph to `path`."""
+    model.eval()
+    args = (torch.from_numpy(sample.input_ids), torch.from_numpy(sample.attention_mask))
+    dynamic = {0: "batch", 1: "sequence"}
+    with warnings.catch_warnings(), torch.inference_mode():
+        # The legacy exporter announces its deprecation; tracing warns that transformers'
+        # mask helper branches on a Python bool, and that its advanced indexing (over
+        # arange indices, never negative) becomes Gather. The build's padded-batch check
+        # against torch is what proves the trace general.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # type: ignore[attr-defined]
+        warnings.filterwarnings("ignore", "Exporting aten::index operator", UserWarning)
+        torch.onnx.export(
+            model,
+            args,
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=["input_ids", "attention_mask"],
+            output_names=["logits"],
+            dynamic_axes={"input_ids": dynamic, "attention_mask": dynamic, "logits": {0: "batch"}},
+            do_constant_folding=True,
+        )

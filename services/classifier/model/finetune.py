@@ -1,0 +1,256 @@
+"""LoRA fine-tuning of the encoder, shared by all heads (multi-task), with calibration.
+
+The encoder gets one peft LoRA adapter; each head is a linear layer on the pooled embedding.
+Every batch mixes rows of all heads, so the adapter learns features that serve the 4-label
+and the 14-label task together. Rows are drawn per epoch with a per-label cap (large labels
+are subsampled, a fresh sample each epoch), weighted so each file and each label counts
+equally, and given keyboard typos with a fixed probability. After every epoch each head is
+calibrated on its validation rows, evaluated on its test rows and saved, so a run that is
+stopped early still leaves usable weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import sys
+import time
+import warnings
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from .augment import DEFAULT_TYPO_RATE, add_typos
+from .calibration import fit_temperature, softmax
+from .data import Example, class_counts
+from .encoder import Encoder
+from .weights import ADAPTER_DIR, save_head
+
+if TYPE_CHECKING:
+    from .train import HeadPlan
+
+__all__ = ["LOGIT_SCALE", "LORA_TARGETS", "train_lora"]
+
+#: Which encoder layers get a LoRA delta: attention projections and both feed-forward layers
+#: of every transformer block (not the unused pooler).
+LORA_TARGETS = (
+    r".*encoder\.layer\.\d+\.(attention\.self\.(query|key|value)"
+    r"|attention\.output\.dense|intermediate\.dense|output\.dense)"
+)
+
+#: Fixed factor on the heads' logits while training on L2-normalised embeddings, whose dot
+#: products are small; it is folded into the saved weights.
+LOGIT_SCALE = 20.0
+
+
+Target = tuple[int, int, float]  # (head index, label index, loss weight)
+Row = tuple[str, list[Target]]
+
+
+def _epoch_rows(plans: list[HeadPlan], cap: int, rng: random.Random) -> list[Row]:
+    """One epoch's rows: (text, targets), each text once; see the module docstring.
+
+    A text drawn for two heads (MMLU-Pro reuses MMLU stems) is encoded once and carries both
+    targets, which saves a forward and backward pass.
+    """
+    merged: dict[str, list[Target]] = {}
+    n_targets = 0
+    for h, plan in enumerate(plans):
+        n_files = len(plan.files)
+        for f in plan.files:
+            by_label: dict[str, list[Example]] = defaultdict(list)
+            for e in f.train:
+                by_label[e.label].append(e)
+            for label, items in sorted(by_label.items()):
+                picked = rng.sample(items, min(cap, len(items)))
+                w = 1.0 / (n_files * len(by_label) * len(picked))
+                for e in picked:
+                    merged.setdefault(e.text, []).append((h, plan.index(label), w))
+                    n_targets += 1
+    # Each head's weights sum to 1; rescale so the mean target weight is 1 (loss as mean CE).
+    scale = n_targets / len(plans)
+    return [(t, [(h, y, w * scale) for h, y, w in targets]) for t, targets in merged.items()]
+
+
+def _batches(rows: list[Row], enc: Encoder, batch_size: int, rng: random.Random) -> list[list[Row]]:
+    """Shuffle, then sort within windows of 32 batches by length, so padding stays small."""
+    rng.shuffle(rows)
+    window = batch_size * 32
+    out = []
+    for start in range(0, len(rows), window):
+        chunk = rows[start : start + window]
+        lengths = enc.token_lengths([r[0] for r in chunk])
+        order = np.argsort(lengths, kind="stable")
+        chunk = [chunk[i] for i in order]
+        out += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(out)
+    return out
+
+
+def _save_adapter(model: Any, dest: Path) -> None:
+    if dest.exists():
+        shutil.rmtree(dest)
+    model.save_pretrained(str(dest))
+    # peft records where the base model was loaded from: a local path that means nothing
+    # on another machine. The build supplies the base encoder itself.
+    cfg_path = dest / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    cfg["base_model_name_or_path"] = "sentence-transformers/all-MiniLM-L6-v2"
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    readme = dest / "README.md"
+    if readme.exists():
+        readme.unlink()
+
+
+def train_lora(plans: list[HeadPlan], enc: Encoder, args: argparse.Namespace, out: Path) -> None:
+    """Fine-tune `enc` with a LoRA adapter and one linear head per plan; save after each epoch.
+
+    Writes `out/<head>/{labels.json, head.npz, meta.json, encoder_lora/}`; the adapter is the
+    same in every head folder. Progress goes to stderr.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    from .train import _evaluate, _meta
+
+    for p in enc.model.parameters():
+        p.requires_grad_(False)
+    config = LoraConfig(
+        r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=0.05,
+        target_modules=LORA_TARGETS,
+        bias="none",
+    )
+    with warnings.catch_warnings():
+        # transformers 5 deprecates an attribute peft still reads; harmless, and tests run
+        # with warnings as errors.
+        warnings.simplefilter("ignore", FutureWarning)
+        enc.model = get_peft_model(enc.model, config)
+    scale = LOGIT_SCALE if args.normalize else 1.0
+    heads = torch.nn.ModuleList(torch.nn.Linear(enc.hidden_size, len(p.labels)) for p in plans)
+    for head in heads:
+        torch.nn.init.zeros_(head.weight)
+        torch.nn.init.zeros_(head.bias)
+    lora_params = [p for p in enc.model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(
+        [
+            {"params": lora_params, "lr": args.lr, "weight_decay": 0.01},
+            {"params": list(heads.parameters()), "lr": max(args.lr, 2e-3), "weight_decay": 0.0},
+        ]
+    )
+    rng = random.Random(args.seed)
+    epoch_size = len(_epoch_rows(plans, args.max_per_class, random.Random(0)))
+    steps_per_epoch = -(-epoch_size // args.batch_size)
+    total = steps_per_epoch * args.epochs
+    warmup = max(1, total // 16)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup)))
+    )
+    n_params = sum(p.numel() for p in lora_params)
+    print(
+        f"LoRA r={args.lora_r}: {n_params} trainable encoder parameters; {args.epochs} "
+        f"epochs x {steps_per_epoch} steps of {args.batch_size}",
+        file=sys.stderr,
+    )
+    step = 0
+    started = time.monotonic()
+    for epoch in range(1, args.epochs + 1):
+        enc.train()
+        rows = _epoch_rows(plans, args.max_per_class, rng)
+        rows = [
+            (add_typos(t, rng, DEFAULT_TYPO_RATE) if rng.random() < args.typo_prob else t, targets)
+            for t, targets in rows
+        ]
+        running = 0.0
+        for i, batch in enumerate(_batches(rows, enc, args.batch_size, rng), start=1):
+            emb = enc([r[0] for r in batch])
+            flat = [(j, h, y, w) for j, (_, targets) in enumerate(batch) for h, y, w in targets]
+            row_idx = torch.tensor([t[0] for t in flat])
+            head_idx = torch.tensor([t[1] for t in flat])
+            target = torch.tensor([t[2] for t in flat])
+            weight = torch.tensor([t[3] for t in flat], dtype=torch.float32)
+            loss = torch.zeros(())
+            for h, head in enumerate(heads):
+                sel = head_idx == h
+                if sel.any():
+                    logits = scale * head(emb[row_idx[sel]])
+                    ce = torch.nn.functional.cross_entropy(logits, target[sel], reduction="none")
+                    loss = loss + (ce * weight[sel]).sum()
+            loss = loss / len(flat)
+            opt.zero_grad()
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+            sched.step()
+            step += 1
+            running += float(loss.item())
+            if i % 20 == 0 or i == steps_per_epoch:
+                elapsed = time.monotonic() - started
+                eta = elapsed / step * (total - step)
+                print(
+                    f"epoch {epoch}/{args.epochs} step {i}/{steps_per_epoch} "
+                    f"loss {running / 20:.4f} {step * args.batch_size / elapsed:.1f} rows/s "
+                    f"eta {eta / 60:.0f} min",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                running = 0.0
+        _calibrate_and_save(plans, enc, heads, scale, args, out, epoch, _evaluate, _meta)
+
+
+def _calibrate_and_save(
+    plans: list[HeadPlan],
+    enc: Encoder,
+    heads: torch.nn.ModuleList,
+    scale: float,
+    args: argparse.Namespace,
+    out: Path,
+    epoch: int,
+    evaluate: Any,
+    meta: Any,
+) -> None:
+    enc.eval()
+    lora = {
+        "dir": ADAPTER_DIR,
+        "shared_by": [p.name for p in plans],
+        "note": "one adapter trained for all heads at once (multi-task); every head folder "
+        "holds an identical copy",
+        "r": args.lora_r,
+        "alpha": args.lora_alpha,
+        "targets": LORA_TARGETS,
+    }
+    for plan, head in zip(plans, heads, strict=True):
+        weight = scale * head.weight.detach().numpy().astype(np.float64)
+        bias = scale * head.bias.detach().numpy().astype(np.float64)
+        val = [e for f in plan.files for e in f.val]
+        yv = np.asarray([plan.index(e.label) for e in val], dtype=np.int64)
+        xv = enc.embed([e.text for e in val])
+        temperature = fit_temperature(xv @ weight.T + bias, yv)
+        weight, bias = weight / temperature, bias / temperature
+
+        def probs_of(texts: list[str], w: Any = weight, b: Any = bias) -> Any:
+            return softmax(enc.embed(texts) @ w.T + b)
+
+        figures = evaluate(plan, probs_of, args.seed)
+        extra = {
+            "epochs_done": epoch,
+            "epochs": args.epochs,
+            "lr": args.lr,
+            "batch_size": args.batch_size,
+            "max_per_class": args.max_per_class,
+            "typo_prob": args.typo_prob,
+            "counts": {f.name: class_counts(f.train) for f in plan.files},
+        }
+        save_head(
+            out / plan.name,
+            plan.labels,
+            weight,
+            bias,
+            meta(plan, args, temperature, figures, lora, extra),
+        )
+        _save_adapter(enc.model, out / plan.name / ADAPTER_DIR)
+        print(json.dumps({f"epoch {epoch} {plan.name}": figures}), file=sys.stderr, flush=True)

@@ -1,0 +1,257 @@
+"""From a chat body to a route: the text to classify, and the decision once it is classified.
+
+Plain logic (DESIGN section 4): no NATS, no model. `Router` is built once from the config and
+answers three questions for each request:
+
+- `text_of(view)`: which text to classify (the last user message, optionally with earlier user
+  turns), bounded to `routing.max_text_chars` with head and tail kept; a cut is flagged, never
+  silent. The classification API uses the same window (`bound_text`), so both paths agree.
+- `passthrough(model)`: a request naming a configured base model or adapter goes through
+  unchanged (no classification); an unknown name is an error; an auto name returns None.
+- `decide(...)`: the route for a classification: below the threshold (or no category) ->
+  `default_model`; otherwise the category's highest-scoring candidate, whose `lora_name`
+  becomes the model name and which inherits its base model's endpoints and reasoning family.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from schemas.config import Category, Config, ModelScore
+from schemas.openai import ChatMessage, ChatRequestView
+from schemas.wire import Route
+
+__all__ = [
+    "TRUNCATION_MARK",
+    "ClassifyText",
+    "Router",
+    "UnknownModelError",
+    "bound_text",
+    "message_text",
+]
+
+#: Joins the head and the tail of a text cut to `routing.max_text_chars`.
+TRUNCATION_MARK = " … "
+#: Content-part types that carry text (chat completions and the Responses API spelling).
+_TEXT_PARTS = frozenset({"text", "input_text"})
+
+
+class UnknownModelError(LookupError):
+    """The request names a model that is neither an auto name nor a configured model/adapter."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"The model `{model}` does not exist.")
+        self.model = model
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifyText:
+    """The text to classify for one request; `truncated` when it was cut to the window."""
+
+    text: str
+    truncated: bool = False
+
+
+def message_text(message: ChatMessage) -> str:
+    """The text of one message: its string content, or its text parts joined by newlines.
+
+    Non-text parts (images, audio) are skipped; a message without text gives "".
+    """
+    content = message.content
+    if isinstance(content, str):
+        return content
+    if not content:
+        return ""
+    texts: list[str] = []
+    for part in content:
+        text: Any = part.get("text")
+        if part.get("type", "text") in _TEXT_PARTS and isinstance(text, str) and text:
+            texts.append(text)
+    return "\n".join(texts)
+
+
+def bound_text(text: str, max_chars: int) -> ClassifyText:
+    """`text` cut to at most `max_chars` characters, keeping its head and its tail.
+
+    The beginning of a prompt usually states the task and the end the question, so both are
+    kept; the middle is replaced by `TRUNCATION_MARK`.
+    """
+    if len(text) <= max_chars:
+        return ClassifyText(text)
+    room = max_chars - len(TRUNCATION_MARK)
+    if room < 2:
+        return ClassifyText(text[:max_chars], truncated=True)
+    head = (room + 1) // 2
+    tail = room - head
+    return ClassifyText(text[:head] + TRUNCATION_MARK + text[len(text) - tail :], truncated=True)
+
+
+@dataclass(frozen=True, slots=True)
+class _Choice:
+    """A category's winning candidate, resolved once at start-up."""
+
+    category: Category
+    score: ModelScore
+
+
+class Router:
+    """Routing decisions for one config. Immutable; build it once and share it."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.threshold = config.classifier.category_model.threshold
+        self.auto_names = frozenset(config.routing.auto_model_names)
+        self._choices: dict[str, _Choice] = {}
+        for category in config.categories:
+            if category.model_scores:
+                # Highest score wins; on a tie the first listed, so the file's order decides.
+                best = max(category.model_scores, key=lambda s: s.score)
+                self._choices[category.name] = _Choice(category, best)
+        self._endpoints: dict[str, list[str]] = {
+            base: self._ordered_endpoints(base) for base in config.model_config
+        }
+        default_base = config.base_model_of(config.default_model)
+        if default_base is None:  # `check` refuses such a config; be explicit if it slipped by
+            raise ValueError(f"default_model {config.default_model!r} is not a configured model")
+        self._default_base = default_base
+
+    # ------------------------------------------------------------------ text
+
+    def text_of(self, view: ChatRequestView) -> ClassifyText:
+        """The text to classify for a chat request (see the module docstring).
+
+        The last user message, preceded by up to `routing.history_user_turns` earlier user
+        turns (oldest first, newline-joined). Earlier turns are dropped, oldest first, before
+        the last message is cut. Without any user turn, the last message with text is used.
+        """
+        limit = self.config.routing.max_text_chars
+        user_texts = [t for m in view.messages if m.role == "user" and (t := message_text(m))]
+        if not user_texts:
+            other = [t for m in view.messages if (t := message_text(m))]
+            return bound_text(other[-1], limit) if other else ClassifyText("")
+        turns = user_texts[-(self.config.routing.history_user_turns + 1) :]
+        dropped = False
+        while len(turns) > 1 and sum(map(len, turns)) + len(turns) - 1 > limit:
+            turns = turns[1:]
+            dropped = True
+        bounded = bound_text("\n".join(turns), limit)
+        return ClassifyText(bounded.text, bounded.truncated or dropped)
+
+    def bound(self, text: str) -> ClassifyText:
+        """The classification API's window: the same bound as the routing path."""
+        return bound_text(text, self.config.routing.max_text_chars)
+
+    # ------------------------------------------------------------------ decisions
+
+    def is_auto(self, model: str | None) -> bool:
+        """True when `model` asks for classification."""
+        return model is not None and model in self.auto_names
+
+    def passthrough(self, model: str | None) -> Route | None:
+        """The route for an explicit model, or None when `model` is an auto name.
+
+        A missing or empty `model` means the default model, as vLLM takes it to mean its base
+        model. Raises `UnknownModelError` for a name the config does not know.
+        """
+        if self.is_auto(model):
+            return None
+        name = model or self.config.default_model
+        base = self.config.base_model_of(name)
+        if base is None:
+            raise UnknownModelError(name)
+        return Route(
+            model=name,
+            base_model=base,
+            adapter=name if name != base else None,
+            reason="passthrough",
+            endpoints=list(self._endpoints[base]),
+        )
+
+    def decide(
+        self,
+        category: str | None,
+        confidence: float,
+        *,
+        truncated: bool = False,
+        empty: bool = False,
+    ) -> Route:
+        """The route for a classification result.
+
+        `empty`: there was no text to classify -> `default_model`, reason "empty". A category
+        None or below the threshold -> `default_model`, reason "below_threshold" (the
+        confidence is kept for headers and logs). Otherwise the category's winning candidate.
+        """
+        if empty:
+            return self._default("empty", None, truncated)
+        if category is None or confidence < self.threshold:
+            return self._default("below_threshold", confidence, truncated)
+        choice = self._choices.get(category)
+        if choice is None:
+            # A category without candidates routes like no category at all.
+            return self._default("fallback", confidence, truncated, category=category)
+        score = choice.score
+        base = score.model
+        model = score.lora_name or base
+        route = Route(
+            model=model,
+            base_model=base,
+            category=category,
+            confidence=confidence,
+            adapter=score.lora_name,
+            reason="classified",
+            system_prompt=choice.category.system_prompt or None,
+            system_prompt_mode=self.config.routing.system_prompt_mode,
+            endpoints=list(self._endpoints[base]),
+            truncated=truncated,
+        )
+        return self._with_reasoning(route, score)
+
+    def _default(
+        self, reason: Any, confidence: float | None, truncated: bool, category: str | None = None
+    ) -> Route:
+        name = self.config.default_model
+        base = self._default_base
+        return Route(
+            model=name,
+            base_model=base,
+            category=category,
+            confidence=confidence,
+            adapter=name if name != base else None,
+            reason=reason,
+            endpoints=list(self._endpoints[base]),
+            truncated=truncated,
+        )
+
+    def _with_reasoning(self, route: Route, score: ModelScore) -> Route:
+        """Fill the reasoning fields from the candidate and its base model's family.
+
+        Nothing is set when the candidate leaves `use_reasoning` unset or the family is not
+        defined. The effort is the candidate's own `reasoning_effort` (never looked up by
+        the rewritten model name, which would miss adapters), else the configured default.
+        """
+        if score.use_reasoning is None:
+            return route
+        route.use_reasoning = score.use_reasoning
+        family_name = self.config.model_config[route.base_model].reasoning_family
+        family = self.config.reasoning_families.get(family_name) if family_name else None
+        if family is not None:
+            route.reasoning_type = family.type
+            route.reasoning_parameter = family.parameter
+            if score.use_reasoning:
+                route.reasoning_effort = (
+                    score.reasoning_effort or self.config.routing.default_reasoning_effort
+                )
+        return route
+
+    def _ordered_endpoints(self, base: str) -> list[str]:
+        """The base model's endpoints (every endpoint when it lists none), heaviest first."""
+        preferred = self.config.model_config[base].preferred_endpoints
+        endpoints = [e for e in self.config.vllm_endpoints if not preferred or e.name in preferred]
+        # Stable sort: equal weights keep the configured order.
+        return [e.name for e in sorted(endpoints, key=lambda e: -e.weight)]
+
+    def endpoints_of(self, base: str) -> Sequence[str]:
+        """The endpoint names of `base`, heaviest first."""
+        return self._endpoints[base]

@@ -1,0 +1,94 @@
+"""Apply a `Route` to a client's chat body: the model name, the system prompt, the reasoning fields.
+
+Plain bytes in, bytes out. Every field the client sent and the route does not concern is kept
+exactly (values and key order; msgspec re-encodes numbers in their shortest exact form).
+
+Reasoning, by the base model's family type (DESIGN section 4.6):
+
+| family type | `use_reasoning: true` | `use_reasoning: false` |
+|---|---|---|
+| `chat_template_kwargs` | `chat_template_kwargs.<param> = true` | `chat_template_kwargs.<param> = false` (explicit off) |
+| `reasoning_effort` | `chat_template_kwargs.<param> = <effort>` | `chat_template_kwargs.<param> = <client's effort, else "low">` |
+| `top_level_reasoning_effort` | top-level `<param> = <effort>` | top-level `<param>` = the client's effort, if it sent one |
+
+The client's top-level `reasoning_effort` is removed before the family's field is written. A
+route without `use_reasoning`, or whose family is not defined, leaves reasoning untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from schemas.wire import Route
+
+__all__ = ["BodyError", "apply_route"]
+
+_decoder = msgspec.json.Decoder(dict[str, Any])
+_encoder = msgspec.json.Encoder()
+_OFF_EFFORT = "low"
+
+
+class BodyError(ValueError):
+    """The body is not a JSON object with a `messages` list (the ingress should have refused it)."""
+
+
+def apply_route(body: bytes | msgspec.Raw, route: Route) -> tuple[bytes, bool]:
+    """Return the body vLLM must see for `route`, and whether the client asked for a stream.
+
+    Raises `BodyError` when `body` is not a chat request object.
+    """
+    try:
+        data = _decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as error:
+        raise BodyError(f"request body is not a JSON object: {error}") from error
+    messages = data.get("messages")
+    if not isinstance(messages, list):
+        raise BodyError("request body has no `messages` list")
+    data["model"] = route.model
+    if route.system_prompt:
+        _apply_system_prompt(messages, route.system_prompt, route.system_prompt_mode)
+    if route.use_reasoning is not None and route.reasoning_type and route.reasoning_parameter:
+        _apply_reasoning(data, route)
+    return _encoder.encode(data), data.get("stream") is True
+
+
+def _apply_system_prompt(messages: list[Any], prompt: str, mode: str) -> None:
+    """`insert`: the prompt, a blank line, then the existing system text; `replace`: the prompt
+    alone. Without a system message, one is added first (both modes)."""
+    for message in messages:
+        if isinstance(message, dict) and message.get("role") == "system":
+            content = message.get("content")
+            if mode == "replace" or not content:
+                message["content"] = prompt
+            elif isinstance(content, str):
+                message["content"] = f"{prompt}\n\n{content}"
+            elif isinstance(content, list):
+                message["content"] = [{"type": "text", "text": f"{prompt}\n\n"}, *content]
+            else:
+                message["content"] = prompt
+            return
+    messages.insert(0, {"role": "system", "content": prompt})
+
+
+def _apply_reasoning(data: dict[str, Any], route: Route) -> None:
+    param = route.reasoning_parameter
+    assert param is not None
+    client_effort = data.pop("reasoning_effort", None)
+    on = bool(route.use_reasoning)
+    effort = route.reasoning_effort or "medium"
+    if route.reasoning_type == "top_level_reasoning_effort":
+        if on:
+            data[param] = effort
+        elif client_effort is not None:
+            data[param] = client_effort
+        return
+    kwargs = data.get("chat_template_kwargs")
+    if not isinstance(kwargs, dict):
+        kwargs = {}
+        data["chat_template_kwargs"] = kwargs
+    if route.reasoning_type == "chat_template_kwargs":
+        kwargs[param] = on
+    else:  # "reasoning_effort": the effort travels to the chat template
+        kwargs[param] = effort if on else (client_effort or _OFF_EFFORT)

@@ -1,0 +1,351 @@
+"""One routed request, from `DispatchRequest` to the messages the ingress receives.
+
+Plain async logic: the NATS side hands in a `send` callable that publishes a reply message,
+and the vLLM side is an `upstream.Upstream`. `Dispatch.run` sends exactly one final answer:
+
+- non-streaming: one `ReplyResponse` (vLLM's status and body), or one `ReplyError`;
+- streaming: `ReplyHead`, then `StreamChunk`s (vLLM's SSE bytes exactly as received, `seq` from
+  0), then `ReplyEnd` (with an error when the stream broke after its first byte); or, when it
+  failed before any byte, one `ReplyError`.
+
+Retries follow the dispatcher retry table (reference vllm-openai-api.md section 14): another
+endpoint is tried only while nothing has been sent to the client, for a failed connect, a
+broken connection, a timeout before the answer, a 503, a 500 (once), a 404 for the model on
+one endpoint when another remains, and a response that names another model than the one asked
+for (when `check_response_model` is on). Everything else is the client's answer: vLLM's error,
+re-shaped into the current envelope when vLLM sent the legacy flat one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import msgspec
+
+from schemas.config import Dispatcher as DispatcherConfig
+from schemas.config import VllmEndpoint
+from schemas.errors import (
+    STATUS,
+    ErrorInfo,
+    ErrorKind,
+    ErrorResponse,
+    error_response,
+    parse_error_body,
+)
+from schemas.wire import (
+    DispatchRequest,
+    ReplyEnd,
+    ReplyError,
+    ReplyHead,
+    ReplyMessage,
+    ReplyResponse,
+    Route,
+    StreamChunk,
+)
+from services.common.bus import RequestMeta
+from services.dispatcher.apply import BodyError, apply_route
+from services.dispatcher.endpoints import EndpointPool
+from services.dispatcher.upstream import Upstream, UpstreamError, UpstreamResponse
+
+__all__ = ["CHAT_PATH", "Dispatch", "Outcome", "Send"]
+
+CHAT_PATH = "/v1/chat/completions"
+
+#: Publishes one reply message to the requester.
+Send = Callable[[ReplyMessage], Awaitable[None]]
+
+_DONE = b"data: [DONE]"
+
+
+class _ModelView(msgspec.Struct):
+    model: str | None = None
+
+
+_model_decoder = msgspec.json.Decoder(_ModelView)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What happened, for logs and metrics: the final status, endpoint, attempts, streamed bytes."""
+
+    status: int
+    endpoint: str | None = None
+    attempts: int = 0
+    chunks: int = 0
+    error: str | None = None
+    stream: bool = False
+    elapsed_s: float = 0.0
+
+
+class _Retry(Exception):
+    """This attempt failed in a way another endpoint may fix; `reply` answers if none does."""
+
+    def __init__(
+        self, reply: ReplyError, *, mark_down: bool = False, same_endpoint_ok: bool = True
+    ) -> None:
+        super().__init__(reply.error.error.message)
+        self.reply = reply
+        self.mark_down = mark_down
+        self.same_endpoint_ok = same_endpoint_ok
+
+
+def _error(
+    kind: ErrorKind, message: str, route: Route | None, param: str | None = None
+) -> ReplyError:
+    body = error_response(kind, message, param)
+    return ReplyError(status=STATUS[kind], error=body, route=route)
+
+
+def _upstream_error(status: int, body: bytes, route: Route) -> ReplyError:
+    """vLLM's error as the client's: both envelope shapes become the current one.
+
+    401/403 mean vLLM refused loraroute's own credentials, which the client cannot fix: 502.
+    """
+    info = parse_error_body(body, status)
+    if status in (401, 403):
+        return _error(
+            ErrorKind.BAD_GATEWAY, f"vLLM refused the request ({status}): {info.message}", route
+        )
+    if status < 400:
+        return _error(ErrorKind.BAD_GATEWAY, f"unexpected status {status} from vLLM", route)
+    info = ErrorInfo(message=info.message, type=info.type or "Error", param=info.param, code=status)
+    return ReplyError(status=status, error=ErrorResponse(error=info), route=route)
+
+
+class Dispatch:
+    """Runs routed requests against vLLM. Shared by every request of one dispatcher process."""
+
+    def __init__(
+        self,
+        *,
+        config: DispatcherConfig,
+        pool: EndpointPool,
+        upstream: Upstream,
+    ) -> None:
+        self.config = config
+        self.pool = pool
+        self.upstream = upstream
+
+    async def run(self, request: DispatchRequest, meta: RequestMeta, send: Send) -> Outcome:
+        """Answer `request` through `send` (exactly one final answer); never raises for
+        failures of vLLM or of the request, only for failures of `send` itself."""
+        started = time.perf_counter()
+        route = request.route
+        outcome = Outcome(status=0)
+        reply: ReplyError | None
+        try:
+            if meta.expired():
+                reply = _error(
+                    ErrorKind.TIMEOUT, "deadline passed before the request reached vLLM", route
+                )
+            else:
+                try:
+                    body, outcome.stream = apply_route(request.body, route)
+                except BodyError as error:
+                    reply = _error(ErrorKind.VALIDATION, str(error), route)
+                else:
+                    reply = await self._attempts(body, route, meta, send, outcome)
+            if reply is not None:
+                outcome.status = reply.status
+                outcome.error = reply.error.error.message
+                await send(reply)
+        finally:
+            outcome.elapsed_s = time.perf_counter() - started
+        return outcome
+
+    async def _attempts(
+        self, body: bytes, route: Route, meta: RequestMeta, send: Send, outcome: Outcome
+    ) -> ReplyError | None:
+        """Try endpoints until one answers; None when the answer was sent, else the error."""
+        endpoints = self.pool.order(route.endpoints)
+        if not endpoints:
+            return _error(
+                ErrorKind.UNAVAILABLE, f"no vLLM endpoint is configured for {route.model}", route
+            )
+        last: ReplyError | None = None
+        tried: set[str] = set()
+        again: VllmEndpoint | None = None  # the endpoint worth one more try, if any
+        for attempt in range(self.config.max_attempts):
+            left = meta.remaining_s()
+            if left is not None and left <= 0:
+                return _error(ErrorKind.TIMEOUT, "deadline passed while calling vLLM", route)
+            untried = [e for e in endpoints if e.name not in tried]
+            endpoint = untried[0] if untried else again
+            if endpoint is None:
+                break
+            tried.add(endpoint.name)
+            outcome.attempts = attempt + 1
+            outcome.endpoint = endpoint.name
+            try:
+                await self._once(endpoint, body, route, meta, send, outcome)
+            except _Retry as retry:
+                last = retry.reply
+                if retry.mark_down:
+                    self.pool.mark_down(endpoint.name)
+                # A broken pooled connection or a slow answer is worth another try on the same
+                # endpoint when no other is left; a refusal or an error answer is not.
+                again = endpoint if retry.same_endpoint_ok else None
+                continue
+            except _Final as final:
+                self.pool.mark_up(endpoint.name)
+                return final.reply
+            self.pool.mark_up(endpoint.name)
+            return None
+        return last or _error(ErrorKind.BAD_GATEWAY, "no vLLM endpoint answered", route)
+
+    async def _once(
+        self,
+        endpoint: VllmEndpoint,
+        body: bytes,
+        route: Route,
+        meta: RequestMeta,
+        send: Send,
+        outcome: Outcome,
+    ) -> None:
+        """One attempt. Returns after the answer was sent; raises `_Retry` when nothing was
+        sent and another endpoint may do better; sends a `ReplyError` itself otherwise."""
+        headers = {"X-Request-Id": meta.request_id}
+        if meta.traceparent:
+            headers["traceparent"] = meta.traceparent
+        url = endpoint.base_url + CHAT_PATH
+        try:
+            response = await self.upstream.post(url, body, headers, meta.remaining_s())
+        except UpstreamError as error:
+            kind = ErrorKind.TIMEOUT if error.stage == "timeout" else ErrorKind.BAD_GATEWAY
+            raise _Retry(
+                _error(kind, f"vLLM endpoint {endpoint.name}: {error}", route),
+                mark_down=error.stage == "connect",
+                same_endpoint_ok=error.stage != "connect",
+            ) from error
+        try:
+            if response.status != 200:
+                await self._refused(response, endpoint, route, meta)
+            elif outcome.stream and response.content_type == "text/event-stream":
+                await self._stream(response, endpoint, route, meta, send, outcome)
+            else:
+                await self._whole(response, endpoint, route, meta, send, outcome)
+        finally:
+            response.release()
+
+    async def _refused(
+        self, response: UpstreamResponse, endpoint: VllmEndpoint, route: Route, meta: RequestMeta
+    ) -> None:
+        """A non-200 answer: retry where the table says so, else raise it as the final answer."""
+        try:
+            data = await response.read(meta.remaining_s())
+        except UpstreamError as error:
+            raise _Retry(_error(ErrorKind.BAD_GATEWAY, str(error), route)) from error
+        reply = _upstream_error(response.status, data, route)
+        status = response.status
+        if status == 503 or status == 500:
+            raise _Retry(reply, same_endpoint_ok=False)
+        if status == 404 and reply.error.error.param == "model":
+            # This replica lacks the adapter; another may have it.
+            raise _Retry(reply, same_endpoint_ok=False)
+        raise _Final(reply)
+
+    async def _whole(
+        self,
+        response: UpstreamResponse,
+        endpoint: VllmEndpoint,
+        route: Route,
+        meta: RequestMeta,
+        send: Send,
+        outcome: Outcome,
+    ) -> None:
+        try:
+            data = await response.read(meta.remaining_s())
+        except UpstreamError as error:
+            kind = ErrorKind.TIMEOUT if error.stage == "timeout" else ErrorKind.BAD_GATEWAY
+            raise _Retry(_error(kind, f"vLLM endpoint {endpoint.name}: {error}", route)) from error
+        self._check_model(data, endpoint, route)
+        outcome.status = 200
+        await send(ReplyResponse(status=200, body=msgspec.Raw(data), route=route))
+
+    async def _stream(
+        self,
+        response: UpstreamResponse,
+        endpoint: VllmEndpoint,
+        route: Route,
+        meta: RequestMeta,
+        send: Send,
+        outcome: Outcome,
+    ) -> None:
+        chunks = response.chunks(meta.remaining_s())
+        try:
+            first = await anext(chunks, b"")
+        except UpstreamError as error:
+            kind = ErrorKind.TIMEOUT if error.stage == "timeout" else ErrorKind.BAD_GATEWAY
+            raise _Retry(_error(kind, f"vLLM endpoint {endpoint.name}: {error}", route)) from error
+        if not first:
+            raise _Retry(
+                _error(
+                    ErrorKind.BAD_GATEWAY,
+                    f"vLLM endpoint {endpoint.name} sent an empty stream",
+                    route,
+                )
+            )
+        self._check_model(_first_frame(first), endpoint, route)
+        # From here on bytes reach the client: no retry, failures go in-band.
+        outcome.status = 200
+        await send(ReplyHead(status=200, route=route))
+        seq = 0
+        tail = first[-64:]
+        await send(StreamChunk(seq=seq, data=first))
+        seq += 1
+        broken: ErrorResponse | None = None
+        try:
+            async for chunk in chunks:
+                await send(StreamChunk(seq=seq, data=chunk))
+                seq += 1
+                tail = (tail + chunk)[-64:]
+        except UpstreamError as failure:
+            kind = ErrorKind.TIMEOUT if failure.stage == "timeout" else ErrorKind.BAD_GATEWAY
+            broken = error_response(
+                kind, f"the stream from vLLM endpoint {endpoint.name} broke: {failure}"
+            )
+        if broken is None and _DONE not in tail:
+            broken = error_response(
+                ErrorKind.BAD_GATEWAY,
+                f"the stream from vLLM endpoint {endpoint.name} ended without [DONE]",
+            )
+        outcome.chunks = seq
+        if broken is not None:
+            outcome.error = broken.error.message
+        await send(ReplyEnd(chunks=seq, error=broken))
+
+    def _check_model(self, data: bytes, endpoint: VllmEndpoint, route: Route) -> None:
+        """Raise `_Retry` when vLLM answered for another model than the one asked for."""
+        if not self.config.check_response_model or not data:
+            return
+        try:
+            model = _model_decoder.decode(data).model
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return  # not JSON we can read: the client sees it as vLLM sent it
+        if model is not None and model != route.model:
+            raise _Retry(
+                _error(
+                    ErrorKind.BAD_GATEWAY,
+                    f"vLLM endpoint {endpoint.name} answered for model {model!r}, not {route.model!r}",
+                    route,
+                ),
+                same_endpoint_ok=False,
+            )
+
+
+class _Final(Exception):
+    """A definitive error answer (no retry)."""
+
+    def __init__(self, reply: ReplyError) -> None:
+        super().__init__(reply.error.error.message)
+        self.reply = reply
+
+
+def _first_frame(chunk: bytes) -> bytes:
+    """The JSON of the first `data:` frame in `chunk`, or b"" when it holds none whole."""
+    for line in chunk.split(b"\n"):
+        if line.startswith(b"data: {") or line.startswith(b"data:{"):
+            return line[5:].strip()
+    return b""

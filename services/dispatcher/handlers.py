@@ -1,0 +1,95 @@
+"""The dispatcher's NATS entry point: decode a `DispatchRequest`, run it, publish the replies.
+
+Replies go to the ingress inbox: the `Lr-Reply-To` header when the classifier forwarded the
+request, else the NATS reply subject (a passthrough published by the ingress itself). Each
+request runs in its own task, because calls to vLLM last seconds and nats-py delivers a
+subscription's messages one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from schemas.errors import ErrorKind
+from schemas.wire import DispatchRequest, ReplyMessage, dispatch_decoder, encoder
+from services.common import bus
+from services.dispatcher.dispatch import Dispatch
+from services.dispatcher.metrics import DispatcherMetrics
+
+__all__ = ["DispatcherHandlers"]
+
+_log = structlog.get_logger("loraroute.dispatcher")
+
+
+class DispatcherHandlers:
+    """Entry points bound to one connection and one `Dispatch`."""
+
+    def __init__(self, *, nc: Client, dispatch: Dispatch, metrics: DispatcherMetrics) -> None:
+        self.nc = nc
+        self.dispatch = dispatch
+        self.metrics = metrics
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def on_dispatch(self, msg: Msg) -> None:
+        """One message on a dispatch subject (never raises: failures are answered)."""
+        if bus.is_ping(msg):
+            await bus.answer_ping(self.nc, msg)
+            return
+        meta = bus.RequestMeta.from_headers(msg.headers)
+        reply = bus.reply_subject(msg, meta)
+        if reply is None:
+            _log.warning("no_reply_subject", request_id=meta.request_id)
+            return
+        try:
+            request = dispatch_decoder.decode(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as error:
+            await bus.reply_error(
+                self.nc,
+                reply,
+                ErrorKind.VALIDATION,
+                f"invalid dispatch message: {error}",
+                meta=meta,
+            )
+            return
+        task = asyncio.create_task(self._run(request, meta, reply))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _run(self, request: DispatchRequest, meta: bus.RequestMeta, reply: str) -> None:
+        async def send(message: ReplyMessage) -> None:
+            await self.nc.publish(reply, encoder.encode(message))
+
+        try:
+            outcome = await self.dispatch.run(request, meta, send)
+        except Exception as error:  # the outermost guard: a failed publish or a bug
+            _log.exception("dispatch_failed", request_id=meta.request_id)
+            await bus.reply_error(
+                self.nc, reply, ErrorKind.INTERNAL, f"dispatcher error: {error!r}", meta=meta
+            )
+            return
+        stream = "true" if outcome.stream else "false"
+        self.metrics.requests.labels(str(outcome.status), stream).inc()
+        self.metrics.seconds.labels(stream).observe(outcome.elapsed_s)
+        if outcome.endpoint is not None:
+            self.metrics.attempts.labels(outcome.endpoint).inc(outcome.attempts)
+        if outcome.stream and outcome.chunks and outcome.error:
+            self.metrics.stream_errors.inc()
+        # Successes at debug: the classifier already logs each request once (`routed`).
+        log = _log.info if outcome.error else _log.debug
+        log(
+            "dispatched",
+            request_id=meta.request_id,
+            model=request.route.model,
+            endpoint=outcome.endpoint,
+            status=outcome.status,
+            attempts=outcome.attempts,
+            stream=outcome.stream,
+            chunks=outcome.chunks,
+            elapsed_ms=round(outcome.elapsed_s * 1000, 2),
+            error=outcome.error,
+        )

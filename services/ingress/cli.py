@@ -1,0 +1,95 @@
+"""`loraroute ingress --nats URL --config FILE [--host H --port P]`: run the HTTP ingress alone.
+
+Served by uvicorn with uvloop and httptools (measured in docs/benchmarks.md). SIGINT/SIGTERM stop
+intake, let in-flight requests finish for up to `--graceful-timeout` seconds, then close NATS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from schemas.config import ConfigError, load_config
+from services.common.log import configure, get_logger
+from services.common.settings import Settings
+
+__all__ = ["main"]
+
+
+def _parser(settings: Settings) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loraroute ingress", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--nats", default=settings.nats_url, help="NATS URL (env LORAROUTE_NATS_URL)"
+    )
+    parser.add_argument(
+        "--config", default=settings.config_path, help="config file (env LORAROUTE_CONFIG)"
+    )
+    parser.add_argument("--host", help="listen address (default: ingress.host in the config)")
+    parser.add_argument("--port", type=int, help="listen port (default: ingress.port)")
+    parser.add_argument(
+        "--graceful-timeout",
+        type=float,
+        default=30.0,
+        help="seconds in-flight requests may take to finish on shutdown (default 30)",
+    )
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    # For measurements (loadtest/bench_ingress_server.py); the defaults are the measured best.
+    parser.add_argument(
+        "--http", default="httptools", choices=["httptools", "h11"], help=argparse.SUPPRESS
+    )
+    parser.add_argument(
+        "--loop", default="uvloop", choices=["uvloop", "asyncio"], help=argparse.SUPPRESS
+    )
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """Run the ingress until SIGINT/SIGTERM; 0 on a clean stop, 1 when it cannot start."""
+    settings = Settings.from_env()
+    args = _parser(settings).parse_args(argv)
+    configure("ingress", args.log_level)
+    log = get_logger()
+    try:
+        config, warnings = load_config(args.config)
+    except (ConfigError, OSError) as error:
+        print(f"loraroute ingress: {error}", file=sys.stderr)
+        return 1
+    for warning in warnings:
+        log.warning("config_warning", issue=str(warning))
+
+    import uvicorn
+
+    from services.ingress.app import build_app
+
+    host = args.host or config.ingress.host
+    port = args.port or config.ingress.port
+    server = uvicorn.Server(
+        uvicorn.Config(
+            build_app(config, args.nats, settings),
+            host=host,
+            port=port,
+            loop=args.loop,
+            http=args.http,
+            lifespan="on",
+            access_log=False,
+            log_level="warning",
+            timeout_graceful_shutdown=args.graceful_timeout,
+            # Keep-alive above the usual client pool idle time (httpx: 5 s) so a pooled
+            # connection is not closed under a client that is about to reuse it.
+            timeout_keep_alive=15,
+        )
+    )
+    try:
+        server.run()
+    except OSError as error:
+        print(f"loraroute ingress: cannot listen on {host}:{port}: {error}", file=sys.stderr)
+        return 1
+    if not server.started:
+        print("loraroute ingress: did not start (see the log above)", file=sys.stderr)
+        return 1
+    log.info("ingress_exit")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,246 @@
+"""The ingress's side of the NATS contract: publish a request, turn its replies into an outcome.
+
+`Exchange` holds no NATS client; it is given a `publish` function (the app wraps nats-py's) and the
+`Inbox` fed by the app's one reply subscription. Every call ends in exactly one `Outcome`:
+an answer, an error from the pipeline, 503 at once when NATS reports no responders, or 504 at the
+deadline. Waiting requests are bounded (`ingress.max_in_flight`): beyond it the answer is 429 with
+`Retry-After`, never an unbounded queue.
+
+Passthrough requests (an explicit model or adapter) are sent through the classifier like auto
+ones: it owns every routing decision (endpoints by weight, reasoning, fallbacks) and skips the
+model for them, so the ingress stays free of routing logic; the extra hop costs one NATS message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+import msgspec
+
+from schemas.config import Config
+from schemas.errors import ErrorKind
+from schemas.wire import (
+    ClassifyTexts,
+    ClassifyTextsResult,
+    ReplyError,
+    ReplyHead,
+    ReplyResponse,
+    RouteChat,
+    encoder,
+)
+from services.common.subjects import (
+    HEADER_DEADLINE,
+    HEADER_PING,
+    HEADER_REQUEST_ID,
+    HEADER_TRACEPARENT,
+    Subjects,
+)
+from services.ingress import sse
+from services.ingress.inbox import Inbox, Mailbox, NoResponders
+from services.ingress.outcomes import (
+    ErrorAnswer,
+    JsonAnswer,
+    Outcome,
+    StreamAnswer,
+    error_answer,
+)
+
+__all__ = ["Exchange", "Publish", "PublishError", "RequestMeta"]
+
+#: `publish(subject, payload, reply, headers)`; raises `PublishError` when the bus refuses.
+Publish = Callable[[str, bytes, str, Mapping[str, str]], Awaitable[None]]
+
+
+class PublishError(Exception):
+    """The bus did not take the message; `kind` says how to answer (e.g. UNAVAILABLE, TOO_LARGE)."""
+
+    def __init__(self, kind: ErrorKind, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass(frozen=True, slots=True)
+class RequestMeta:
+    """What travels in NATS headers: request id, absolute deadline (Unix ms), trace context."""
+
+    request_id: str
+    deadline_ms: int
+    timeout_s: float
+    traceparent: str | None = None
+
+    def headers(self) -> dict[str, str]:
+        headers = {HEADER_REQUEST_ID: self.request_id, HEADER_DEADLINE: str(self.deadline_ms)}
+        if self.traceparent:
+            headers[HEADER_TRACEPARENT] = self.traceparent
+        return headers
+
+
+class Exchange:
+    """Request/reply over the bus for the ingress's routes."""
+
+    def __init__(
+        self,
+        config: Config,
+        inbox: Inbox,
+        publish: Publish,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.inbox = inbox
+        self._publish = publish
+        self._clock = clock
+        self.subjects = Subjects(config.nats.subject_prefix)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _overloaded(self) -> ErrorAnswer | None:
+        limit = self.config.ingress.max_in_flight
+        if len(self.inbox) < limit:
+            return None
+        return error_answer(
+            ErrorKind.OVERLOADED,
+            f"The router is overloaded ({limit} requests in flight); retry later.",
+            retry_after=self.config.ingress.retry_after_s,
+        )
+
+    async def _send(
+        self, mailbox: Mailbox, subject: str, payload: bytes, meta: RequestMeta
+    ) -> ErrorAnswer | None:
+        try:
+            await self._publish(subject, payload, mailbox.reply, meta.headers())
+        except PublishError as error:
+            return error_answer(error.kind, str(error))
+        return None
+
+    def _from_error(self, reply: ReplyError) -> ErrorAnswer:
+        retry_after = self.config.ingress.retry_after_s if reply.status == 429 else None
+        return ErrorAnswer(reply.status, reply.error, reply.route, retry_after)
+
+    @staticmethod
+    def _timeout(meta: RequestMeta) -> ErrorAnswer:
+        return error_answer(
+            ErrorKind.TIMEOUT, f"No answer within the request's deadline ({meta.timeout_s:g} s)."
+        )
+
+    @staticmethod
+    def _unexpected(message: object) -> ErrorAnswer:
+        return error_answer(
+            ErrorKind.BAD_GATEWAY,
+            f"The pipeline answered with an unexpected {type(message).__name__}.",
+        )
+
+    # ------------------------------------------------------------------ chat completions
+
+    async def chat(self, body: bytes, stream: bool, meta: RequestMeta) -> Outcome:
+        """Send a validated chat body through the pipeline and wait for its answer.
+
+        For `stream=True` the outcome is a `StreamAnswer` once the head arrived (the caller
+        must `release()` it); errors before the head are ordinary `ErrorAnswer`s.
+        """
+        refused = self._overloaded()
+        if refused is not None:
+            return refused
+        mailbox = self.inbox.open()
+        handed_over = False
+        try:
+            payload = encoder.encode(RouteChat(body=msgspec.Raw(body)))
+            failed = await self._send(mailbox, self.subjects.classify, payload, meta)
+            if failed is not None:
+                return failed
+            deadline = self._clock() + meta.timeout_s
+            try:
+                first = await mailbox.receive(deadline - self._clock())
+            except TimeoutError:
+                return self._timeout(meta)
+            if isinstance(first, NoResponders):
+                return error_answer(
+                    ErrorKind.UNAVAILABLE,
+                    "No classifier is running: nobody listens on "
+                    f"{self.subjects.classify}. Start one with `loraroute classifier`.",
+                )
+            if isinstance(first, ReplyResponse):
+                return JsonAnswer(first.status, bytes(first.body), first.route)
+            if isinstance(first, ReplyError):
+                return self._from_error(first)
+            if isinstance(first, ReplyHead) and stream:
+                handed_over = True
+                return StreamAnswer(
+                    chunks=sse.relay(mailbox.receive, deadline, self._clock),
+                    release=mailbox.close,
+                    route=first.route,
+                    status=first.status,
+                )
+            return self._unexpected(first)
+        finally:
+            if not handed_over:
+                mailbox.close()
+
+    # ------------------------------------------------------------------ classification API
+
+    async def classify(
+        self, texts: list[str], return_probabilities: bool, meta: RequestMeta
+    ) -> ClassifyTextsResult | ErrorAnswer:
+        """Classify `texts` with the classifiers' model (no dispatch)."""
+        refused = self._overloaded()
+        if refused is not None:
+            return refused
+        with self.inbox.open() as mailbox:
+            payload = encoder.encode(
+                ClassifyTexts(texts=texts, return_probabilities=return_probabilities)
+            )
+            failed = await self._send(mailbox, self.subjects.classify, payload, meta)
+            if failed is not None:
+                return failed
+            try:
+                reply = await mailbox.receive(meta.timeout_s)
+            except TimeoutError:
+                return self._timeout(meta)
+            if isinstance(reply, NoResponders):
+                return error_answer(
+                    ErrorKind.UNAVAILABLE,
+                    f"No classifier is running: nobody listens on {self.subjects.classify}.",
+                )
+            if isinstance(reply, ClassifyTextsResult):
+                if len(reply.results) != len(texts):
+                    return error_answer(
+                        ErrorKind.BAD_GATEWAY,
+                        f"The classifier answered {len(reply.results)} results for "
+                        f"{len(texts)} texts.",
+                    )
+                return reply
+            if isinstance(reply, ReplyError):
+                return self._from_error(reply)
+            return self._unexpected(reply)
+
+    # ------------------------------------------------------------------ readiness
+
+    async def _ping(self, subject: str, timeout_s: float) -> bool:
+        with self.inbox.open() as mailbox:
+            headers = {HEADER_PING: "1", HEADER_REQUEST_ID: "ready"}
+            try:
+                await self._publish(subject, b"", mailbox.reply, headers)
+            except PublishError:
+                return False
+            try:
+                reply = await mailbox.receive(timeout_s)
+            except TimeoutError:
+                return False
+            return not isinstance(reply, NoResponders)
+
+    async def readiness(self) -> dict[str, bool]:
+        """Which worker kinds answer a ping now: `classifier` and `dispatcher:<base model>` for
+        each configured base model. A ping is an empty message with the `Lr-Ping` header on the
+        worker's own subject, answered at once without work. All pings run at once; each waits
+        `ready_timeout_s`, and one nobody listens to fails at once (no responders)."""
+        timeout_s = self.config.ingress.ready_timeout_s
+        names = ["classifier", *(f"dispatcher:{base}" for base in self.config.model_config)]
+        subjects = [
+            self.subjects.classify,
+            *(self.subjects.dispatch(base) for base in self.config.model_config),
+        ]
+        answers = await asyncio.gather(*(self._ping(s, timeout_s) for s in subjects))
+        return dict(zip(names, answers, strict=True))

@@ -1,0 +1,98 @@
+"""Response headers that describe the route, and the request id and deadline a request carries.
+
+Header names are upstream's (`x-vsr-selected-*`, vLLM Semantic Router) so existing dashboards and
+tests keep working. Client headers are read only for `x-request-id`, `traceparent` and the
+optional timeout; any `x-vsr-*` or internal (`Lr-*`) header a client sends is ignored, because
+the ingress builds every internal header itself.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+from schemas.wire import Route
+
+__all__ = [
+    "REQUEST_ID",
+    "ROUTE_REASON",
+    "SELECTED_CATEGORY",
+    "SELECTED_CONFIDENCE",
+    "SELECTED_MODEL",
+    "SELECTED_REASONING",
+    "TIMEOUT",
+    "deadline_ms",
+    "new_request_id",
+    "request_id",
+    "route_headers",
+    "traceparent",
+]
+
+SELECTED_CATEGORY = "x-vsr-selected-category"
+SELECTED_CONFIDENCE = "x-vsr-selected-confidence"
+SELECTED_MODEL = "x-vsr-selected-model"
+SELECTED_REASONING = "x-vsr-selected-reasoning"
+REQUEST_ID = "x-request-id"
+#: loraroute's own: why this model (`classified`, `below_threshold`, `passthrough`, ...), so a
+#: fallback to `default_model` is visible without reading logs.
+ROUTE_REASON = "x-loraroute-route"
+#: Optional client header: seconds this request may take, at most `ingress.request_timeout_s`.
+TIMEOUT = "x-loraroute-timeout"
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+
+
+def new_request_id() -> str:
+    """A fresh request id: 32 hex digits."""
+    return secrets.token_hex(16)
+
+
+def request_id(client_value: str | None) -> str:
+    """The client's `x-request-id` when it is a sane token (1-128 characters of
+    `[A-Za-z0-9._:/+=-]`, so it is safe in logs and headers), else a fresh one."""
+    if client_value and _REQUEST_ID.match(client_value):
+        return client_value
+    return new_request_id()
+
+
+def traceparent(client_value: str | None) -> str | None:
+    """The W3C `traceparent` if well formed, else None (never forward garbage downstream)."""
+    if client_value and _TRACEPARENT.match(client_value.strip().lower()):
+        return client_value.strip().lower()
+    return None
+
+
+def deadline_ms(now_ms: int, timeout_s: float, client_value: str | None) -> tuple[int, float]:
+    """The absolute deadline (Unix ms) and the timeout it came from.
+
+    A client may shorten the timeout with `x-loraroute-timeout: <seconds>` (a positive number);
+    it can never lengthen it beyond the configured `timeout_s`. Garbage is ignored.
+    """
+    if client_value:
+        try:
+            asked = float(client_value)
+        except ValueError:
+            asked = 0.0
+        if 0.0 < asked < timeout_s:
+            timeout_s = asked
+    return now_ms + int(timeout_s * 1000), timeout_s
+
+
+def route_headers(route: Route | None) -> dict[str, str]:
+    """The `x-vsr-selected-*` headers for `route` (empty without one).
+
+    Category only when there is one (below the threshold there is none: the reason header then
+    says `below_threshold`); confidence as `%.4f` whenever the text was classified; reasoning
+    `on`/`off` only when the chosen entry sets `use_reasoning`.
+    """
+    if route is None:
+        return {}
+    headers = {SELECTED_MODEL: route.model, ROUTE_REASON: route.reason}
+    if route.category is not None:
+        headers[SELECTED_CATEGORY] = route.category
+    if route.confidence is not None:
+        headers[SELECTED_CONFIDENCE] = f"{route.confidence:.4f}"
+    if route.use_reasoning is not None:
+        headers[SELECTED_REASONING] = "on" if route.use_reasoning else "off"
+    return headers

@@ -1,0 +1,211 @@
+"""The ingress's HTTP entry points: read the request, call one plain function, send its answer.
+
+Order of checks on a POST: declared size (413 before reading), content type (400), body read with
+the limit enforced while reading (413), JSON and schema (400), model name (404); then the
+request is handed to the `Exchange` and its outcome becomes the response.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route as HttpRoute
+from starlette.types import Receive, Scope, Send
+
+from schemas.classify import ClassifyBatchRequest
+from schemas.config import Config
+from schemas.errors import ErrorResponse
+from schemas.wire import ClassifyTextsResult
+from services.common.log import get_logger
+from services.ingress import classify_api, headers, sse
+from services.ingress.exchange import Exchange, RequestMeta
+from services.ingress.models import resolve_model, unknown_model
+from services.ingress.outcomes import ErrorAnswer, JsonAnswer, Outcome, StreamAnswer
+from services.ingress.validation import (
+    check_content_type,
+    parse_chat,
+    parse_classify_batch,
+    parse_classify_intent,
+    too_large,
+)
+
+__all__ = ["ROUTES", "IngressState"]
+
+_JSON = "application/json"
+_log = get_logger()
+
+
+@dataclass(slots=True)
+class IngressState:
+    """What the routes need, built once by the app's lifespan."""
+
+    config: Config
+    exchange: Exchange
+    models_body: bytes
+    body_limit: int
+    connected: Callable[[], bool]
+
+
+def _state(request: Request) -> IngressState:
+    state: IngressState = request.app.state.ingress
+    return state
+
+
+def _error(error: ErrorResponse, rid: str, extra: dict[str, str] | None = None) -> Response:
+    hdrs = {headers.REQUEST_ID: rid}
+    if extra:
+        hdrs.update(extra)
+    return Response(msgspec.json.encode(error), error.status, hdrs, _JSON)
+
+
+class _Relay(StreamingResponse):
+    """An SSE response that releases its mailbox however the response ends."""
+
+    def __init__(self, answer: StreamAnswer, hdrs: dict[str, str]) -> None:
+        super().__init__(answer.chunks, answer.status, hdrs, sse.MEDIA_TYPE)
+        self._release = answer.release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+
+def _respond(outcome: Outcome, rid: str) -> Response:
+    hdrs = {headers.REQUEST_ID: rid, **headers.route_headers(outcome.route)}
+    if isinstance(outcome, JsonAnswer):
+        return Response(outcome.body, outcome.status, hdrs, _JSON)
+    if isinstance(outcome, StreamAnswer):
+        return _Relay(outcome, hdrs)
+    if outcome.retry_after is not None:
+        hdrs["retry-after"] = str(outcome.retry_after)
+    if outcome.status >= 500:
+        _log.warning(
+            "request_failed",
+            request_id=rid,
+            status=outcome.status,
+            error_type=outcome.error.error.type,
+        )
+    return Response(msgspec.json.encode(outcome.error), outcome.status, hdrs, _JSON)
+
+
+async def _read_json_body(request: Request, limit: int) -> bytes | ErrorResponse:
+    """The body, or the 413/400 to answer instead (size is checked before content type, so an
+    oversized upload is refused without being read)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return too_large(int(declared), limit)
+    wrong_type = check_content_type(request.headers.get("content-type"))
+    if wrong_type is not None:
+        return wrong_type
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return too_large(None, limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _meta(request: Request, rid: str, timeout_s: float) -> RequestMeta:
+    deadline, timeout = headers.deadline_ms(
+        int(time.time() * 1000), timeout_s, request.headers.get(headers.TIMEOUT)
+    )
+    return RequestMeta(
+        rid, deadline, timeout, headers.traceparent(request.headers.get("traceparent"))
+    )
+
+
+async def chat_completions(request: Request) -> Response:
+    """`POST /v1/chat/completions`: JSON or SSE, through the pipeline."""
+    state = _state(request)
+    rid = headers.request_id(request.headers.get(headers.REQUEST_ID))
+    body = await _read_json_body(request, state.body_limit)
+    if isinstance(body, ErrorResponse):
+        return _error(body, rid)
+    view = parse_chat(body)
+    if isinstance(view, ErrorResponse):
+        return _error(view, rid)
+    if resolve_model(state.config, view.model) is None:
+        return _error(unknown_model(view.model or ""), rid)
+    meta = _meta(request, rid, state.config.ingress.request_timeout_s)
+    return _respond(await state.exchange.chat(body, bool(view.stream), meta), rid)
+
+
+async def list_models(request: Request) -> Response:
+    """`GET /v1/models`: auto names, base models and adapters (OpenAI list shape)."""
+    return Response(_state(request).models_body, 200, media_type=_JSON)
+
+
+async def health(request: Request) -> Response:
+    """`GET /health`: the process is up (says nothing about NATS or workers; see `/ready`)."""
+    return Response(b'{"status":"ok"}', 200, media_type=_JSON)
+
+
+async def ready(request: Request) -> Response:
+    """`GET /ready`: 200 when NATS is connected and a classifier and a dispatcher for every
+    base model answer a ping; 503 otherwise, with what is missing in the body."""
+    state = _state(request)
+    report: dict[str, Any] = {"nats": state.connected()}
+    if report["nats"]:
+        report.update(await state.exchange.readiness())
+    ok = all(report.values()) and len(report) > 1
+    report = {"ready": ok, **report}
+    return Response(msgspec.json.encode(report), 200 if ok else 503, media_type=_JSON)
+
+
+async def _classify(request: Request, batch: bool) -> Response:
+    state = _state(request)
+    rid = headers.request_id(request.headers.get(headers.REQUEST_ID))
+    body = await _read_json_body(request, state.body_limit)
+    if isinstance(body, ErrorResponse):
+        return _error(body, rid)
+    parsed = (
+        parse_classify_batch(body, state.config.ingress.max_classify_texts)
+        if batch
+        else parse_classify_intent(body)
+    )
+    if isinstance(parsed, ErrorResponse):
+        return _error(parsed, rid)
+    texts = parsed.texts if isinstance(parsed, ClassifyBatchRequest) else [parsed.text]
+    with_probabilities = parsed.options.return_probabilities
+    meta = _meta(request, rid, state.config.ingress.classify_timeout_s)
+    reply = await state.exchange.classify(texts, with_probabilities, meta)
+    if isinstance(reply, ErrorAnswer):
+        return _respond(reply, rid)
+    assert isinstance(reply, ClassifyTextsResult)
+    build = classify_api.batch_body if batch else classify_api.intent_body
+    return Response(
+        build(state.config, reply, with_probabilities),
+        200,
+        {headers.REQUEST_ID: rid},
+        _JSON,
+    )
+
+
+async def classify_intent(request: Request) -> Response:
+    """`POST /api/v1/classify/intent`: one text through the classifier, no generation."""
+    return await _classify(request, batch=False)
+
+
+async def classify_batch(request: Request) -> Response:
+    """`POST /api/v1/classify/batch`: up to `ingress.max_classify_texts` texts."""
+    return await _classify(request, batch=True)
+
+
+ROUTES = [
+    HttpRoute("/v1/chat/completions", chat_completions, methods=["POST"]),
+    HttpRoute("/v1/models", list_models, methods=["GET"]),
+    HttpRoute("/health", health, methods=["GET"]),
+    HttpRoute("/ready", ready, methods=["GET"]),
+    HttpRoute("/api/v1/classify/intent", classify_intent, methods=["POST"]),
+    HttpRoute("/api/v1/classify/batch", classify_batch, methods=["POST"]),
+]

@@ -1,0 +1,304 @@
+"""`loraroute up`: the whole system on one machine, each part a child process.
+
+Starts, in order, an embedded nats-server (JetStream on, data under `--data-dir`), the mock vLLM
+on every configured endpoint (by default when every endpoint is on loopback, as in the shipped
+config), one classifier, one dispatcher and the ingress; waits for each to be ready and prints
+where it runs. Ctrl-C or SIGTERM stops the children in reverse order (SIGTERM to each pid, then
+SIGKILL after a timeout) and exits 0. If a child dies, the rest are stopped and the exit status is 1.
+
+Refuses to start, with the fix in the message, when the config is invalid, the classifier model
+directory is missing, or a port it needs is taken.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+
+import httpx
+
+from schemas.config import Config, ConfigError, load_config
+from services.common.natsserver import DEFAULT_MAX_PAYLOAD, NatsServer, NatsServerError
+
+__all__ = ["main", "mock_plan", "nats_max_payload"]
+
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+#: The NATS messages carrying a body also carry the route (system prompt included) and headers.
+_PAYLOAD_HEADROOM = 64 * 1024
+#: nats-server warns above 8 MiB: larger messages hurt every client sharing the connection.
+_PAYLOAD_CEILING = 8 * 1024 * 1024
+
+
+class LaunchError(Exception):
+    """Something the user must fix before `loraroute up` can run; the message says what."""
+
+
+def nats_max_payload(max_body_bytes: int) -> int:
+    """The embedded server's `max_payload`: room for the largest accepted body plus the envelope,
+    at least the server default (1 MiB), at most 8 MiB. The ingress lowers its own body limit to
+    what this leaves, so the two always agree."""
+    return max(DEFAULT_MAX_PAYLOAD, min(_PAYLOAD_CEILING, max_body_bytes + _PAYLOAD_HEADROOM))
+
+
+def mock_plan(config: Config) -> list[tuple[str, str, int, str, list[str]]]:
+    """One mock vLLM per endpoint: `(endpoint name, address, port, base model, adapters)`.
+
+    An endpoint serves the base models whose `preferred_endpoints` name it (or that name none);
+    the mock serves one base model, so the first such model is used and others are ignored.
+    """
+    plan = []
+    for endpoint in config.vllm_endpoints:
+        bases = [
+            name
+            for name, model in config.model_config.items()
+            if not model.preferred_endpoints or endpoint.name in model.preferred_endpoints
+        ]
+        if not bases:
+            continue
+        adapters = [lora.name for lora in config.model_config[bases[0]].loras]
+        plan.append((endpoint.name, endpoint.address, endpoint.port, bases[0], adapters))
+    return plan
+
+
+def _port_free(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # SO_REUSEADDR: a port held only by TIME_WAIT sockets is usable (servers set it too).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _die_with_parent() -> None:
+    # Linux: a child gets SIGTERM if the launcher itself is killed, so nothing is orphaned.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class _Child:
+    """One service process; its output goes to the launcher's own stdout/stderr."""
+
+    def __init__(self, name: str, args: Sequence[str], env: dict[str, str]) -> None:
+        self.name = name
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", *args],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            # A session of its own: Ctrl-C reaches only the launcher, which then stops the
+            # children in order instead of all of them dying at once under each other.
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self, timeout_s: float) -> int:
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout_s)
+        return self.process.returncode
+
+
+class _Stop(Exception):
+    """SIGINT or SIGTERM arrived."""
+
+
+def _wait_until(
+    check: Callable[[], bool], children: Sequence[_Child], timeout_s: float, what: str
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for child in children:
+            if child.process.poll() is not None:
+                raise LaunchError(
+                    f"{child.name} (pid {child.pid}) exited with status "
+                    f"{child.process.returncode} while waiting for {what}; see its log above"
+                )
+        if check():
+            return
+        time.sleep(0.2)
+    raise LaunchError(f"{what} not ready after {timeout_s:.0f} s; see the logs above")
+
+
+def _http_ok(url: str) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            return httpx.get(url, timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    return check
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loraroute up", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--config", default=os.environ.get("LORAROUTE_CONFIG", "config/config.yaml")
+    )
+    parser.add_argument(
+        "--mock-vllm",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run the mock vLLM on each endpoint's port (default: on when every endpoint is "
+        "on loopback)",
+    )
+    parser.add_argument(
+        "--mock-echo",
+        action="store_true",
+        help="mock vLLM answers with the request it received (shows routing at work)",
+    )
+    parser.add_argument("--nats", help="use this NATS server instead of starting one")
+    parser.add_argument("--data-dir", default="var", help="JetStream data and logs (default var)")
+    parser.add_argument("--host", help="ingress address (default: ingress.host)")
+    parser.add_argument("--port", type=int, help="ingress port (default: ingress.port)")
+    parser.add_argument(
+        "--ready-timeout", type=float, default=120.0, help="seconds to wait for each service"
+    )
+    parser.add_argument("--stop-timeout", type=float, default=15.0, help="seconds per child")
+    return parser
+
+
+def _check_model(config: Config) -> None:
+    model_dir = Path(config.classifier.category_model.model_id)
+    if not model_dir.is_dir():
+        raise LaunchError(
+            f"the classifier model directory {model_dir} does not exist; build it with "
+            "`make model` (or `loraroute model build`) from the repository root"
+        )
+
+
+def main(argv: list[str]) -> int:
+    """Run everything until Ctrl-C/SIGTERM (exit 0) or until a child dies (exit 1)."""
+    args = _parser().parse_args(argv)
+    try:
+        config, _ = load_config(args.config)
+    except (ConfigError, OSError) as error:
+        print(f"loraroute up: {error}", file=sys.stderr)
+        return 1
+
+    host = args.host or config.ingress.host
+    port = args.port or config.ingress.port
+    use_mock = args.mock_vllm
+    if use_mock is None:
+        use_mock = all(e.address in _LOOPBACK for e in config.vllm_endpoints)
+    plan = mock_plan(config) if use_mock else []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        raise _Stop
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    server: NatsServer | None = None
+    children: list[_Child] = []
+    status = 0
+    try:
+        _check_model(config)
+        wanted = [("ingress", host, port)] + [(f"mock vLLM {n}", a, p) for n, a, p, _, _ in plan]
+        for what, address, wanted_port in wanted:
+            if not _port_free(address, wanted_port):
+                raise LaunchError(
+                    f"port {address}:{wanted_port} for the {what} is taken; stop what uses it "
+                    "or choose another port in the config"
+                )
+
+        nats_url = args.nats
+        if nats_url is None:
+            server = NatsServer(
+                store_dir=Path(args.data_dir) / "nats",
+                max_payload=nats_max_payload(config.ingress.max_body_bytes),
+            )
+            nats_url = server.start()
+            print(f"ready  nats-server    {nats_url}  (pid {server.pid})", flush=True)
+        env = {**os.environ, "LORAROUTE_NATS_URL": nats_url, "LORAROUTE_CONFIG": args.config}
+
+        for name, address, mock_port, base, adapters in plan:
+            mock_args = ["mock-vllm", "--host", address, "--port", str(mock_port), "--model", base]
+            if adapters:
+                mock_args += ["--lora-modules", *(f"{a}={a}" for a in adapters)]
+            if args.mock_echo:
+                mock_args.append("--echo")
+            child = _Child(f"mock vLLM {name}", mock_args, env)
+            children.append(child)
+            _wait_until(
+                _http_ok(f"http://{address}:{mock_port}/health"),
+                children,
+                args.ready_timeout,
+                child.name,
+            )
+            print(
+                f"ready  mock vLLM      http://{address}:{mock_port}  {base} + "
+                f"{', '.join(adapters) or 'no adapters'}  (pid {child.pid})",
+                flush=True,
+            )
+
+        common = ["--nats", nats_url, "--config", args.config]
+        for name in ("classifier", "dispatcher"):
+            children.append(_Child(name, [name, *common], env))
+        ingress = _Child("ingress", ["ingress", *common, "--host", host, "--port", str(port)], env)
+        children.append(ingress)
+        base_url = f"http://{host}:{port}"
+        _wait_until(_http_ok(f"{base_url}/health"), children, args.ready_timeout, "the ingress")
+        _wait_until(
+            _http_ok(f"{base_url}/ready"), children, args.ready_timeout, "classifier and dispatcher"
+        )
+        for child in children[-3:]:
+            print(f"ready  {child.name:<14} (pid {child.pid})", flush=True)
+        print(
+            f"\nloraroute is up on {base_url}  (Ctrl-C stops everything)\n\n"
+            f"  curl -s {base_url}/v1/chat/completions -H 'content-type: application/json' \\\n"
+            '    -d \'{"model": "MoM", "messages": [{"role": "user", '
+            '"content": "Explain async/await in JavaScript"}]}\' -D - \n',
+            flush=True,
+        )
+        while True:
+            for child in children:
+                if child.process.poll() is not None:
+                    raise LaunchError(
+                        f"{child.name} (pid {child.pid}) exited with status "
+                        f"{child.process.returncode}; stopping the rest"
+                    )
+            if server is not None and not server.running():
+                raise LaunchError("nats-server exited; stopping the rest")
+            time.sleep(0.2)
+    except _Stop:
+        print("\nloraroute up: stopping", file=sys.stderr, flush=True)
+    except (LaunchError, NatsServerError) as error:
+        print(f"loraroute up: {error}", file=sys.stderr, flush=True)
+        status = 1
+    finally:
+        # Further Ctrl-C during shutdown must not interrupt the stopping itself.
+        for signum in previous:
+            signal.signal(signum, signal.SIG_IGN)
+        for child in reversed(children):
+            code = child.stop(args.stop_timeout)
+            if code not in (0, -signal.SIGTERM) and status == 0:
+                print(f"loraroute up: {child.name} stopped with status {code}", file=sys.stderr)
+        if server is not None:
+            server.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

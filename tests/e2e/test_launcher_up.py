@@ -1,0 +1,76 @@
+"""`loraroute up` starts the whole system, answers, and stops every child cleanly."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.processes import REPO, free_port, write_config
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is gone for our purposes only once reaped; children of `up` are its to reap.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_up_serves_and_stops_cleanly(tmp_path: Path) -> None:
+    port, mock_port = free_port(), free_port()
+    config = write_config(
+        tmp_path / "config.yaml",
+        {
+            "ingress": {"port": port},
+            "vllm_endpoints": [{"name": "vllm-primary", "address": "127.0.0.1", "port": mock_port}],
+        },
+    )
+    log_path = tmp_path / "up.log"
+    with log_path.open("wb") as log:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "up", "--config", str(config),
+             "--data-dir", str(tmp_path / "var"), "--mock-echo"],
+            cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while "loraroute is up" not in log_path.read_text(errors="replace"):
+            assert up.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)
+        output = log_path.read_text()
+        assert f"http://127.0.0.1:{port}" in output and "curl" in output
+        pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", output)]
+        assert len(pids) == 5, output  # nats-server, mock, classifier, dispatcher, ingress
+
+        with openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0
+        ) as client:
+            raw = client.chat.completions.with_raw_response.create(
+                model="MoM",
+                messages=[{"role": "user", "content": "What causes high blood pressure?"}],
+            )
+        assert raw.headers["x-vsr-selected-model"] == "medical-lora"
+
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(60) == 0, log_path.read_text()
+        assert not [pid for pid in pids if _alive(pid)], "every child is stopped"
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait(10)

@@ -1,0 +1,150 @@
+"""services/classifier/model/build.py: content hash, the build cache, and one real build."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.classifier.model import build as build_mod
+from services.classifier.model.build import build, build_hash
+from services.classifier.model.weights import ADAPTER_DIR, save_head
+
+LABELS = ["technical", "medical", "legal", "general"]
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "cache"
+    monkeypatch.setenv("LORAROUTE_CACHE_DIR", str(root))
+    return root / "models"
+
+
+def _head(path: Path, seed: int = 0, max_length: int = 64) -> Path:
+    """A head with random weights (test input only; never committed)."""
+    rng = np.random.default_rng(seed)
+    weight = rng.normal(0, 1, (len(LABELS), 384)).astype(np.float32)
+    bias = rng.normal(0, 0.1, len(LABELS)).astype(np.float32)
+    save_head(
+        path, LABELS, weight, bias, {"pooling": "mean", "normalize": True, "max_length": max_length}
+    )
+    return path
+
+
+def _fake_built(directory: Path, digest: str) -> None:
+    """A directory that looks complete for `digest` (file contents are not inspected)."""
+    (directory / "onnx").mkdir(parents=True)
+    for name in (
+        "model.onnx",
+        "tokenizer.json",
+        "config.json",
+        "category_mapping.json",
+        "onnx/model_fp32.onnx",
+        "onnx/model_int8.onnx",
+    ):
+        (directory / name).write_text(name)
+    info = {
+        "hash": digest,
+        "variants": {v: {"file": f} for v, f in build_mod.VARIANT_FILES.items()},
+    }
+    (directory / "build_info.json").write_text(json.dumps(info))
+
+
+def test_hash_follows_the_head_files_and_the_variant(tmp_path: Path) -> None:
+    head = _head(tmp_path / "domain")
+    first = build_hash(head)
+    assert build_hash(head) == first
+    assert build_hash(head, "fp32") != first
+    meta = json.loads((head / "meta.json").read_text())
+    (head / "meta.json").write_text(json.dumps(meta | {"note": "retrained"}))
+    assert build_hash(head) != first
+    (head / "extra.txt").write_text("x")
+    assert len({first, build_hash(head)}) == 2
+
+
+def test_same_hash_is_a_no_op(tmp_path: Path, cache: Path) -> None:
+    head = _head(tmp_path / "domain")
+    out = tmp_path / "models" / "loraroute-domain"
+    _fake_built(out, build_hash(head))
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    result = build(head, out)
+    assert result.status == "current"
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+
+def test_an_incomplete_directory_is_restored_from_the_cache(tmp_path: Path, cache: Path) -> None:
+    head = _head(tmp_path / "domain")
+    digest = build_hash(head)
+    _fake_built(cache / digest, digest)
+    out = tmp_path / "models" / "loraroute-domain"
+    _fake_built(out, digest)
+    (out / "onnx" / "model_int8.onnx").unlink()
+    messages: list[str] = []
+    result = build(head, out, progress=messages.append)
+    assert result.status == "restored" and "restoring" in messages[0]
+    assert (out / "onnx" / "model_int8.onnx").read_text() == "onnx/model_int8.onnx"
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_a_head_with_bad_files_is_refused(tmp_path: Path, cache: Path) -> None:
+    head = _head(tmp_path / "domain")
+    np.savez(head / "head.npz", weight=np.zeros((3, 384), np.float32), bias=np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="do not fit 4 labels"):
+        build(head, tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match=r"labels\.json is missing"):
+        build(tmp_path / "nothing", tmp_path / "out")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_real_build_with_a_lora_adapter(tmp_path: Path, cache: Path) -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from services.classifier.engine import Engine
+    from services.classifier.model.export import HeadModel, load_encoder, torch_logits
+    from services.classifier.model.weights import load_head
+
+    head_dir = _head(tmp_path / "domain", max_length=32)
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` alias.
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
+        peft_model = get_peft_model(
+            load_encoder(None), LoraConfig(r=2, target_modules=["query", "value"])
+        )
+    with torch.no_grad():  # a fresh adapter is a no-op (B = 0); give it an effect
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    peft_model.save_pretrained(str(head_dir / ADAPTER_DIR))
+
+    out = tmp_path / "models" / "loraroute-domain"
+    result = build(head_dir, out, threads=1)
+    assert result.status == "built"
+    info = json.loads((out / "build_info.json").read_text())
+    assert info["hash"] == result.hash and info["encoder_lora"] is True
+    assert info["variants"]["fp32"]["max_abs_logit_delta_vs_torch"] < 1e-3
+    assert (cache / result.hash / "model.onnx").is_file()
+    tokenizer = json.loads((out / "tokenizer.json").read_text())
+    assert tokenizer["padding"]["strategy"] == "BatchLongest"
+    assert tokenizer["truncation"]["max_length"] == 32
+
+    # The ONNX graph must compute what peft computes with the adapter unmerged.
+    engine = Engine.from_model_dir(out, onnx_file="onnx/model_fp32.onnx", intra_op_threads=1)
+    texts = ["what is a mutex", "my head hurts", "x " * 100]
+    batch = engine.tokenizer.encode(texts)
+    reference = HeadModel(peft_model, load_head(head_dir))
+    expected = torch_logits(reference, batch)
+    got = engine.backend.logits(batch)  # type: ignore[attr-defined]
+    np.testing.assert_allclose(got, expected, atol=1e-3)
+
+    assert build(head_dir, out).status == "current"
+    shutil.rmtree(out)
+    assert build(head_dir, out).status == "restored"
+    assert sorted(os.listdir(out / "onnx")) == ["model_fp32.onnx", "model_int8.onnx"]

@@ -1,0 +1,141 @@
+"""`services.classifier.batch_queue`: admission, batch cutting, length grouping, deadlines."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.classifier.batch_queue import BatchQueue, Entry
+
+
+def _queue(**kw: int | float) -> BatchQueue[str]:
+    args: dict[str, int | float] = {
+        "max_batch_size": 4,
+        "max_batch_tokens": 1000,
+        "max_wait_s": 0.01,
+        "max_queue": 100,
+    }
+    args.update(kw)
+    return BatchQueue(**args)  # type: ignore[arg-type]
+
+
+def _entry(
+    name: str, tokens: int = 10, arrival: float = 0.0, deadline: float | None = None
+) -> Entry[str]:
+    return Entry(tokens=tokens, arrival=arrival, payload=name, deadline=deadline)
+
+
+def _names(entries: list[Entry[str]]) -> list[str]:
+    return [e.payload for e in entries]
+
+
+def test_empty_queue_has_nothing_due() -> None:
+    q = _queue()
+    assert q.ready_at() is None
+    assert q.next_batch(100.0, force=True).entries == []
+
+
+def test_admission_is_bounded() -> None:
+    q = _queue(max_queue=2)
+    assert q.append(_entry("a")) and q.append(_entry("b"))
+    assert not q.append(_entry("c"))
+    assert len(q) == 2
+
+
+def test_waits_for_max_wait_then_cuts() -> None:
+    q = _queue(max_wait_s=0.01)
+    q.append(_entry("a", arrival=1.0))
+    assert q.ready_at() == pytest.approx(1.01)
+    assert q.next_batch(1.005).entries == []
+    assert _names(q.next_batch(1.01).entries) == ["a"]
+    assert len(q) == 0
+
+
+def test_force_cuts_at_once() -> None:
+    q = _queue()
+    q.append(_entry("a", arrival=1.0))
+    assert _names(q.next_batch(1.0, force=True).entries) == ["a"]
+
+
+def test_closes_at_max_batch_size_without_waiting() -> None:
+    q = _queue(max_batch_size=3, max_wait_s=10.0)
+    for name in "abcde":
+        q.append(_entry(name, arrival=1.0))
+    assert q.ready_at() == float("-inf")
+    assert _names(q.next_batch(1.0).entries) == ["a", "b", "c"]
+    assert q.next_batch(1.0).entries == []  # two left, not full, not waited long enough
+    assert len(q) == 2
+
+
+def test_closes_at_token_budget_longest_times_count() -> None:
+    q = _queue(max_batch_size=10, max_batch_tokens=100, max_wait_s=10.0)
+    q.append(_entry("a", tokens=30))
+    q.append(_entry("b", tokens=30))
+    q.append(_entry("c", tokens=30))
+    assert q.ready_at() == pytest.approx(10.0)  # 30 x 3 = 90 fits
+    q.append(_entry("d", tokens=30))  # 30 x 4 = 120 does not
+    assert q.ready_at() == float("-inf")
+    batch = q.next_batch(0.0)
+    assert _names(batch.entries) == ["a", "b", "c"]
+    assert batch.padded_tokens == 90 and batch.real_tokens == 90
+
+
+def test_a_text_longer_than_the_budget_runs_alone() -> None:
+    q = _queue(max_batch_tokens=50)
+    q.append(_entry("huge", tokens=500))
+    q.append(_entry("small", tokens=5))
+    assert _names(q.next_batch(0.0).entries) == ["huge"]
+    assert _names(q.next_batch(1.0).entries) == ["small"]
+
+
+def test_groups_by_length_but_the_oldest_always_goes() -> None:
+    q = _queue(max_batch_size=3, max_batch_tokens=10_000, max_wait_s=0.0)
+    q.append(_entry("old-long", tokens=200))
+    q.append(_entry("mid", tokens=50))
+    q.append(_entry("short1", tokens=5))
+    q.append(_entry("short2", tokens=6))
+    batch = q.next_batch(0.0)
+    assert _names(batch.entries) == ["short1", "short2", "old-long"]  # sorted by tokens
+    assert _names(q.next_batch(0.0).entries) == ["mid"]
+
+
+def test_length_grouping_respects_the_budget() -> None:
+    q = _queue(max_batch_size=8, max_batch_tokens=100, max_wait_s=0.0)
+    q.append(_entry("a", tokens=10))
+    q.append(_entry("b", tokens=60))
+    q.append(_entry("c", tokens=20))
+    q.append(_entry("d", tokens=20))
+    # a, c, d: longest 20 x 3 = 60; adding b: 60 x 4 = 240 > 100.
+    assert _names(q.next_batch(0.0).entries) == ["a", "c", "d"]
+    assert _names(q.next_batch(0.0).entries) == ["b"]
+
+
+def test_window_of_one_keeps_arrival_order() -> None:
+    q = _queue(max_batch_size=2, window=1, max_wait_s=0.0)
+    for name, tokens in [("a", 50), ("b", 40), ("c", 5)]:
+        q.append(_entry(name, tokens=tokens))
+    assert _names(q.next_batch(0.0).entries) == ["a"]
+    assert _names(q.next_batch(0.0).entries) == ["b"]
+
+
+def test_expired_entries_are_dropped_first_and_returned() -> None:
+    q = _queue(max_wait_s=0.0)
+    q.append(_entry("late", arrival=0.0, deadline=1.0))
+    q.append(_entry("fine", arrival=0.0, deadline=5.0))
+    q.append(_entry("no-deadline", arrival=0.0))
+    batch = q.next_batch(1.0)
+    assert _names(batch.expired) == ["late"]
+    assert _names(batch.entries) == ["fine", "no-deadline"]
+
+
+def test_expired_entries_are_returned_even_when_no_batch_is_due() -> None:
+    q = _queue(max_wait_s=10.0)
+    q.append(_entry("late", arrival=0.0, deadline=1.0))
+    q.append(_entry("waiting", arrival=0.5))
+    batch = q.next_batch(2.0)
+    assert _names(batch.expired) == ["late"] and batch.entries == []
+    assert len(q) == 1
+
+
+def test_invalid_limits() -> None:
+    with pytest.raises(ValueError):
+        _queue(max_batch_size=0)

@@ -1,0 +1,246 @@
+"""`services.classifier.route`: the text classified and the route decided (DESIGN section 4)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import yaml
+
+from schemas.config import Config, decode_config
+from schemas.openai import ChatMessage, ChatRequestView
+from services.classifier.route import (
+    TRUNCATION_MARK,
+    Router,
+    UnknownModelError,
+    bound_text,
+    message_text,
+)
+
+
+@pytest.fixture(scope="module")
+def shipped(repo_root: Path) -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((repo_root / "config" / "config.yaml").read_text())
+    return data
+
+
+def _config(data: dict[str, Any], **changes: Any) -> Config:
+    data = copy.deepcopy(data)
+    for key, value in changes.items():
+        data[key] = value
+    return decode_config(data)
+
+
+def _view(*messages: tuple[str, Any], model: str = "MoM") -> ChatRequestView:
+    return ChatRequestView(
+        model=model, messages=[ChatMessage(role=r, content=c) for r, c in messages]
+    )
+
+
+# ---------------------------------------------------------------------------- text
+
+
+class TestText:
+    def test_last_user_message_by_default(self, shipped: dict[str, Any]) -> None:
+        router = Router(_config(shipped))
+        view = _view(
+            ("system", "be brief"),
+            ("user", "first question"),
+            ("assistant", "an answer"),
+            ("user", "second question"),
+        )
+        assert router.text_of(view).text == "second question"
+
+    def test_earlier_user_turns_when_configured(self, shipped: dict[str, Any]) -> None:
+        router = Router(_config(shipped, routing={"history_user_turns": 1}))
+        view = _view(("user", "one"), ("assistant", "x"), ("user", "two"), ("user", "three"))
+        assert router.text_of(view).text == "two\nthree"
+
+    def test_content_parts(self) -> None:
+        parts = [
+            {"type": "text", "text": "What is"},
+            {"type": "image_url", "image_url": {"url": "http://x"}},
+            {"type": "input_text", "text": "a tort?"},
+        ]
+        assert message_text(ChatMessage(role="user", content=parts)) == "What is\na tort?"
+        assert message_text(ChatMessage(role="user", content=None)) == ""
+
+    def test_no_user_turn_uses_the_last_text(self, shipped: dict[str, Any]) -> None:
+        router = Router(_config(shipped))
+        assert router.text_of(_view(("system", "sys text"))).text == "sys text"
+        assert router.text_of(_view()).text == ""
+        assert router.text_of(_view(("user", ""), ("user", []))).text == ""
+
+    def test_bound_keeps_head_and_tail_and_flags_it(self) -> None:
+        text = "H" * 100 + "M" * 1000 + "T" * 100
+        bounded = bound_text(text, 64)
+        assert bounded.truncated and len(bounded.text) == 64
+        assert bounded.text.startswith("H") and bounded.text.endswith("T")
+        assert TRUNCATION_MARK in bounded.text
+        assert not bound_text("short", 64).truncated
+
+    def test_long_history_drops_oldest_turns_first(self, shipped: dict[str, Any]) -> None:
+        router = Router(_config(shipped, routing={"history_user_turns": 3, "max_text_chars": 40}))
+        view = _view(("user", "a" * 30), ("user", "b" * 10), ("user", "c" * 10))
+        result = router.text_of(view)
+        assert result.text == "b" * 10 + "\n" + "c" * 10 and result.truncated
+
+    def test_same_window_for_the_api(self, shipped: dict[str, Any]) -> None:
+        router = Router(_config(shipped, routing={"max_text_chars": 32}))
+        long = "x" * 100
+        assert router.bound(long) == router.text_of(_view(("user", long)))
+
+
+# ---------------------------------------------------------------------------- decisions
+
+
+class TestDecide:
+    def test_category_routes_to_its_adapter_with_prompt_and_endpoints(
+        self, shipped: dict[str, Any]
+    ) -> None:
+        route = Router(_config(shipped)).decide("technical", 0.9)
+        assert route.model == "technical-lora" and route.adapter == "technical-lora"
+        assert route.base_model == "llama2-7b"
+        assert route.category == "technical" and route.confidence == 0.9
+        assert route.reason == "classified"
+        assert route.system_prompt == "You are an expert software engineer."
+        assert route.system_prompt_mode == "insert"
+        assert route.endpoints == ["vllm-primary"]
+        # The shipped family "llama2" is not defined: on/off is recorded, no field is chosen.
+        assert route.use_reasoning is True and route.reasoning_type is None
+
+    def test_below_threshold_goes_to_default_model(self, shipped: dict[str, Any]) -> None:
+        route = Router(_config(shipped)).decide("medical", 0.59)
+        assert route.model == "llama2-7b" and route.adapter is None
+        assert route.reason == "below_threshold" and route.category is None
+        assert route.confidence == 0.59 and route.system_prompt is None
+        assert route.use_reasoning is None
+
+    def test_threshold_is_inclusive(self, shipped: dict[str, Any]) -> None:
+        assert Router(_config(shipped)).decide("medical", 0.6).reason == "classified"
+
+    def test_no_category_goes_to_default_model(self, shipped: dict[str, Any]) -> None:
+        assert Router(_config(shipped)).decide(None, 0.99).reason == "below_threshold"
+
+    def test_empty_text(self, shipped: dict[str, Any]) -> None:
+        route = Router(_config(shipped)).decide(None, 0.0, empty=True)
+        assert route.reason == "empty" and route.model == "llama2-7b"
+
+    def test_base_model_candidate(self, shipped: dict[str, Any]) -> None:
+        route = Router(_config(shipped)).decide("general", 0.95)
+        assert route.model == "llama2-7b" and route.adapter is None
+        assert route.system_prompt == "You are a helpful assistant."
+        assert route.use_reasoning is False
+
+    def test_truncation_is_carried(self, shipped: dict[str, Any]) -> None:
+        assert Router(_config(shipped)).decide("legal", 0.9, truncated=True).truncated
+
+    def test_highest_score_wins_and_ties_keep_file_order(self, shipped: dict[str, Any]) -> None:
+        data = copy.deepcopy(shipped)
+        data["categories"][1]["model_scores"] = [
+            {"model": "llama2-7b", "lora_name": "legal-lora", "score": 0.5},
+            {"model": "llama2-7b", "lora_name": "medical-lora", "score": 0.9},
+            {"model": "llama2-7b", "score": 0.9},
+        ]
+        assert Router(decode_config(data)).decide("medical", 0.9).model == "medical-lora"
+
+    def test_category_without_candidates_falls_back(self, shipped: dict[str, Any]) -> None:
+        data = copy.deepcopy(shipped)
+        data["categories"][2]["model_scores"] = []
+        route = Router(decode_config(data)).decide("legal", 0.9)
+        assert route.reason == "fallback" and route.model == "llama2-7b"
+        assert route.category == "legal"
+
+    def test_replace_mode_is_carried(self, shipped: dict[str, Any]) -> None:
+        router = Router(_config(shipped, routing={"system_prompt_mode": "replace"}))
+        assert router.decide("legal", 0.9).system_prompt_mode == "replace"
+
+    def test_default_model_may_be_an_adapter(self, shipped: dict[str, Any]) -> None:
+        route = Router(_config(shipped, default_model="legal-lora")).decide(None, 0.1)
+        assert route.model == "legal-lora" and route.adapter == "legal-lora"
+        assert route.base_model == "llama2-7b"
+
+
+class TestReasoning:
+    def _with_family(self, shipped: dict[str, Any], family: str) -> Router:
+        data = copy.deepcopy(shipped)
+        data["model_config"]["llama2-7b"]["reasoning_family"] = family
+        return Router(decode_config(data))
+
+    def test_chat_template_kwargs_family_and_the_entrys_own_effort(
+        self, shipped: dict[str, Any]
+    ) -> None:
+        router = self._with_family(shipped, "qwen3")
+        route = router.decide("medical", 0.9)
+        assert route.use_reasoning is True
+        assert route.reasoning_type == "chat_template_kwargs"
+        assert route.reasoning_parameter == "enable_thinking"
+        # The adapter's own entry says "high"; the global default is "medium".
+        assert route.reasoning_effort == "high"
+
+    def test_explicit_off(self, shipped: dict[str, Any]) -> None:
+        route = self._with_family(shipped, "qwen3").decide("general", 0.9)
+        assert route.use_reasoning is False and route.reasoning_type == "chat_template_kwargs"
+        assert route.reasoning_effort is None
+
+    def test_effort_falls_back_to_the_default(self, shipped: dict[str, Any]) -> None:
+        data = copy.deepcopy(shipped)
+        data["model_config"]["llama2-7b"]["reasoning_family"] = "gpt-oss"
+        del data["categories"][0]["model_scores"][0]["reasoning_effort"]
+        data["routing"]["default_reasoning_effort"] = "low"
+        route = Router(decode_config(data)).decide("technical", 0.9)
+        assert route.reasoning_type == "reasoning_effort" and route.reasoning_effort == "low"
+
+    def test_unset_use_reasoning_sends_nothing(self, shipped: dict[str, Any]) -> None:
+        data = copy.deepcopy(shipped)
+        data["model_config"]["llama2-7b"]["reasoning_family"] = "qwen3"
+        del data["categories"][3]["model_scores"][0]["use_reasoning"]
+        route = Router(decode_config(data)).decide("general", 0.9)
+        assert route.use_reasoning is None and route.reasoning_type is None
+
+
+class TestPassthroughAndEndpoints:
+    def test_auto_names_ask_for_classification(self, shipped: dict[str, Any]) -> None:
+        router = Router(_config(shipped))
+        assert router.passthrough("MoM") is None and router.passthrough("auto") is None
+
+    def test_configured_models_pass_through(self, shipped: dict[str, Any]) -> None:
+        router = Router(_config(shipped))
+        route = router.passthrough("medical-lora")
+        assert route is not None and route.reason == "passthrough"
+        assert route.model == "medical-lora" and route.base_model == "llama2-7b"
+        assert route.adapter == "medical-lora" and route.system_prompt is None
+        base = router.passthrough("llama2-7b")
+        assert base is not None and base.adapter is None
+
+    def test_missing_model_means_the_default(self, shipped: dict[str, Any]) -> None:
+        route = Router(_config(shipped)).passthrough(None)
+        assert route is not None and route.model == "llama2-7b"
+
+    def test_unknown_model(self, shipped: dict[str, Any]) -> None:
+        with pytest.raises(UnknownModelError, match="gpt-4"):
+            Router(_config(shipped)).passthrough("gpt-4")
+
+    def test_endpoints_ordered_by_weight_and_limited_to_preferred(
+        self, shipped: dict[str, Any]
+    ) -> None:
+        data = copy.deepcopy(shipped)
+        data["vllm_endpoints"] = [
+            {"name": "a", "address": "127.0.0.1", "port": 1, "weight": 1},
+            {"name": "b", "address": "127.0.0.1", "port": 2, "weight": 3},
+            {"name": "c", "address": "127.0.0.1", "port": 3, "weight": 1},
+            {"name": "d", "address": "127.0.0.1", "port": 4, "weight": 9},
+        ]
+        data["model_config"]["llama2-7b"]["preferred_endpoints"] = ["a", "b", "c"]
+        router = Router(decode_config(data))
+        assert router.decide("legal", 0.9).endpoints == ["b", "a", "c"]
+        data["model_config"]["llama2-7b"]["preferred_endpoints"] = []
+        assert Router(decode_config(data)).endpoints_of("llama2-7b") == ["d", "b", "a", "c"]
+
+
+def test_route_encodes_on_the_wire(shipped: dict[str, Any]) -> None:
+    route = Router(_config(shipped)).decide("technical", 0.9)
+    assert msgspec.json.decode(msgspec.json.encode(route), type=type(route)) == route

@@ -1,0 +1,403 @@
+"""The classifier worker over a real nats-server: routing, forwarding, and every failure answered.
+
+`TestWithFakeBackend` drives the worker with a small keyword backend behind the real `Backend`
+seam (deterministic, and able to block or fail on demand); `TestWithBuiltModel` runs the built
+default model (`models/loraroute-domain`) on the guide's example queries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import threading
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+import pytest
+import tokenizers
+import yaml
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from schemas.config import Config, decode_config
+from schemas.wire import (
+    ClassifyTexts,
+    ClassifyTextsResult,
+    DispatchRequest,
+    ReplyError,
+    RouteChat,
+    dispatch_decoder,
+    encoder,
+    reply_decoder,
+)
+from services.classifier.app import ClassifierWorker, load_engine
+from services.classifier.backend import Prediction
+from services.classifier.engine import Engine
+from services.classifier.errors import BackendError
+from services.classifier.labels import LabelMap
+from services.classifier.tokens import Encoded, Tokenizer
+from services.common import bus
+from services.common.subjects import HEADER_REPLY_TO, HEADER_REQUEST_ID, Subjects
+
+pytestmark = pytest.mark.integration
+
+LABELS = ("technical", "medical", "legal", "general")
+_VOCAB = ["[PAD]", "[UNK]", "code", "blood", "law", "hello", "block", "fail", "maybe"]
+
+
+class KeywordBackend:
+    """A `Backend` that answers by keyword: code/blood/law/hello -> technical/medical/legal/
+    general at 0.9; `maybe` -> technical at 0.4 (below the threshold); `block` waits for
+    `gate`; `fail` raises `BackendError`."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.gate.set()
+        self.batches: list[int] = []
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return LABELS
+
+    @property
+    def max_batch_size(self) -> int:
+        return 64
+
+    def health(self) -> bool:
+        return True
+
+    def predict(self, batch: Encoded) -> list[Prediction]:
+        self.batches.append(len(batch))
+        out = []
+        for row in batch.input_ids:
+            words = {_VOCAB[i] for i in row}
+            if "block" in words:
+                self.gate.wait(10)
+            if "fail" in words:
+                raise BackendError("forward pass failed")
+            probs = np.full(4, 0.1 / 3, dtype=np.float32)
+            best = 3
+            for k, word in enumerate(["code", "blood", "law", "hello"]):
+                if word in words:
+                    best = k
+            probs[best] = 0.9
+            if "maybe" in words:
+                probs = np.array([0.4, 0.3, 0.2, 0.1], dtype=np.float32)
+                best = 0
+            out.append(Prediction(LABELS[best], best, float(probs[best]), probs))
+        return out
+
+
+def _tokenizer() -> Tokenizer:
+    model = tokenizers.models.WordLevel({w: i for i, w in enumerate(_VOCAB)}, unk_token="[UNK]")
+    tok = tokenizers.Tokenizer(model)
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    return Tokenizer(tok, max_length=16)
+
+
+@pytest.fixture
+def config(repo_root: Path) -> Config:
+    data: dict[str, Any] = yaml.safe_load((repo_root / "config" / "config.yaml").read_text())
+    data = copy.deepcopy(data)
+    data["nats"] = {"subject_prefix": f"t{uuid.uuid4().hex[:10]}"}
+    data["batching"] = {"max_batch_size": 8, "max_wait_ms": 2, "max_queue": 4}
+    return decode_config(data)
+
+
+@pytest.fixture
+def backend() -> KeywordBackend:
+    return KeywordBackend()
+
+
+@pytest.fixture
+async def worker(
+    config: Config, backend: KeywordBackend, nats_url: str
+) -> AsyncIterator[ClassifierWorker]:
+    engine = Engine(
+        _tokenizer(),
+        backend,
+        LabelMap.build(LABELS, {c.name: c.mmlu_categories for c in config.categories}),
+    )
+    w = ClassifierWorker(config, engine, nats_url, name="worker-test")
+    await w.start()
+    try:
+        yield w
+    finally:
+        backend.gate.set()
+        await w.stop(5)
+
+
+@pytest.fixture
+async def client(nats_url: str) -> AsyncIterator[Client]:
+    nc = await bus.connect(nats_url, name="test-client")
+    try:
+        yield nc
+    finally:
+        await bus.close(nc)
+
+
+class Caller:
+    """An ingress stand-in: one wildcard inbox, replies collected per token."""
+
+    def __init__(self, nc: Client, subjects: Subjects) -> None:
+        self.nc = nc
+        self.subjects = subjects
+        self.inbox = f"_INBOX.{uuid.uuid4().hex}"
+        self.replies: dict[str, asyncio.Queue[Msg]] = {}
+
+    async def start(self) -> None:
+        await self.nc.subscribe(f"{self.inbox}.*", cb=self._on_reply)
+        await self.nc.flush()
+
+    async def _on_reply(self, msg: Msg) -> None:
+        self.replies.setdefault(msg.subject, asyncio.Queue()).put_nowait(msg)
+
+    async def send(
+        self, payload: bytes, *, deadline_s: float = 5.0, request_id: str | None = None
+    ) -> str:
+        reply = f"{self.inbox}.{uuid.uuid4().hex}"
+        self.replies[reply] = asyncio.Queue()
+        meta = bus.RequestMeta(
+            request_id=request_id or uuid.uuid4().hex, deadline_ms=bus.deadline_after(deadline_s)
+        )
+        await self.nc.publish(
+            self.subjects.classify, payload, reply=reply, headers=meta.to_headers()
+        )
+        return reply
+
+    async def reply(self, reply: str, timeout: float = 5.0) -> Msg:
+        return await asyncio.wait_for(self.replies[reply].get(), timeout)
+
+
+def chat(text: str | None, model: str = "MoM", **extra: Any) -> bytes:
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [] if text is None else [{"role": "user", "content": text}],
+    }
+    body.update(extra)
+    return encoder.encode(RouteChat(body=msgspec.Raw(msgspec.json.encode(body))))
+
+
+class Dispatcher:
+    """Captures what reaches a dispatch subject."""
+
+    def __init__(self) -> None:
+        self.got: asyncio.Queue[tuple[DispatchRequest, Msg]] = asyncio.Queue()
+
+    async def on_msg(self, msg: Msg) -> None:
+        self.got.put_nowait((dispatch_decoder.decode(msg.data), msg))
+
+    async def next(self) -> tuple[DispatchRequest, Msg]:
+        return await asyncio.wait_for(self.got.get(), 5)
+
+
+async def _setup(
+    worker: ClassifierWorker, client: Client, with_dispatcher: bool = True
+) -> tuple[Caller, Dispatcher]:
+    caller = Caller(client, worker.subjects)
+    await caller.start()
+    dispatcher = Dispatcher()
+    if with_dispatcher:
+        await client.subscribe(worker.subjects.dispatch("llama2-7b"), cb=dispatcher.on_msg)
+        await client.flush()
+    return caller, dispatcher
+
+
+def _error(msg: Msg) -> ReplyError:
+    reply = reply_decoder.decode(msg.data)
+    assert isinstance(reply, ReplyError), reply
+    return reply
+
+
+class TestWithFakeBackend:
+    async def test_routes_to_the_adapter_keeping_body_headers_and_reply(
+        self, worker: ClassifierWorker, client: Client
+    ) -> None:
+        caller, dispatcher = await _setup(worker, client)
+        payload = chat("how do I write code", temperature=0.3, custom_field={"kept": True})
+        reply = await caller.send(payload, request_id="req-1")
+        request, msg = await dispatcher.next()
+        route = request.route
+        assert route.model == "technical-lora" and route.category == "technical"
+        assert route.reason == "classified" and route.confidence == pytest.approx(0.9)
+        assert route.system_prompt == "You are an expert software engineer."
+        body = msgspec.json.decode(request.body)
+        assert body["temperature"] == 0.3 and body["custom_field"] == {"kept": True}
+        assert body["model"] == "MoM"  # the dispatcher rewrites it, not the classifier
+        assert msg.headers is not None
+        assert msg.headers[HEADER_REQUEST_ID] == "req-1"
+        assert msg.headers[HEADER_REPLY_TO] == reply
+        meta = bus.RequestMeta.from_headers(msg.headers)
+        assert bus.reply_subject(msg, meta) == reply
+        assert msg.reply.startswith(worker.subjects.bounce(worker.name))
+
+    async def test_below_threshold_and_empty_go_to_the_default(
+        self, worker: ClassifierWorker, client: Client
+    ) -> None:
+        caller, dispatcher = await _setup(worker, client)
+        await caller.send(chat("maybe code"))
+        request, _ = await dispatcher.next()
+        assert request.route.reason == "below_threshold" and request.route.model == "llama2-7b"
+        await caller.send(chat(None))
+        request, _ = await dispatcher.next()
+        assert request.route.reason == "empty" and request.route.model == "llama2-7b"
+
+    async def test_passthrough_skips_the_model(
+        self, worker: ClassifierWorker, client: Client, backend: KeywordBackend
+    ) -> None:
+        caller, dispatcher = await _setup(worker, client)
+        await caller.send(chat("law", model="medical-lora"))
+        request, _ = await dispatcher.next()
+        assert request.route.reason == "passthrough" and request.route.model == "medical-lora"
+        assert backend.batches == []
+
+    async def test_unknown_model_is_404(self, worker: ClassifierWorker, client: Client) -> None:
+        caller, _ = await _setup(worker, client)
+        error = _error(await caller.reply(await caller.send(chat("hi", model="gpt-4"))))
+        assert error.status == 404 and error.error.error.param == "model"
+
+    @pytest.mark.parametrize(
+        "payload",
+        [
+            b"not json",
+            b'{"kind": "nope"}',
+            encoder.encode(RouteChat(body=msgspec.Raw(b'{"messages": 5}'))),
+        ],
+    )
+    async def test_bad_messages_are_400(
+        self, worker: ClassifierWorker, client: Client, payload: bytes
+    ) -> None:
+        caller, _ = await _setup(worker, client)
+        error = _error(await caller.reply(await caller.send(payload)))
+        assert error.status == 400
+
+    async def test_expired_deadline_is_504(self, worker: ClassifierWorker, client: Client) -> None:
+        caller, dispatcher = await _setup(worker, client)
+        error = _error(await caller.reply(await caller.send(chat("code"), deadline_s=-1)))
+        assert error.status == 504
+        assert dispatcher.got.empty()
+
+    async def test_no_dispatcher_is_503_at_once(
+        self, worker: ClassifierWorker, client: Client
+    ) -> None:
+        caller, _ = await _setup(worker, client, with_dispatcher=False)
+        error = _error(await caller.reply(await caller.send(chat("code")), timeout=2))
+        assert error.status == 503
+        assert error.error.error.type == "ServiceUnavailableError"
+
+    async def test_engine_failure_is_500(self, worker: ClassifierWorker, client: Client) -> None:
+        caller, _ = await _setup(worker, client)
+        error = _error(await caller.reply(await caller.send(chat("fail"))))
+        assert error.status == 500
+
+    async def test_overload_is_429_and_accepted_work_still_completes(
+        self, worker: ClassifierWorker, client: Client, backend: KeywordBackend
+    ) -> None:
+        caller, dispatcher = await _setup(worker, client)
+        backend.gate.clear()
+        blocked = await caller.send(chat("block"))
+        await asyncio.sleep(0.05)  # on the thread now
+        waiting = [await caller.send(chat("code")) for _ in range(8)]
+        await asyncio.sleep(0.1)
+        refused = [r for r in waiting if not caller.replies[r].empty()]
+        assert refused, "some requests should be refused at once"
+        for r in refused:
+            error = _error(await caller.reply(r))
+            assert error.status == 429 and error.error.error.type == "RateLimitError"
+        backend.gate.set()
+        forwarded = 1 + len(waiting) - len(refused)
+        for _ in range(forwarded):
+            await dispatcher.next()
+        assert caller.replies[blocked].empty()
+
+    async def test_classification_api(self, worker: ClassifierWorker, client: Client) -> None:
+        caller, _ = await _setup(worker, client)
+        payload = encoder.encode(
+            ClassifyTexts(texts=["code", "maybe", "", "blood"], return_probabilities=True)
+        )
+        result = reply_decoder.decode((await caller.reply(await caller.send(payload))).data)
+        assert isinstance(result, ClassifyTextsResult)
+        assert [r.category for r in result.results] == ["technical", None, None, "medical"]
+        assert result.results[0].probabilities is not None
+        assert set(result.results[0].probabilities) == set(LABELS)
+        empty = encoder.encode(ClassifyTexts(texts=[]))
+        result = reply_decoder.decode((await caller.reply(await caller.send(empty))).data)
+        assert isinstance(result, ClassifyTextsResult) and result.results == []
+
+    async def test_too_many_texts_is_429(self, worker: ClassifierWorker, client: Client) -> None:
+        caller, _ = await _setup(worker, client)
+        payload = encoder.encode(ClassifyTexts(texts=["code"] * 5))  # max_queue is 4
+        assert _error(await caller.reply(await caller.send(payload))).status == 429
+
+    async def test_ping(self, worker: ClassifierWorker, client: Client) -> None:
+        assert await bus.ping(client, worker.subjects.classify)
+        assert not await bus.ping(client, Subjects("nobody-here").classify, timeout_s=0.5)
+
+    async def test_stop_drains_accepted_work(
+        self, config: Config, backend: KeywordBackend, nats_url: str, client: Client
+    ) -> None:
+        engine = Engine(
+            _tokenizer(), backend, LabelMap.build(LABELS, {c.name: None for c in config.categories})
+        )
+        w = ClassifierWorker(config, engine, nats_url, name="drain-test")
+        await w.start()
+        caller, dispatcher = await _setup(w, client)
+        backend.gate.clear()
+        await caller.send(chat("block code"))
+        await caller.send(chat("blood"))
+        await asyncio.sleep(0.05)
+        stopping = asyncio.create_task(w.stop(5))
+        await asyncio.sleep(0.05)
+        backend.gate.set()
+        await stopping
+        models = sorted([(await dispatcher.next())[0].route.model for _ in range(2)])
+        assert models == ["medical-lora", "technical-lora"]
+
+    def test_refuses_a_config_the_labels_do_not_reach(
+        self, config: Config, backend: KeywordBackend
+    ) -> None:
+        from schemas.config import ConfigError
+
+        data = msgspec.to_builtins(config)
+        data["categories"][0]["mmlu_categories"] = ["computer science"]
+        bad = decode_config(data)
+        engine = Engine(_tokenizer(), backend)
+        with pytest.raises(ConfigError, match="computer science"):
+            ClassifierWorker(bad, engine, "nats://127.0.0.1:1")
+
+
+@pytest.mark.slow
+class TestWithBuiltModel:
+    @pytest.fixture
+    async def real_worker(
+        self, config: Config, repo_root: Path, nats_url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> AsyncIterator[ClassifierWorker]:
+        model_dir = repo_root / "models" / "loraroute-domain"
+        if not (model_dir / "model.onnx").is_file():
+            pytest.skip("the default model is not built (run `make model`)")
+        monkeypatch.chdir(repo_root)  # the config's model path is relative to the repository
+        w = ClassifierWorker(config, load_engine(config), nats_url, name="real-model")
+        await w.start()
+        try:
+            yield w
+        finally:
+            await w.stop(5)
+
+    @pytest.mark.parametrize(
+        ("text", "model"),
+        [
+            ("Explain async/await in JavaScript", "technical-lora"),
+            ("What causes high blood pressure?", "medical-lora"),
+        ],
+    )
+    async def test_guide_examples_route_to_their_adapters(
+        self, real_worker: ClassifierWorker, client: Client, text: str, model: str
+    ) -> None:
+        caller, dispatcher = await _setup(real_worker, client)
+        await caller.send(chat(text))
+        request, _ = await dispatcher.next()
+        assert request.route.model == model

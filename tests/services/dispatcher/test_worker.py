@@ -1,0 +1,182 @@
+"""The dispatcher over a real nats-server: replies reach the ingress inbox, failures are answered."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import yaml
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from schemas.config import Config, decode_config
+from schemas.wire import (
+    DispatchRequest,
+    ReplyEnd,
+    ReplyError,
+    ReplyHead,
+    ReplyResponse,
+    Route,
+    StreamChunk,
+    encoder,
+    reply_decoder,
+)
+from services.common import bus
+from services.dispatcher.app import DispatcherWorker
+
+pytestmark = pytest.mark.integration
+
+COMPLETION = (
+    b'{"id":"x","object":"chat.completion","created":1,"model":"medical-lora","choices":[]}'
+)
+FRAMES = [
+    b'data: {"id":"x","object":"chat.completion.chunk","created":1,"model":"medical-lora","choices":[]}\n\n',
+    b"data: [DONE]\n\n",
+]
+
+
+@pytest.fixture
+async def vllm_port() -> AsyncIterator[int]:
+    async def chat(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        if body.get("stream"):
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            for frame in FRAMES:
+                await response.write(frame)
+            await response.write_eof()
+            return response
+        return web.Response(body=COMPLETION, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        assert server.port is not None
+        yield server.port
+    finally:
+        await server.close()
+
+
+@pytest.fixture
+def config(repo_root: Path, vllm_port: int) -> Config:
+    data: dict[str, Any] = copy.deepcopy(
+        yaml.safe_load((repo_root / "config" / "config.yaml").read_text())
+    )
+    data["nats"] = {"subject_prefix": f"t{uuid.uuid4().hex[:10]}"}
+    data["vllm_endpoints"][0]["port"] = vllm_port
+    return decode_config(data)
+
+
+@pytest.fixture
+async def worker(config: Config, nats_url: str) -> AsyncIterator[DispatcherWorker]:
+    w = DispatcherWorker(config, nats_url, name="dispatcher-test")
+    await w.start()
+    try:
+        yield w
+    finally:
+        await w.stop(5)
+
+
+@pytest.fixture
+async def client(nats_url: str) -> AsyncIterator[Client]:
+    nc = await bus.connect(nats_url, name="test-client")
+    try:
+        yield nc
+    finally:
+        await bus.close(nc)
+
+
+async def _collect(nc: Client, inbox: str) -> asyncio.Queue[Msg]:
+    queue: asyncio.Queue[Msg] = asyncio.Queue()
+    await nc.subscribe(inbox, cb=queue.put)
+    await nc.flush()
+    return queue
+
+
+def _request(stream: bool = False) -> bytes:
+    body = {
+        "model": "medical-lora",
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": stream,
+    }
+    route = Route(
+        model="medical-lora",
+        base_model="llama2-7b",
+        reason="passthrough",
+        endpoints=["vllm-primary"],
+    )
+    return encoder.encode(DispatchRequest(route=route, body=msgspec.Raw(msgspec.json.encode(body))))
+
+
+async def test_passthrough_answer_on_the_nats_reply(
+    worker: DispatcherWorker, client: Client
+) -> None:
+    inbox = f"_INBOX.{uuid.uuid4().hex}.t1"
+    replies = await _collect(client, inbox)
+    meta = bus.RequestMeta(request_id="r1", deadline_ms=bus.deadline_after(5))
+    await client.publish(
+        worker.dispatch_subjects[0], _request(), reply=inbox, headers=meta.to_headers()
+    )
+    reply = reply_decoder.decode((await asyncio.wait_for(replies.get(), 5)).data)
+    assert isinstance(reply, ReplyResponse) and bytes(reply.body) == COMPLETION
+
+
+async def test_stream_goes_to_the_reply_to_header(worker: DispatcherWorker, client: Client) -> None:
+    inbox = f"_INBOX.{uuid.uuid4().hex}.t2"
+    replies = await _collect(client, inbox)
+    meta = bus.RequestMeta(request_id="r2", deadline_ms=bus.deadline_after(5), reply_to=inbox)
+    await client.publish(
+        worker.dispatch_subjects[0],
+        _request(stream=True),
+        reply="some.bounce.subject",
+        headers=meta.to_headers(),
+    )
+    kinds = []
+    while True:
+        message = reply_decoder.decode((await asyncio.wait_for(replies.get(), 5)).data)
+        kinds.append(type(message))
+        if isinstance(message, ReplyEnd):
+            break
+    assert kinds[0] is ReplyHead and kinds[-1] is ReplyEnd
+    assert set(kinds[1:-1]) == {StreamChunk}
+
+
+async def test_bad_message_is_400(worker: DispatcherWorker, client: Client) -> None:
+    inbox = f"_INBOX.{uuid.uuid4().hex}.t3"
+    replies = await _collect(client, inbox)
+    await client.publish(worker.dispatch_subjects[0], b"{}", reply=inbox, headers={"a": "b"})
+    reply = reply_decoder.decode((await asyncio.wait_for(replies.get(), 5)).data)
+    assert isinstance(reply, ReplyError) and reply.status == 400
+
+
+async def test_ping_and_no_responders(worker: DispatcherWorker, client: Client) -> None:
+    assert await bus.ping(client, worker.dispatch_subjects[0])
+    assert not await bus.ping(client, worker.subjects.dispatch("no-such-model"), timeout_s=0.5)
+
+
+async def test_stop_finishes_requests_in_flight(
+    config: Config, nats_url: str, client: Client
+) -> None:
+    w = DispatcherWorker(config, nats_url, name="drain")
+    await w.start()
+    inbox = f"_INBOX.{uuid.uuid4().hex}.t4"
+    replies = await _collect(client, inbox)
+    for _ in range(3):
+        await client.publish(
+            w.dispatch_subjects[0], _request(), reply=inbox, headers={"Lr-Request-Id": "x"}
+        )
+    await client.flush()
+    await asyncio.sleep(0.01)
+    await w.stop(5)
+    got = [reply_decoder.decode((await asyncio.wait_for(replies.get(), 5)).data) for _ in range(3)]
+    assert all(isinstance(r, ReplyResponse) for r in got)
