@@ -47,6 +47,7 @@ SOURCES = {
     "queries": ("domain_queries_train.jsonl",),
     "exam": ("domain_train.jsonl",),
     "mixed": ("domain_queries_train.jsonl", "domain_train.jsonl"),
+    "mmlu-pro": ("mmlu_pro_train.jsonl",),
 }
 
 _TEMPLATES = {

@@ -1,11 +1,14 @@
 """The ingress's own HTTP cost under each ASGI server set-up, with no pipeline behind it.
 
 Runs the real ingress (`loraroute ingress`) on a private nats-server with uvicorn in three
-set-ups (uvloop + httptools, uvloop + h11, asyncio + h11) and loads two requests that the ingress
-answers alone: `GET /v1/models` and a 1 KB `POST /v1/chat/completions` naming an unknown model
-(body read with the size limit, content type, JSON and schema validation, 404 envelope). Reports
-requests per second and the ingress process's CPU µs per request (/proc/<pid>/stat). Loopback
-only; the load generator (aiohttp) shares the machine's cores.
+set-ups (uvloop + httptools, uvloop + h11, asyncio + h11) and loads three requests:
+`GET /v1/models` and a 1 KB `POST /v1/chat/completions` naming an unknown model (body read with
+the size limit, content type, JSON and schema validation, 404 envelope), which the ingress
+answers alone; and the same POST for `model: MoM`, answered at once by a NATS responder in the
+load generator's process (a whole `ReplyResponse`), which adds the ingress's bus work: publish,
+the reply through the wildcard inbox, decode. Reports requests per second and the ingress
+process's CPU µs per request (/proc/<pid>/stat). Loopback only; the load generator (aiohttp) and
+the responder share the machine's cores, but their CPU is not counted.
 
     nice python loadtest/bench_ingress_server.py --seconds 4 --reps 3
 """
@@ -23,13 +26,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import httpx
+import msgspec
+import nats
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from schemas.wire import ReplyResponse, encoder  # noqa: E402
 from services.common.natsserver import NatsServer  # noqa: E402
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -54,6 +61,17 @@ BODY = json.dumps(
 ).encode()
 
 
+ROUTED = BODY.replace(b'"no-such-model"', b'"MoM"')
+ANSWER = encoder.encode(
+    ReplyResponse(
+        status=200,
+        body=msgspec.Raw(
+            b'{"id":"chatcmpl-1","object":"chat.completion","model":"m","choices":[]}'
+        ),
+    )
+)
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _TICK
@@ -67,14 +85,24 @@ def free_port() -> int:
 
 
 async def load(
-    url: str, post: bool, seconds: float, inflight: int, pid: int
+    url: str, kind: str, seconds: float, inflight: int, pid: int, nats_url: str
 ) -> tuple[float, float]:
     connector = aiohttp.TCPConnector(limit=inflight)
     headers = {"content-type": "application/json"}
+    nc = await nats.connect(nats_url)
+
+    async def respond(msg: Any) -> None:
+        await nc.publish(msg.reply, ANSWER)
+
+    await nc.subscribe("loraroute.classify", cb=respond)
     async with aiohttp.ClientSession(connector=connector) as session:
 
         async def one() -> None:
-            if post:
+            if kind == "routed":
+                async with session.post(url, data=ROUTED, headers=headers) as r:
+                    await r.read()
+                    assert r.status == 200
+            elif kind == "404":
                 async with session.post(url, data=BODY, headers=headers) as r:
                     await r.read()
                     assert r.status == 404
@@ -98,7 +126,9 @@ async def load(
 
         await asyncio.gather(*(worker() for _ in range(inflight)))
         elapsed = time.perf_counter() - start
-        return count / elapsed, (cpu_seconds(pid) - cpu0) * 1e6 / max(count, 1)
+        cpu = cpu_seconds(pid) - cpu0
+    await nc.close()
+    return count / elapsed, cpu * 1e6 / max(count, 1)
 
 
 def main() -> int:
@@ -126,12 +156,15 @@ def main() -> int:
                                 break
                         except httpx.HTTPError:
                             time.sleep(0.1)
-                    for label, path, post in (
-                        ("GET /v1/models", "/v1/models", False),
-                        ("POST chat (404)", "/v1/chat/completions", True),
+                    for label, path, kind in (
+                        ("GET /v1/models", "/v1/models", "get"),
+                        ("POST chat, unknown model (404)", "/v1/chat/completions", "404"),
+                        ("POST chat via NATS, instant reply", "/v1/chat/completions", "routed"),
                     ):
                         result = asyncio.run(
-                            load(base + path, post, args.seconds, args.inflight, proc.pid)
+                            load(
+                                base + path, kind, args.seconds, args.inflight, proc.pid, server.url
+                            )
                         )
                         rows.setdefault((name, label), []).append(result)
                 finally:

@@ -60,13 +60,14 @@ REPLY = b'{"id":"x","object":"chat.completion","model":"technical-lora","choices
 async def main():
     marks = []
     if kind == "faststream":
-        from faststream.nats import NatsBroker, NatsMessage
+        from faststream.nats import NatsBroker
+        from faststream.nats.annotations import NatsMessage
         broker = NatsBroker(url, logger=None)
 
         @broker.subscriber("bench.hop", queue="q")
-        async def handle(body: bytes, message: NatsMessage) -> bytes:
+        async def handle(message: NatsMessage) -> bytes:
             meta = bus.RequestMeta.from_headers(message.headers)
-            request = dispatch_decoder.decode(body)
+            request = dispatch_decoder.decode(message.body)
             return encoder.encode(ReplyResponse(status=200, body=msgspec.Raw(REPLY), route=request.route))
 
         await broker.start()

@@ -181,6 +181,7 @@ class Engine:
                     confidence=float(row[k]),
                     label=prediction.label,
                     label_confidence=prediction.confidence,
+                    # `row` ends with the "no category" column, which zip leaves out.
                     probabilities={c: float(p) for c, p in zip(categories, row, strict=False)},
                     label_probabilities=prediction.probabilities,
                     truncated=bool(batch.truncated[i]),

@@ -54,11 +54,18 @@ class Subjects:
         self.prefix = prefix
         self.classify = f"{prefix}.classify"
         self.dispatch_all = f"{prefix}.dispatch.*"
+        #: Dispatchers listen here for cancellations (`cancel(request_id)`) of requests in flight.
+        self.cancel_all = f"{prefix}.cancel.*"
 
     def bounce(self, instance: str) -> str:
         """Reply-subject prefix of one classifier process; NATS "no responders" statuses for
         the requests it forwarded arrive below it (`<bounce>.<original reply subject>`)."""
         return f"{self.prefix}.bounce.{model_token(instance)}"
+
+    def cancel(self, request_id: str) -> str:
+        """Publish an empty message here when the client of `request_id` went away: the
+        dispatcher running it stops its call to vLLM (which then stops generating)."""
+        return f"{self.prefix}.cancel.{model_token(request_id)}"
 
     def dispatch(self, base_model: str) -> str:
         """The subject on which dispatchers for `base_model` listen."""

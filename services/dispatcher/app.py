@@ -53,6 +53,7 @@ class DispatcherWorker:
         self.upstream: Upstream | None = None
         self.handlers: DispatcherHandlers | None = None
         self._subs: list[Subscription] = []
+        self._cancel_sub: Subscription | None = None
 
     @property
     def dispatch_subjects(self) -> list[str]:
@@ -80,6 +81,10 @@ class DispatcherWorker:
                     subject, queue=DISPATCHERS_QUEUE, cb=self.handlers.on_dispatch
                 )
             )
+        # No queue group: a cancellation must reach whichever dispatcher runs the request.
+        self._cancel_sub = await self.nc.subscribe(
+            self.subjects.cancel_all, cb=self.handlers.on_cancel
+        )
         await self.nc.flush()
 
     async def stop(self, timeout_s: float = 30.0) -> None:

@@ -8,8 +8,8 @@ Reasoning, by the base model's family type (DESIGN section 4.6):
 | family type | `use_reasoning: true` | `use_reasoning: false` |
 |---|---|---|
 | `chat_template_kwargs` | `chat_template_kwargs.<param> = true` | `chat_template_kwargs.<param> = false` (explicit off) |
-| `reasoning_effort` | `chat_template_kwargs.<param> = <effort>` | `chat_template_kwargs.<param> = <client's effort, else "low">` |
-| `top_level_reasoning_effort` | top-level `<param> = <effort>` | top-level `<param>` = the client's effort, if it sent one |
+| `reasoning_effort` | top-level `<param> = <effort>` | no effort field (the client's is removed) |
+| `top_level_reasoning_effort` | top-level `<param> = <effort>` | no effort field (the client's is removed) |
 
 The client's top-level `reasoning_effort` is removed before the family's field is written. A
 route without `use_reasoning`, or whose family is not defined, leaves reasoning untouched.
@@ -27,7 +27,6 @@ __all__ = ["BodyError", "apply_route"]
 
 _decoder = msgspec.json.Decoder(dict[str, Any])
 _encoder = msgspec.json.Encoder()
-_OFF_EFFORT = "low"
 
 
 class BodyError(ValueError):
@@ -75,20 +74,15 @@ def _apply_system_prompt(messages: list[Any], prompt: str, mode: str) -> None:
 def _apply_reasoning(data: dict[str, Any], route: Route) -> None:
     param = route.reasoning_parameter
     assert param is not None
-    client_effort = data.pop("reasoning_effort", None)
-    on = bool(route.use_reasoning)
-    effort = route.reasoning_effort or "medium"
-    if route.reasoning_type == "top_level_reasoning_effort":
-        if on:
-            data[param] = effort
-        elif client_effort is not None:
-            data[param] = client_effort
-        return
-    kwargs = data.get("chat_template_kwargs")
-    if not isinstance(kwargs, dict):
-        kwargs = {}
-        data["chat_template_kwargs"] = kwargs
+    # The client's own effort would contradict the route's decision (or its explicit off).
+    data.pop("reasoning_effort", None)
     if route.reasoning_type == "chat_template_kwargs":
-        kwargs[param] = on
-    else:  # "reasoning_effort": the effort travels to the chat template
-        kwargs[param] = effort if on else (client_effort or _OFF_EFFORT)
+        kwargs = data.get("chat_template_kwargs")
+        if not isinstance(kwargs, dict):
+            kwargs = {}
+            data["chat_template_kwargs"] = kwargs
+        kwargs[param] = bool(route.use_reasoning)
+    elif route.use_reasoning:
+        data[param] = route.reasoning_effort or "medium"
+    else:
+        data.pop(param, None)

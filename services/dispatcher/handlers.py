@@ -18,6 +18,7 @@ from nats.aio.msg import Msg
 from schemas.errors import ErrorKind
 from schemas.wire import DispatchRequest, ReplyMessage, dispatch_decoder, encoder
 from services.common import bus
+from services.common.subjects import model_token
 from services.dispatcher.dispatch import Dispatch
 from services.dispatcher.metrics import DispatcherMetrics
 
@@ -34,6 +35,8 @@ class DispatcherHandlers:
         self.dispatch = dispatch
         self.metrics = metrics
         self.tasks: set[asyncio.Task[None]] = set()
+        # Subject token of the request id -> its running task, for `on_cancel`.
+        self._running: dict[str, asyncio.Task[None]] = {}
 
     async def on_dispatch(self, msg: Msg) -> None:
         """One message on a dispatch subject (never raises: failures are answered)."""
@@ -56,9 +59,23 @@ class DispatcherHandlers:
                 meta=meta,
             )
             return
+        token = model_token(meta.request_id)
         task = asyncio.create_task(self._run(request, meta, reply))
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self._running[token] = task
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self.tasks.discard(finished)
+            if self._running.get(token) is finished:
+                del self._running[token]
+
+        task.add_done_callback(done)
+
+    async def on_cancel(self, msg: Msg) -> None:
+        """A cancellation on `<prefix>.cancel.<request id>`: stop that request if it runs here."""
+        task = self._running.get(msg.subject.rpartition(".")[2])
+        if task is not None and not task.done():
+            task.cancel()
 
     async def _run(self, request: DispatchRequest, meta: bus.RequestMeta, reply: str) -> None:
         async def send(message: ReplyMessage) -> None:
@@ -66,6 +83,10 @@ class DispatcherHandlers:
 
         try:
             outcome = await self.dispatch.run(request, meta, send)
+        except asyncio.CancelledError:
+            self.metrics.requests.labels("cancelled", "unknown").inc()
+            _log.info("dispatch_cancelled", request_id=meta.request_id, model=request.route.model)
+            raise
         except Exception as error:  # the outermost guard: a failed publish or a bug
             _log.exception("dispatch_failed", request_id=meta.request_id)
             await bus.reply_error(

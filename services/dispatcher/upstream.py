@@ -81,8 +81,12 @@ class UpstreamResponse:
             yield chunk
 
     def release(self) -> None:
-        """Give the connection back to the pool (or close it if the body was not read)."""
-        self._response.release()
+        """Give the connection back to the pool; close it when the body was not read to its
+        end (a cancelled or failed call), so vLLM sees the disconnect and stops generating."""
+        if self._response.content.at_eof():
+            self._response.release()
+        else:
+            self._response.close()
 
 
 class Upstream:

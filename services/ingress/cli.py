@@ -77,6 +77,9 @@ def main(argv: list[str]) -> int:
             # Keep-alive above the usual client pool idle time (httpx: 5 s) so a pooled
             # connection is not closed under a client that is about to reuse it.
             timeout_keep_alive=15,
+            # No X-Forwarded-* rewriting: the ingress never uses the client address, and the
+            # middleware costs a layer on every request.
+            proxy_headers=False,
         )
     )
     try:

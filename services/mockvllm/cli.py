@@ -58,7 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
         "by the environment variable VLLM_ALLOW_RUNTIME_LORA_UPDATING=1 (or true). "
         "See docs/mock-vllm.md.",
     )
-    a = p.add_argument
     g = p.add_argument_group("server")
     g.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     g.add_argument("--port", type=int, default=8000, help="port to bind (default: %(default)s)")
@@ -210,7 +209,6 @@ def build_parser() -> argparse.ArgumentParser:
         "K chunks), hang (no answer). WHEN: N (the N-th inference request), %%N (every N-th), * "
         '(all). Also settable at run time: POST /mock/faults {"faults": [...]}',
     )
-    del a
     return p
 
 

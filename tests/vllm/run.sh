@@ -42,7 +42,7 @@ VLLM_VENV="$CACHE_ROOT/vllm-venv-$venv_key"
 # ---- 1. the vLLM venv ---------------------------------------------------------------------------------
 install_vllm() {
     local partial="$VLLM_VENV.partial.$$" pip_log="$CACHE_ROOT/pip-install-$venv_key.log"
-    rm -rf "$partial"
+    rm -rf "$VLLM_VENV".partial.*  # left by interrupted runs
     log "installing ${VLLM_REQUIREMENTS[*]} into $VLLM_VENV (about 80 s and 600 MB of downloads, once)"
     # venv from the main venv's interpreter: same Python, so the cp311 torch+cpu wheel matches.
     "$MAIN_PY" -m venv "$partial"
@@ -92,7 +92,7 @@ if [[ -f "$MODEL_ROOT/tiny-llama/config.json" ]]; then
     log "reusing tiny model $MODEL_ROOT"
 else
     log "building the tiny model and adapters into $MODEL_ROOT"
-    rm -rf "$MODEL_ROOT.partial.$$"
+    rm -rf "$MODEL_ROOT".partial.*
     HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error HF_HUB_DISABLE_PROGRESS_BARS=1 \
         "$MAIN_PY" -W ignore "$REPO/tests/vllm/build_tiny_model.py" "$MODEL_ROOT.partial.$$"
     rm -rf "$MODEL_ROOT"
@@ -126,8 +126,10 @@ stop_vllm() {
         kill -KILL -- "-$VLLM_PID" 2>/dev/null || true
     fi
     if [[ $rc -ne 0 && -f "$SERVER_LOG" ]]; then
-        log "last lines of the vLLM log ($SERVER_LOG):"
+        log "last lines of the vLLM log ($SERVER_LOG, kept):"
         tail -n 40 "$SERVER_LOG" >&2 || true
+    elif [[ $rc -eq 0 ]]; then
+        rm -rf "$RUN_DIR"
     fi
     exit $rc
 }

@@ -108,32 +108,24 @@ class TestReasoning:
         off, _ = _apply(body, self._family("chat_template_kwargs", "enable_thinking", False))
         assert off["chat_template_kwargs"] == {"custom": 1, "enable_thinking": False}
 
-    def test_reasoning_effort_family_uses_the_routes_effort(self) -> None:
-        out, _ = _apply(
-            {"messages": []}, self._family("reasoning_effort", "reasoning_effort", True, "high")
-        )
-        assert out["chat_template_kwargs"] == {"reasoning_effort": "high"}
-        assert "reasoning_effort" not in out
-
-    def test_reasoning_effort_family_off_keeps_the_clients_effort_or_low(self) -> None:
-        route = self._family("reasoning_effort", "reasoning_effort", False)
-        out, _ = _apply({"messages": [], "reasoning_effort": "medium"}, route)
-        assert out["chat_template_kwargs"] == {"reasoning_effort": "medium"}
-        assert "reasoning_effort" not in out
-        out, _ = _apply({"messages": []}, route)
-        assert out["chat_template_kwargs"] == {"reasoning_effort": "low"}
-
-    def test_top_level_family(self) -> None:
+    @pytest.mark.parametrize("family", ["reasoning_effort", "top_level_reasoning_effort"])
+    def test_effort_families_write_the_routes_effort(self, family: str) -> None:
         out, _ = _apply(
             {"messages": [], "reasoning_effort": "low"},
-            self._family("top_level_reasoning_effort", "reasoning_effort", True, "high"),
+            self._family(family, "reasoning_effort", True, "high"),
         )
         assert out["reasoning_effort"] == "high" and "chat_template_kwargs" not in out
-        off = self._family("top_level_reasoning_effort", "reasoning_effort", False)
-        assert (
-            _apply({"messages": [], "reasoning_effort": "low"}, off)[0]["reasoning_effort"] == "low"
-        )
-        assert "reasoning_effort" not in _apply({"messages": []}, off)[0]
+
+    @pytest.mark.parametrize("family", ["reasoning_effort", "top_level_reasoning_effort"])
+    def test_effort_families_off_send_no_effort(self, family: str) -> None:
+        off = self._family(family, "reasoning_effort", False)
+        out, _ = _apply({"messages": [], "reasoning_effort": "high"}, off)
+        assert "reasoning_effort" not in out and "chat_template_kwargs" not in out
+
+    def test_effort_family_with_another_parameter_name(self) -> None:
+        route = self._family("top_level_reasoning_effort", "effort", True, "low")
+        out, _ = _apply({"messages": [], "reasoning_effort": "high"}, route)
+        assert out["effort"] == "low" and "reasoning_effort" not in out
 
     def test_without_family_nothing_is_written(self) -> None:
         body = {"messages": [], "reasoning_effort": "low"}

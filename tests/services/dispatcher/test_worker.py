@@ -180,3 +180,49 @@ async def test_stop_finishes_requests_in_flight(
     await w.stop(5)
     got = [reply_decoder.decode((await asyncio.wait_for(replies.get(), 5)).data) for _ in range(3)]
     assert all(isinstance(r, ReplyResponse) for r in got)
+
+
+async def test_cancel_stops_the_call_to_vllm(config: Config, nats_url: str, client: Client) -> None:
+    disconnected = asyncio.Event()
+    frames_sent = 0
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        nonlocal frames_sent
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        try:
+            while True:
+                await response.write(FRAMES[0])
+                frames_sent += 1
+                await asyncio.sleep(0.02)
+        except ConnectionError:
+            pass
+        finally:  # the handler only ends when the client went away (or is cancelled for it)
+            disconnected.set()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", endless)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    data = msgspec.to_builtins(config)
+    data["vllm_endpoints"][0]["port"] = server.port
+    w = DispatcherWorker(decode_config(data), nats_url, name="cancel-test")
+    await w.start()
+    try:
+        inbox = f"_INBOX.{uuid.uuid4().hex}.t5"
+        replies = await _collect(client, inbox)
+        meta = bus.RequestMeta(request_id="client.gone 1", deadline_ms=bus.deadline_after(30))
+        await client.publish(
+            w.dispatch_subjects[0], _request(stream=True), reply=inbox, headers=meta.to_headers()
+        )
+        first = reply_decoder.decode((await asyncio.wait_for(replies.get(), 5)).data)
+        assert isinstance(first, ReplyHead)
+        await client.publish(w.subjects.cancel("client.gone 1"), b"")
+        await asyncio.wait_for(disconnected.wait(), 5)
+        assert w.handlers is not None
+        await asyncio.sleep(0.05)
+        assert not w.handlers.tasks
+    finally:
+        await w.stop(5)
+        await server.close()
