@@ -41,13 +41,18 @@ from services.common.natsserver import NatsServer
 
 SUBJECT = "bench.hop"
 BODY = msgspec.json.encode(
-    {"model": "MoM", "messages": [{"role": "user", "content": "Explain async/await in JavaScript. " * 10}]}
+    {
+        "model": "MoM",
+        "messages": [{"role": "user", "content": "Explain async/await in JavaScript. " * 10}],
+    }
 )
 PAYLOAD = encoder.encode(
-    DispatchRequest(route=Route(model="technical-lora", base_model="llama2-7b"), body=msgspec.Raw(BODY))
+    DispatchRequest(
+        route=Route(model="technical-lora", base_model="llama2-7b"), body=msgspec.Raw(BODY)
+    )
 )
 
-RESPONDER = r'''
+RESPONDER = r"""
 import asyncio, sys, time, msgspec
 from schemas.wire import ReplyResponse, dispatch_decoder, encoder
 from services.common import bus
@@ -101,7 +106,7 @@ async def main():
 
 import json
 asyncio.run(main())
-'''
+"""
 
 
 async def _drive(url: str, inflight: int, duration: float) -> int:
@@ -146,7 +151,11 @@ async def _drive(url: str, inflight: int, duration: float) -> int:
 def _one(url: str, kind: str, inflight: int, duration: float) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     proc = subprocess.Popen(
-        [sys.executable, "-c", RESPONDER, kind, url], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True
+        [sys.executable, "-c", RESPONDER, kind, url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        text=True,
     )
     try:
         assert proc.stdout is not None
@@ -161,7 +170,12 @@ def _one(url: str, kind: str, inflight: int, duration: float) -> dict[str, float
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    return {"messages": done, "rate": done / duration, "cpu_us_per_msg": cpu / max(done, 1) * 1e6, "wall": wall}
+    return {
+        "messages": done,
+        "rate": done / duration,
+        "cpu_us_per_msg": cpu / max(done, 1) * 1e6,
+        "wall": wall,
+    }
 
 
 def main() -> int:
@@ -174,7 +188,10 @@ def main() -> int:
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
     rows = []
-    with tempfile.TemporaryDirectory() as tmp, NatsServer(store_dir=Path(tmp), jetstream=False) as server:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        NatsServer(store_dir=Path(tmp), jetstream=False) as server,
+    ):
         for kind in args.kinds:
             runs = [_one(server.url, kind, args.inflight, args.duration) for _ in range(args.reps)]
             row = {
@@ -184,7 +201,10 @@ def main() -> int:
                 "cpu_us_per_msg": statistics.median(r["cpu_us_per_msg"] for r in runs),
             }
             rows.append(row)
-            print(f"{kind:<11} {row['rate']:8.0f} msg/s  {row['cpu_us_per_msg']:7.1f} µs CPU/msg (consumer)", flush=True)
+            print(
+                f"{kind:<11} {row['rate']:8.0f} msg/s  {row['cpu_us_per_msg']:7.1f} µs CPU/msg (consumer)",
+                flush=True,
+            )
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "cpus": os.cpu_count()}, indent=2))
     return 0

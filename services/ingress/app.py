@@ -17,6 +17,7 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client as Nats
 from nats.aio.msg import Msg
+from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -29,6 +30,7 @@ from services.common.log import get_logger
 from services.common.settings import Settings
 from services.ingress.exchange import Exchange, PublishError
 from services.ingress.inbox import Inbox
+from services.ingress.metrics import IngressMetrics
 from services.ingress.models import model_list
 from services.ingress.routes import ROUTES, IngressState
 from services.ingress.validation import body_limit, envelope_headroom
@@ -109,6 +111,11 @@ def build_app(config: Config, nats_url: str, settings: Settings | None = None) -
             models_body=model_list(config, int(time.time())),
             body_limit=limit,
             connected=lambda: nc.is_connected,
+            metrics=IngressMetrics(
+                CollectorRegistry(),
+                in_flight=lambda: len(inbox),
+                late_replies=lambda: inbox.dropped,
+            ),
         )
         _log.info("ingress_started", nats=nats_url, body_limit=limit)
         try:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route as HttpRoute
@@ -25,6 +26,7 @@ from schemas.wire import ClassifyTextsResult
 from services.common.log import get_logger
 from services.ingress import classify_api, headers, sse
 from services.ingress.exchange import Exchange, RequestMeta
+from services.ingress.metrics import IngressMetrics
 from services.ingress.models import resolve_model, unknown_model
 from services.ingress.outcomes import ErrorAnswer, JsonAnswer, Outcome, StreamAnswer
 from services.ingress.validation import (
@@ -50,6 +52,7 @@ class IngressState:
     models_body: bytes
     body_limit: int
     connected: Callable[[], bool]
+    metrics: IngressMetrics
 
 
 def _state(request: Request) -> IngressState:
@@ -126,6 +129,13 @@ def _meta(request: Request, rid: str, timeout_s: float) -> RequestMeta:
 
 async def chat_completions(request: Request) -> Response:
     """`POST /v1/chat/completions`: JSON or SSE, through the pipeline."""
+    started = time.perf_counter()
+    response = await _chat(request)
+    _state(request).metrics.observe("chat", response.status_code, time.perf_counter() - started)
+    return response
+
+
+async def _chat(request: Request) -> Response:
     state = _state(request)
     rid = headers.request_id(request.headers.get(headers.REQUEST_ID))
     body = await _read_json_body(request, state.body_limit)
@@ -193,12 +203,26 @@ async def _classify(request: Request, batch: bool) -> Response:
 
 async def classify_intent(request: Request) -> Response:
     """`POST /api/v1/classify/intent`: one text through the classifier, no generation."""
-    return await _classify(request, batch=False)
+    started = time.perf_counter()
+    response = await _classify(request, batch=False)
+    _state(request).metrics.observe("classify", response.status_code, time.perf_counter() - started)
+    return response
 
 
 async def classify_batch(request: Request) -> Response:
     """`POST /api/v1/classify/batch`: up to `ingress.max_classify_texts` texts."""
-    return await _classify(request, batch=True)
+    started = time.perf_counter()
+    response = await _classify(request, batch=True)
+    _state(request).metrics.observe(
+        "classify_batch", response.status_code, time.perf_counter() - started
+    )
+    return response
+
+
+async def metrics(request: Request) -> Response:
+    """`GET /metrics`: Prometheus text format."""
+    registry = _state(request).metrics.registry
+    return Response(generate_latest(registry), 200, media_type=CONTENT_TYPE_LATEST)
 
 
 ROUTES = [
@@ -208,4 +232,5 @@ ROUTES = [
     HttpRoute("/ready", ready, methods=["GET"]),
     HttpRoute("/api/v1/classify/intent", classify_intent, methods=["POST"]),
     HttpRoute("/api/v1/classify/batch", classify_batch, methods=["POST"]),
+    HttpRoute("/metrics", metrics, methods=["GET"]),
 ]

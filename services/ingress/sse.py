@@ -14,8 +14,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from schemas.errors import ErrorKind, ErrorResponse, error_response
 from schemas.wire import ReplyEnd, ReplyError, ReplyMessage, StreamChunk, encoder
+from services.common.log import get_logger
 
 __all__ = ["DONE", "MEDIA_TYPE", "error_event", "relay"]
+
+_log = get_logger()
 
 MEDIA_TYPE = "text/event-stream; charset=utf-8"
 DONE = b"data: [DONE]\n\n"
@@ -40,8 +43,21 @@ async def relay(
 
     `deadline` is on `clock`'s scale. Chunk payloads are yielded exactly as received. Every way
     out of the loop yields a final, well-formed ending, so the client never sees a stream that
-    just stops.
+    just stops, even when something unforeseen raises (logged, and answered in-band as a 500).
     """
+    try:
+        async for data in _relay(receive, deadline, clock):
+            yield data
+    except Exception as error:  # the stream's outermost guard: the client still gets an ending
+        _log.error("stream_failed", error=repr(error))
+        yield _fail(
+            ErrorKind.INTERNAL, f"Internal server error while streaming ({type(error).__name__})."
+        )
+
+
+async def _relay(
+    receive: Receive, deadline: float, clock: Callable[[], float]
+) -> AsyncIterator[bytes]:
     expected = 0
     while True:
         try:

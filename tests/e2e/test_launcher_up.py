@@ -31,7 +31,7 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_up_serves_and_stops_cleanly(tmp_path: Path) -> None:
+def _start_up(tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path, int]:
     port, mock_port = free_port(), free_port()
     config = write_config(
         tmp_path / "config.yaml",
@@ -47,12 +47,20 @@ def test_up_serves_and_stops_cleanly(tmp_path: Path) -> None:
              "--data-dir", str(tmp_path / "var"), "--mock-echo"],
             cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
+    deadline = time.monotonic() + 90
+    while "loraroute is up" not in log_path.read_text(errors="replace"):
+        if up.poll() is not None or time.monotonic() > deadline:
+            if up.poll() is None:
+                up.kill()
+                up.wait(10)
+            raise AssertionError(log_path.read_text())
+        time.sleep(0.2)
+    return up, log_path, port
+
+
+def test_up_serves_and_stops_cleanly(tmp_path: Path) -> None:
+    up, log_path, port = _start_up(tmp_path)
     try:
-        deadline = time.monotonic() + 90
-        while "loraroute is up" not in log_path.read_text(errors="replace"):
-            assert up.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.2)
         output = log_path.read_text()
         assert f"http://127.0.0.1:{port}" in output and "curl" in output
         pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", output)]
@@ -70,6 +78,23 @@ def test_up_serves_and_stops_cleanly(tmp_path: Path) -> None:
         up.send_signal(signal.SIGTERM)
         assert up.wait(60) == 0, log_path.read_text()
         assert not [pid for pid in pids if _alive(pid)], "every child is stopped"
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait(10)
+
+
+def test_up_stops_everything_when_a_child_dies(tmp_path: Path) -> None:
+    up, log_path, _ = _start_up(tmp_path)
+    try:
+        output = log_path.read_text()
+        pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", output)]
+        classifier = int(re.search(r"ready  classifier\s+\(pid (\d+)\)", output).group(1))  # type: ignore[union-attr]
+        os.kill(classifier, signal.SIGKILL)
+        assert up.wait(60) == 1
+        text = log_path.read_text()
+        assert "classifier" in text and "exited with status" in text
+        assert not [pid for pid in pids if _alive(pid)], "the others are stopped too"
     finally:
         if up.poll() is None:
             up.kill()

@@ -132,7 +132,7 @@ def train_lora(plans: list[HeadPlan], enc: Encoder, args: argparse.Namespace, ou
         warnings.simplefilter("ignore", FutureWarning)
         enc.model = get_peft_model(enc.model, config)
     scale = LOGIT_SCALE if args.normalize else 1.0
-    heads = torch.nn.ModuleList(torch.nn.Linear(enc.hidden_size, len(p.labels)) for p in plans)
+    heads = [torch.nn.Linear(enc.hidden_size, len(p.labels)) for p in plans]
     for head in heads:
         torch.nn.init.zeros_(head.weight)
         torch.nn.init.zeros_(head.bias)
@@ -140,7 +140,11 @@ def train_lora(plans: list[HeadPlan], enc: Encoder, args: argparse.Namespace, ou
     opt = torch.optim.AdamW(
         [
             {"params": lora_params, "lr": args.lr, "weight_decay": 0.01},
-            {"params": list(heads.parameters()), "lr": max(args.lr, 2e-3), "weight_decay": 0.0},
+            {
+                "params": [q for head in heads for q in head.parameters()],
+                "lr": max(args.lr, 2e-3),
+                "weight_decay": 0.0,
+            },
         ]
     )
     rng = random.Random(args.seed)
@@ -205,7 +209,7 @@ def train_lora(plans: list[HeadPlan], enc: Encoder, args: argparse.Namespace, ou
 def _calibrate_and_save(
     plans: list[HeadPlan],
     enc: Encoder,
-    heads: torch.nn.ModuleList,
+    heads: list[torch.nn.Linear],
     scale: float,
     args: argparse.Namespace,
     out: Path,

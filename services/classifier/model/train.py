@@ -178,10 +178,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="calibration rows per label and file (default: half the test count)",
     )
-    p.add_argument("--no-balance", dest="balance", action="store_false",
-                   help="linear heads: plain loss, no class weights (for comparison only)")
-    p.add_argument("--cache-dir", type=Path, default=None,
-                   help="linear heads: keep frozen-encoder embeddings here between runs")
+    p.add_argument(
+        "--no-balance",
+        dest="balance",
+        action="store_false",
+        help="linear heads: plain loss, no class weights (for comparison only)",
+    )
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="linear heads: keep frozen-encoder embeddings here between runs",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for splits, sampling and init")
     p.add_argument(
         "--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)"
@@ -201,7 +209,7 @@ def _resolve_files(args: argparse.Namespace) -> list[tuple[str, list[Path], list
             f"training data folder {data_dir} not found; set $LORAROUTE_DATA_DIR or pass --data"
         )
     names = list(DEFAULT_HEADS) if args.head in (None, "all") else [args.head]
-    out = []
+    out: list[tuple[str, list[Path], list[str] | None]] = []
     for name in names:
         if name not in DEFAULT_HEADS:
             raise DataError(f"unknown head {name!r} without --data; use domain, mmlu-pro or all")
@@ -365,7 +373,9 @@ def _train_linear(plans: list[HeadPlan], enc: Encoder, args: argparse.Namespace,
         if todo:
             vecs = enc.embed(todo, progress=print_progress(f"embedding {label}"))
             cache.update(zip(todo, vecs, strict=True))
-        return np.stack([cache[t] for t in texts]) if texts else np.zeros((0, enc.hidden_size))
+        if not texts:
+            return np.zeros((0, enc.hidden_size), dtype=np.float32)
+        return np.stack([cache[t] for t in texts]).astype(np.float32, copy=False)
 
     for plan in plans:
         parts = [f.train for f in plan.files]

@@ -60,7 +60,7 @@ class TestText:
         assert router.text_of(view).text == "two\nthree"
 
     def test_content_parts(self) -> None:
-        parts = [
+        parts: list[dict[str, Any]] = [
             {"type": "text", "text": "What is"},
             {"type": "image_url", "image_url": {"url": "http://x"}},
             {"type": "input_text", "text": "a tort?"},

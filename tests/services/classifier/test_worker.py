@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import threading
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
-import numpy as np
 import pytest
-import tokenizers
 import yaml
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -35,68 +32,19 @@ from schemas.wire import (
     reply_decoder,
 )
 from services.classifier.app import ClassifierWorker, load_engine
-from services.classifier.backend import Prediction
 from services.classifier.engine import Engine
-from services.classifier.errors import BackendError
 from services.classifier.labels import LabelMap
-from services.classifier.tokens import Encoded, Tokenizer
 from services.common import bus
 from services.common.subjects import HEADER_REPLY_TO, HEADER_REQUEST_ID, Subjects
+from tests.services.classifier.fakes import (
+    LABELS,
+    Caller,
+    KeywordBackend,
+    chat,
+    keyword_tokenizer,
+)
 
 pytestmark = pytest.mark.integration
-
-LABELS = ("technical", "medical", "legal", "general")
-_VOCAB = ["[PAD]", "[UNK]", "code", "blood", "law", "hello", "block", "fail", "maybe"]
-
-
-class KeywordBackend:
-    """A `Backend` that answers by keyword: code/blood/law/hello -> technical/medical/legal/
-    general at 0.9; `maybe` -> technical at 0.4 (below the threshold); `block` waits for
-    `gate`; `fail` raises `BackendError`."""
-
-    def __init__(self) -> None:
-        self.gate = threading.Event()
-        self.gate.set()
-        self.batches: list[int] = []
-
-    @property
-    def labels(self) -> tuple[str, ...]:
-        return LABELS
-
-    @property
-    def max_batch_size(self) -> int:
-        return 64
-
-    def health(self) -> bool:
-        return True
-
-    def predict(self, batch: Encoded) -> list[Prediction]:
-        self.batches.append(len(batch))
-        out = []
-        for row in batch.input_ids:
-            words = {_VOCAB[i] for i in row}
-            if "block" in words:
-                self.gate.wait(10)
-            if "fail" in words:
-                raise BackendError("forward pass failed")
-            probs = np.full(4, 0.1 / 3, dtype=np.float32)
-            best = 3
-            for k, word in enumerate(["code", "blood", "law", "hello"]):
-                if word in words:
-                    best = k
-            probs[best] = 0.9
-            if "maybe" in words:
-                probs = np.array([0.4, 0.3, 0.2, 0.1], dtype=np.float32)
-                best = 0
-            out.append(Prediction(LABELS[best], best, float(probs[best]), probs))
-        return out
-
-
-def _tokenizer() -> Tokenizer:
-    model = tokenizers.models.WordLevel({w: i for i, w in enumerate(_VOCAB)}, unk_token="[UNK]")
-    tok = tokenizers.Tokenizer(model)
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-    return Tokenizer(tok, max_length=16)
 
 
 @pytest.fixture
@@ -118,7 +66,7 @@ async def worker(
     config: Config, backend: KeywordBackend, nats_url: str
 ) -> AsyncIterator[ClassifierWorker]:
     engine = Engine(
-        _tokenizer(),
+        keyword_tokenizer(),
         backend,
         LabelMap.build(LABELS, {c.name: c.mmlu_categories for c in config.categories}),
     )
@@ -138,48 +86,6 @@ async def client(nats_url: str) -> AsyncIterator[Client]:
         yield nc
     finally:
         await bus.close(nc)
-
-
-class Caller:
-    """An ingress stand-in: one wildcard inbox, replies collected per token."""
-
-    def __init__(self, nc: Client, subjects: Subjects) -> None:
-        self.nc = nc
-        self.subjects = subjects
-        self.inbox = f"_INBOX.{uuid.uuid4().hex}"
-        self.replies: dict[str, asyncio.Queue[Msg]] = {}
-
-    async def start(self) -> None:
-        await self.nc.subscribe(f"{self.inbox}.*", cb=self._on_reply)
-        await self.nc.flush()
-
-    async def _on_reply(self, msg: Msg) -> None:
-        self.replies.setdefault(msg.subject, asyncio.Queue()).put_nowait(msg)
-
-    async def send(
-        self, payload: bytes, *, deadline_s: float = 5.0, request_id: str | None = None
-    ) -> str:
-        reply = f"{self.inbox}.{uuid.uuid4().hex}"
-        self.replies[reply] = asyncio.Queue()
-        meta = bus.RequestMeta(
-            request_id=request_id or uuid.uuid4().hex, deadline_ms=bus.deadline_after(deadline_s)
-        )
-        await self.nc.publish(
-            self.subjects.classify, payload, reply=reply, headers=meta.to_headers()
-        )
-        return reply
-
-    async def reply(self, reply: str, timeout: float = 5.0) -> Msg:
-        return await asyncio.wait_for(self.replies[reply].get(), timeout)
-
-
-def chat(text: str | None, model: str = "MoM", **extra: Any) -> bytes:
-    body: dict[str, Any] = {
-        "model": model,
-        "messages": [] if text is None else [{"role": "user", "content": text}],
-    }
-    body.update(extra)
-    return encoder.encode(RouteChat(body=msgspec.Raw(msgspec.json.encode(body))))
 
 
 class Dispatcher:
@@ -341,7 +247,9 @@ class TestWithFakeBackend:
         self, config: Config, backend: KeywordBackend, nats_url: str, client: Client
     ) -> None:
         engine = Engine(
-            _tokenizer(), backend, LabelMap.build(LABELS, {c.name: None for c in config.categories})
+            keyword_tokenizer(),
+            backend,
+            LabelMap.build(LABELS, {c.name: None for c in config.categories}),
         )
         w = ClassifierWorker(config, engine, nats_url, name="drain-test")
         await w.start()
@@ -365,7 +273,7 @@ class TestWithFakeBackend:
         data = msgspec.to_builtins(config)
         data["categories"][0]["mmlu_categories"] = ["computer science"]
         bad = decode_config(data)
-        engine = Engine(_tokenizer(), backend)
+        engine = Engine(keyword_tokenizer(), backend)
         with pytest.raises(ConfigError, match="computer science"):
             ClassifierWorker(bad, engine, "nats://127.0.0.1:1")
 

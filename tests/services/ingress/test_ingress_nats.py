@@ -145,6 +145,14 @@ class Responder:
             await msg.respond(b"")
             return
         self.seen_headers.append(headers)
+        message = classify_decoder.decode(msg.data)
+        if isinstance(message, RouteChat) and _last_user_text(bytes(message.body)) == "late":
+            await asyncio.sleep(0.6)
+            await msg._client.publish(
+                msg.reply,
+                encoder.encode(ReplyResponse(status=200, body=msgspec.Raw(UPSTREAM_JSON))),
+            )
+            return
         for reply in self.replies(msg):
             await msg._client.publish(msg.reply, encoder.encode(reply))
 
@@ -367,3 +375,27 @@ async def test_ready_needs_a_classifier_and_a_dispatcher(
         assert response.status_code == 200 and response.json()["ready"] is True
     finally:
         await nc.close()
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+async def test_metrics_count_answers_and_late_replies(
+    client: httpx.AsyncClient, responder: Responder
+) -> None:
+    assert (await client.post("/v1/chat/completions", json=chat("json"))).status_code == 200
+    before = _metric((await client.get("/metrics")).text, "loraroute_ingress_late_replies")
+    response = await client.post(
+        "/v1/chat/completions", json=chat("late"), headers={"x-loraroute-timeout": "0.2"}
+    )
+    assert response.status_code == 504
+    await asyncio.sleep(0.8)  # the reply arrives after its request ended: dropped, counted
+    text = (await client.get("/metrics")).text
+    assert 'loraroute_ingress_requests_total{code="200",route="chat"}' in text
+    assert 'loraroute_ingress_requests_total{code="504",route="chat"}' in text
+    assert _metric(text, "loraroute_ingress_late_replies") == before + 1
+    assert _metric(text, "loraroute_ingress_in_flight") == 0

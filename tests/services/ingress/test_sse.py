@@ -73,3 +73,11 @@ async def test_deadline_mid_stream() -> None:
 async def test_unexpected_message_mid_stream() -> None:
     out = await _collect([ReplyResponse(status=200, body=b"{}")])  # type: ignore[arg-type]
     assert _last_error(out)["code"] == 502
+
+
+async def test_an_unforeseen_failure_still_ends_the_stream() -> None:
+    async def broken(timeout_s: float) -> object:
+        raise RuntimeError("boom")
+
+    out = b"".join([c async for c in relay(broken, deadline=1e18)])
+    assert _last_error(out)["code"] == 500 and out.endswith(DONE)

@@ -1,0 +1,56 @@
+"""The ingress's Prometheus metrics (prefix `loraroute_ingress_`), served on its own `/metrics`.
+
+Built on a registry passed in, so tests and several apps in one process never collide. Labels
+stay low-cardinality: the route is one of the ingress's fixed paths, the code an HTTP status.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["IngressMetrics"]
+
+_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class IngressMetrics:
+    """Requests by route and status, their time to answer (to the head for streams), requests
+    open now, and replies dropped because their request had already ended."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        in_flight: Callable[[], float],
+        late_replies: Callable[[], float],
+    ) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "loraroute_ingress_requests_total",
+            "Requests answered, by route and HTTP status.",
+            ["route", "code"],
+            registry=registry,
+        )
+        self.seconds = Histogram(
+            "loraroute_ingress_request_seconds",
+            "Time from the request to its answer (streams: to the first byte), by route.",
+            ["route"],
+            buckets=_SECONDS_BUCKETS,
+            registry=registry,
+        )
+        Gauge(
+            "loraroute_ingress_in_flight",
+            "Requests waiting for the pipeline's answer now (open reply mailboxes).",
+            registry=registry,
+        ).set_function(in_flight)
+        Gauge(
+            "loraroute_ingress_late_replies",
+            "Replies dropped since start because their request had ended (deadline, client gone).",
+            registry=registry,
+        ).set_function(late_replies)
+
+    def observe(self, route: str, code: int, seconds: float) -> None:
+        """Count one answered request."""
+        self.requests.labels(route, str(code)).inc()
+        self.seconds.labels(route).observe(seconds)
