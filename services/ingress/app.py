@@ -41,8 +41,7 @@ _log = get_logger()
 
 
 def _credentials(settings: Settings | None) -> dict[str, Any]:
-    # bus.connect takes no credentials yet; pass them only when some are set, so a plain local
-    # set-up works with either signature.
+    """NATS credentials from the environment (token, user/password, creds file), if any."""
     return dict(settings.nats_options()) if settings is not None else {}
 
 
