@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import msgspec
@@ -31,6 +31,7 @@ from schemas.wire import (
     RouteChat,
     encoder,
 )
+from services.common.log import get_logger
 from services.common.subjects import (
     HEADER_DEADLINE,
     HEADER_PING,
@@ -49,6 +50,8 @@ from services.ingress.outcomes import (
 )
 
 __all__ = ["Exchange", "Publish", "PublishError", "RequestMeta"]
+
+_log = get_logger()
 
 #: `publish(subject, payload, reply, headers)`; raises `PublishError` when the bus refuses.
 Publish = Callable[[str, bytes, str, Mapping[str, str]], Awaitable[None]]
@@ -168,16 +171,37 @@ class Exchange:
                 return self._from_error(first)
             if isinstance(first, ReplyHead) and stream:
                 handed_over = True
-                return StreamAnswer(
-                    chunks=sse.relay(mailbox.receive, deadline, self._clock),
-                    release=mailbox.close,
-                    route=first.route,
-                    status=first.status,
-                )
+                return self._stream(mailbox, first, deadline, meta)
             return self._unexpected(first)
         finally:
             if not handed_over:
                 mailbox.close()
+
+    def _stream(
+        self, mailbox: Mailbox, head: ReplyHead, deadline: float, meta: RequestMeta
+    ) -> StreamAnswer:
+        finished = False
+
+        async def chunks() -> AsyncIterator[bytes]:
+            nonlocal finished
+            async for data in sse.relay(mailbox.receive, deadline, self._clock):
+                yield data
+            finished = True
+
+        async def release() -> None:
+            mailbox.close()
+            if not finished:
+                await self.cancel(meta.request_id)
+
+        return StreamAnswer(chunks=chunks(), release=release, route=head.route, status=head.status)
+
+    async def cancel(self, request_id: str) -> None:
+        """Tell the dispatchers that `request_id`'s client went away, so the one running it stops
+        its call to vLLM (and vLLM stops generating). Best effort: a bus failure is only logged."""
+        try:
+            await self._publish(self.subjects.cancel(request_id), b"", "", {})
+        except PublishError as error:
+            _log.warning("cancel_not_sent", request_id=request_id, error=str(error))
 
     # ------------------------------------------------------------------ classification API
 

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from schemas.errors import ErrorKind, ErrorResponse, error_response
@@ -35,11 +35,12 @@ class ErrorAnswer:
 
 @dataclass(slots=True)
 class StreamAnswer:
-    """An SSE stream whose head has arrived. The caller must call `release()` when the response
-    is over, however it ends (the stream may never be iterated if the client left first)."""
+    """An SSE stream whose head has arrived. The caller must await `release()` when the response
+    is over, however it ends (the stream may never be iterated if the client left first); a
+    release before the stream's end cancels the request upstream."""
 
     chunks: AsyncIterator[bytes]
-    release: Callable[[], None]
+    release: Callable[[], Awaitable[None]]
     route: Route | None = None
     status: int = 200
     extra_headers: dict[str, str] = field(default_factory=dict)

@@ -78,7 +78,7 @@ class _Relay(StreamingResponse):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            self._release()
+            await self._release()
 
 
 def _respond(outcome: Outcome, rid: str) -> Response:

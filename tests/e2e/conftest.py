@@ -45,8 +45,9 @@ class Pipeline:
             service.stop()
 
 
-def start_mock(folder: Path, *extra: str) -> tuple[Service, int]:
-    """A mock vLLM serving the shipped config's base model and adapters, in echo mode."""
+def start_mock(folder: Path, *extra: str, echo: bool = True) -> tuple[Service, int]:
+    """A mock vLLM serving the shipped config's base model and adapters (in echo mode unless
+    `echo` is false)."""
     port = free_port()
     service = Service(
         [
@@ -59,7 +60,7 @@ def start_mock(folder: Path, *extra: str) -> tuple[Service, int]:
             "technical-lora=technical-lora",
             "medical-lora=medical-lora",
             "legal-lora=legal-lora",
-            "--echo",
+            *(["--echo"] if echo else []),
             *extra,
         ],
         folder / f"mock-{port}.log",

@@ -11,13 +11,14 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from tests.e2e.conftest import Pipeline
+from tests.e2e.conftest import Pipeline, start_mock
 from tests.processes import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -304,3 +305,38 @@ def test_classification_api_through_the_real_classifier(pipeline: Pipeline) -> N
     probabilities = body["results"][0]["probabilities"]
     assert set(probabilities) == {"technical", "medical", "legal", "general"}
     assert body["results"][0]["recommended_model"] == "medical-lora"
+
+
+def _running(mock_url: str) -> float:
+    metrics = httpx.get(f"{mock_url}/metrics", timeout=5).text
+    match = re.search(r"^vllm:num_requests_running(?:\{[^}]*\})? (\S+)$", metrics, re.M)
+    assert match, "the mock exposes vllm:num_requests_running"
+    return float(match.group(1))
+
+
+def test_client_leaving_a_stream_stops_generation_upstream(
+    pipeline_factory: Callable[..., Pipeline], e2e_folder: Path
+) -> None:
+    # A slow stream: 200 tokens at 50 ms each would keep vLLM busy for 10 s.
+    service, port = start_mock(
+        e2e_folder, "--itl-ms", "50", "--output-tokens", "200:200", echo=False
+    )
+    try:
+        mock_url = f"http://127.0.0.1:{port}"
+        slow = pipeline_factory(endpoints=[_endpoint("vllm-slow", port)], mock_url=mock_url)
+        body = {"model": "medical-lora", "messages": _user(MEDICAL), "stream": True}
+        with (
+            httpx.Client(timeout=30) as http,
+            http.stream("POST", f"{slow.ingress_url}/v1/chat/completions", json=body) as response,
+        ):
+            assert response.status_code == 200
+            chunks = response.iter_raw()  # kept: a dropped iterator closes the response
+            next(chunks)  # the stream has started upstream
+            assert _running(mock_url) == 1
+        # The client has gone: the ingress cancels, the dispatcher drops its call to vLLM.
+        deadline = time.monotonic() + 5.0
+        while _running(mock_url) != 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _running(mock_url) == 0, "vLLM still generates for a client that left"
+    finally:
+        service.stop()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -164,3 +166,16 @@ def test_mmlu_pro_model_drives_the_four_categories(mmlu_model_dir: Path) -> None
         [UNMISTAKABLE["technical"][0], UNMISTAKABLE["medical"][0], UNMISTAKABLE["legal"][0]]
     )
     assert [r.category for r in results] == ["technical", "medical", "legal"]
+
+
+def test_runtime_modules_import_no_build_library() -> None:
+    # torch, transformers and onnx come with the `build` extra only; a runtime install
+    # (engine, worker, `loraroute classify`) must work without them.
+    code = (
+        "import sys, services.classifier.engine, services.classifier.cli;"
+        "print(sorted({'torch', 'transformers', 'onnx', 'peft'} & set(sys.modules)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]"

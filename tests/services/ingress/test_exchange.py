@@ -123,7 +123,7 @@ async def test_pipeline_error_passes_through_with_retry_after_on_429(config: Con
 
 async def test_stream_relays_and_releases(config: Config) -> None:
     frames = [b'data: {"x":1}\n\n', b"data: [DONE]\n\n"]
-    exchange, _ = make(
+    exchange, bus = make(
         config,
         reply(
             ReplyHead(route=ROUTE),
@@ -135,8 +135,25 @@ async def test_stream_relays_and_releases(config: Config) -> None:
     assert isinstance(outcome, StreamAnswer) and outcome.route == ROUTE
     assert len(exchange.inbox) == 1, "the mailbox stays open while the stream is relayed"
     assert b"".join([c async for c in outcome.chunks]) == b"".join(frames)
-    outcome.release()
+    await outcome.release()
     assert len(exchange.inbox) == 0
+    assert [s for s, *_ in bus.sent] == [exchange.subjects.classify], (
+        "a finished stream is not cancelled"
+    )
+
+
+async def test_stream_left_early_is_cancelled_upstream(config: Config) -> None:
+    exchange, bus = make(
+        config,
+        reply(ReplyHead(route=ROUTE), StreamChunk(seq=0, data=b'data: {"x":1}\n\n')),
+    )
+    outcome = await exchange.chat(BODY, True, META)
+    assert isinstance(outcome, StreamAnswer)
+    assert await anext(outcome.chunks) == b'data: {"x":1}\n\n'
+    await outcome.release()  # the client went away before the end marker
+    assert len(exchange.inbox) == 0
+    subject, payload, _, _ = bus.sent[-1]
+    assert (subject, payload) == (exchange.subjects.cancel(META.request_id), b"")
 
 
 async def test_head_for_a_non_stream_request_is_502(config: Config) -> None:
