@@ -25,7 +25,7 @@ run: model
 	$(BIN)/loraroute up
 
 ## Lint, type-check and run the test suite.
-test: model
+test: model check
 	$(BIN)/pytest
 
 check: $(STAMP)
@@ -33,7 +33,7 @@ check: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-## (see CONTRIBUTING.md) Install the CPU build of vLLM in its own venv, build a tiny model, and run the conformance suite.
+## Install the CPU build of vLLM in its own venv, build a tiny model, and run the conformance suite.
 test-vllm: $(STAMP)
 	bash tests/vllm/run.sh
 

@@ -38,10 +38,10 @@ __all__ = [
     "RouteChat",
     "StreamChunk",
     "TextClassification",
-    "reply_decoder",
     "classify_decoder",
     "dispatch_decoder",
     "encoder",
+    "reply_decoder",
 ]
 
 WIRE_VERSION = 1

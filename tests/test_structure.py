@@ -70,7 +70,7 @@ def test_schemas_import_only_msgspec_yaml_and_stdlib() -> None:
 
 @pytest.mark.parametrize(
     "init",
-    [p for p in sorted((REPO / "services").rglob("__init__.py")) + [REPO / "schemas" / "__init__.py"]],
+    [*sorted((REPO / "services").rglob("__init__.py")), REPO / "schemas" / "__init__.py"],
     ids=lambda p: str(p.parent.relative_to(REPO)),
 )
 def test_every_module_declares_all(init: Path) -> None:
