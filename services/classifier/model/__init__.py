@@ -1,20 +1,25 @@
-"""Training, evaluation and committed weights of the default domain classifier.
+"""The default domain classifier: training, evaluation, committed weights and the ONNX build.
 
 Modules: `data` (JSONL loading, held-out splits), `augment` (typos), `encoder` (the packaged
 sentence encoder in torch), `calibration` (linear heads, temperature), `finetune` (LoRA),
-`train` and `evaluate` (the `loraroute model train|eval` commands), `metrics`, `weights`
-(the committed head format) and `sources` (data attribution). Import the submodule you need;
-this package imports nothing heavy itself.
+`train` and `evaluate` (`loraroute model train|eval`), `metrics`, `weights` (the committed
+head format), `sources` (data attribution), `export`, `quantize` and `build`
+(`loraroute model build`), and `cli` (the `loraroute model` verbs). Import the submodule you
+need; this package imports nothing heavy itself.
 """
 
 __all__ = [
     "augment",
+    "build",
     "calibration",
+    "cli",
     "data",
     "encoder",
     "evaluate",
+    "export",
     "finetune",
     "metrics",
+    "quantize",
     "sources",
     "train",
     "weights",

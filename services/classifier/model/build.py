@@ -49,10 +49,11 @@ __all__ = [
     "main",
 ]
 
-#: int8 is the default: on this project's 2-core reference machine it classified about
-#: 2.4x as many texts per second as fp32, and its top-1 predictions agreed with fp32's on
-#: real queries (figures and the command in docs/benchmarks.md). Use `--default-variant
-#: fp32` where a GPU runs the model, since int8 kernels there are CPU-oriented.
+#: int8 is the default: on held-out rows its accuracy equals fp32's (within a few texts),
+#: and it classifies 2.3-2.9x as many texts per second on two CPU cores. Its dynamic
+#: activation scales are per batch, so a borderline text may route differently depending
+#: on its batch mates; `--default-variant fp32` gives per-text reproducible results (and
+#: suits a GPU). Figures and commands: docs/benchmarks.md, "Classifier".
 DEFAULT_VARIANT = "int8"
 VARIANTS = ("fp32", "int8")
 VARIANT_FILES = {"fp32": "onnx/model_fp32.onnx", "int8": "onnx/model_int8.onnx"}

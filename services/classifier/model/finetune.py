@@ -29,6 +29,7 @@ from .augment import DEFAULT_TYPO_RATE, add_typos
 from .calibration import fit_temperature, softmax
 from .data import Example, class_counts
 from .encoder import Encoder
+from .metrics import report
 from .weights import ADAPTER_DIR, save_head
 
 if TYPE_CHECKING:
@@ -52,11 +53,25 @@ Target = tuple[int, int, float]  # (head index, label index, loss weight)
 Row = tuple[str, list[Target]]
 
 
-def _epoch_rows(plans: list[HeadPlan], cap: int, rng: random.Random) -> list[Row]:
+def _subject_vocab(plan: HeadPlan) -> dict[str, int]:
+    """Index of every (file, subject) pair among a plan's training rows that have a subject."""
+    keys = sorted({f"{f.name}:{e.subject}" for f in plan.files for e in f.train if e.subject})
+    return {k: i for i, k in enumerate(keys)}
+
+
+def _epoch_rows(
+    plans: list[HeadPlan],
+    cap: int,
+    rng: random.Random,
+    aux: list[dict[str, int]] | None = None,
+    aux_weight: float = 0.0,
+) -> list[Row]:
     """One epoch's rows: (text, targets), each text once; see the module docstring.
 
     A text drawn for two heads (MMLU-Pro reuses MMLU stems) is encoded once and carries both
-    targets, which saves a forward and backward pass.
+    targets, which saves a forward and backward pass. With `aux`, a row of plan `h` whose
+    subject is in `aux[h]` also carries a target for auxiliary head `len(plans) + h`
+    (predict the subject), weighted `aux_weight` times the row's own weight.
     """
     merged: dict[str, list[Target]] = {}
     n_targets = 0
@@ -70,8 +85,12 @@ def _epoch_rows(plans: list[HeadPlan], cap: int, rng: random.Random) -> list[Row
                 picked = rng.sample(items, min(cap, len(items)))
                 w = 1.0 / (n_files * len(by_label) * len(picked))
                 for e in picked:
-                    merged.setdefault(e.text, []).append((h, plan.index(label), w))
+                    targets = merged.setdefault(e.text, [])
+                    targets.append((h, plan.index(label), w))
                     n_targets += 1
+                    key = f"{f.name}:{e.subject}"
+                    if aux is not None and key in aux[h]:
+                        targets.append((len(plans) + h, aux[h][key], w * aux_weight))
     # Each head's weights sum to 1; rescale so the mean target weight is 1 (loss as mean CE).
     scale = n_targets / len(plans)
     return [(t, [(h, y, w * scale) for h, y, w in targets]) for t, targets in merged.items()]
@@ -133,6 +152,11 @@ def train_lora(plans: list[HeadPlan], enc: Encoder, args: argparse.Namespace, ou
         enc.model = get_peft_model(enc.model, config)
     scale = LOGIT_SCALE if args.normalize else 1.0
     heads = [torch.nn.Linear(enc.hidden_size, len(p.labels)) for p in plans]
+    # Auxiliary heads predict each row's subject (the finer source label: MMLU subject,
+    # MMLU-Pro source, CLINC intent); they shape the shared encoder and are not saved.
+    aux = [_subject_vocab(p) for p in plans] if args.aux_subject > 0 else None
+    if aux is not None:
+        heads += [torch.nn.Linear(enc.hidden_size, max(1, len(v))) for v in aux]
     for head in heads:
         torch.nn.init.zeros_(head.weight)
         torch.nn.init.zeros_(head.bias)
@@ -148,7 +172,9 @@ def train_lora(plans: list[HeadPlan], enc: Encoder, args: argparse.Namespace, ou
         ]
     )
     rng = random.Random(args.seed)
-    epoch_size = len(_epoch_rows(plans, args.max_per_class, random.Random(0)))
+    epoch_size = len(
+        _epoch_rows(plans, args.max_per_class, random.Random(0), aux, args.aux_subject)
+    )
     steps_per_epoch = -(-epoch_size // args.batch_size)
     total = steps_per_epoch * args.epochs
     warmup = max(1, total // 16)
@@ -165,7 +191,7 @@ def train_lora(plans: list[HeadPlan], enc: Encoder, args: argparse.Namespace, ou
     started = time.monotonic()
     for epoch in range(1, args.epochs + 1):
         enc.train()
-        rows = _epoch_rows(plans, args.max_per_class, rng)
+        rows = _epoch_rows(plans, args.max_per_class, rng, aux, args.aux_subject)
         rows = [
             (add_typos(t, rng, DEFAULT_TYPO_RATE) if rng.random() < args.typo_prob else t, targets)
             for t, targets in rows
@@ -203,7 +229,9 @@ def train_lora(plans: list[HeadPlan], enc: Encoder, args: argparse.Namespace, ou
                     flush=True,
                 )
                 running = 0.0
-        _calibrate_and_save(plans, enc, heads, scale, args, out, epoch, _evaluate, _meta)
+        _calibrate_and_save(
+            plans, enc, heads[: len(plans)], scale, args, out, epoch, _evaluate, _meta
+        )
 
 
 def _calibrate_and_save(
@@ -235,6 +263,7 @@ def _calibrate_and_save(
         xv = enc.embed([e.text for e in val])
         temperature = fit_temperature(xv @ weight.T + bias, yv)
         weight, bias = weight / temperature, bias / temperature
+        val_report = report(plan.labels, softmax(xv @ weight.T + bias), yv)
 
         def probs_of(texts: list[str], w: Any = weight, b: Any = bias) -> Any:
             return softmax(enc.embed(texts) @ w.T + b)
@@ -247,6 +276,8 @@ def _calibrate_and_save(
             "batch_size": args.batch_size,
             "max_per_class": args.max_per_class,
             "typo_prob": args.typo_prob,
+            "aux_subject_weight": args.aux_subject,
+            "val_balanced_accuracy": round(val_report.balanced_accuracy, 4),
             "counts": {f.name: class_counts(f.train) for f in plan.files},
         }
         save_head(

@@ -141,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="chance that a training text is given typos (LoRA; default 0.3)",
     )
     p.add_argument(
+        "--aux-subject",
+        type=float,
+        default=0.0,
+        help="LoRA: weight of an auxiliary loss that predicts each row's subject "
+        "(MMLU subject, MMLU-Pro source, CLINC intent); 0 turns it off (default 0)",
+    )
+    p.add_argument(
         "--typo-copies",
         type=int,
         default=1,

@@ -1,0 +1,69 @@
+"""Tests for services/classifier/model/evaluate.py against the built default model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from services.classifier.model.evaluate import main
+
+ROWS = [
+    ("How do I write a SQL query that joins three tables?", "technical"),
+    ("Python raises KeyError when I read a dict, why?", "technical"),
+    ("What are the side effects of metformin?", "medical"),
+    ("My child has had a fever for three days, should I see a doctor?", "medical"),
+    ("Can my landlord keep the deposit if the lease says nothing about it?", "legal"),
+    ("Is a verbal contract enforceable in court?", "legal"),
+    ("Set an alarm for seven tomorrow morning", "general"),
+    ("What is the capital of Australia?", "general"),
+]
+
+
+def _data(path: Path, rows: list[tuple[str, str]]) -> Path:
+    path.write_text(
+        "".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in rows), encoding="utf-8"
+    )
+    return path
+
+
+def test_eval_prints_every_figure_and_writes_json(
+    domain_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "figures.json"
+    rc = main(
+        [
+            "--data",
+            str(_data(tmp_path / "d.jsonl", ROWS)),
+            "--model",
+            str(domain_model_dir),
+            "--typos",
+            "--json",
+            str(out),
+            "--threads",
+            "1",
+        ]
+    )
+    assert rc == 0
+    text = capsys.readouterr().out
+    for needle in ("balanced accuracy", "ECE", "precision", "confusion matrix", "typo copy"):
+        assert needle in text
+    figures = json.loads(out.read_text(encoding="utf-8"))
+    assert figures["clean"]["n"] == len(ROWS)
+    assert 0.0 <= figures["clean"]["balanced_accuracy"] <= 1.0
+    assert "typo_ratio" in figures
+
+
+def test_eval_rejects_labels_the_model_lacks(
+    domain_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _data(tmp_path / "d.jsonl", [("hello", "astrology")])
+    assert main(["--data", str(data), "--model", str(domain_model_dir)]) == 2
+    assert "astrology" in capsys.readouterr().err
+
+
+def test_eval_reports_a_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = _data(tmp_path / "d.jsonl", ROWS)
+    assert main(["--data", str(data), "--model", str(tmp_path / "nothing")]) == 2
+    assert "cannot load" in capsys.readouterr().err
