@@ -55,6 +55,7 @@ def load_engine(config: Config) -> Engine:
         intra_op_threads=config.inference.intra_op_threads,
         inter_op_threads=config.inference.inter_op_threads,
         max_batch_size=config.batching.max_batch_size,
+        onnx_file=config.inference.onnx_file,
     )
     verify_labels(config, engine.labels)
     return engine

@@ -49,12 +49,13 @@ __all__ = [
     "main",
 ]
 
-#: int8 is the default: on held-out rows its accuracy equals fp32's (within a few texts),
-#: and it classifies 2.3-2.9x as many texts per second on two CPU cores. Its dynamic
-#: activation scales are per batch, so a borderline text may route differently depending
-#: on its batch mates; `--default-variant fp32` gives per-text reproducible results (and
-#: suits a GPU). Figures and commands: docs/benchmarks.md, "Classifier".
-DEFAULT_VARIANT = "int8"
+#: fp32 is the default: a text's result does not depend on the other texts in its batch, so
+#: routing, the classification API and `loraroute classify` always agree. int8 classifies
+#: 2.3-2.9x as many texts per second on two CPU cores at the same held-out accuracy, but its
+#: dynamic activation scales are per batch: 2-4 % of decisions changed between a text alone
+#: and in a batch of 32. Opt in with `inference.onnx_file: onnx/model_int8.onnx` (or build with
+#: `--default-variant int8`). Figures and commands: docs/benchmarks.md, "Classifier".
+DEFAULT_VARIANT = "fp32"
 VARIANTS = ("fp32", "int8")
 VARIANT_FILES = {"fp32": "onnx/model_fp32.onnx", "int8": "onnx/model_int8.onnx"}
 MODEL_PREFIX = "loraroute-"

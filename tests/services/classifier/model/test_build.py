@@ -59,7 +59,7 @@ def test_hash_follows_the_head_files_and_the_variant(tmp_path: Path) -> None:
     head = _head(tmp_path / "domain")
     first = build_hash(head)
     assert build_hash(head) == first
-    assert build_hash(head, "fp32") != first
+    assert build_hash(head, "int8") != first
     meta = json.loads((head / "meta.json").read_text())
     (head / "meta.json").write_text(json.dumps(meta | {"note": "retrained"}))
     assert build_hash(head) != first
