@@ -13,7 +13,7 @@ import contextlib
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
@@ -79,8 +79,10 @@ class ClassifierWorker:
         *,
         name: str | None = None,
         registry: CollectorRegistry | None = None,
+        nats_options: dict[str, str] | None = None,
     ) -> None:
         verify_labels(config, engine.labels)
+        self.nats_options = nats_options or {}
         self.config = config
         self.engine = engine
         self.nats_url = nats_url
@@ -118,7 +120,8 @@ class ClassifierWorker:
             max_wait_s=batching.max_wait_ms / 1000.0,
             max_queue=batching.max_queue,
         )
-        self.nc = await bus.connect(self.nats_url, name=self.name)
+        credentials: dict[str, Any] = dict(self.nats_options)
+        self.nc = await bus.connect(self.nats_url, name=self.name, **credentials)
         bounce = self.subjects.bounce(self.name)
         # The batcher calls back into the handlers, which hold the batcher: bind late.
         handlers: ClassifierHandlers
