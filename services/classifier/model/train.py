@@ -122,17 +122,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="fine-tune the encoder with a LoRA delta shared by all heads "
         "(--no-lora: frozen encoder, linear heads only)",
     )
-    p.add_argument("--epochs", type=int, default=3, help="LoRA epochs (default 3)")
+    p.add_argument("--epochs", type=int, default=2, help="LoRA epochs (default 2)")
     p.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default 8)")
     p.add_argument("--lora-alpha", type=int, default=16, help="LoRA alpha (default 16)")
-    p.add_argument("--lr", type=float, default=5e-4, help="LoRA learning rate (default 5e-4)")
+    p.add_argument("--lr", type=float, default=8e-4, help="LoRA learning rate (default 8e-4)")
     p.add_argument("--batch-size", type=int, default=32, help="training batch (default 32)")
     p.add_argument(
         "--max-per-class",
         type=int,
-        default=1000,
+        default=500,
         help="per epoch, at most this many rows of one label of one file are "
-        "drawn (default 1000); caps the largest classes",
+        "drawn (default 500); caps the largest classes",
     )
     p.add_argument(
         "--typo-prob",
@@ -143,9 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--aux-subject",
         type=float,
-        default=0.0,
+        default=0.5,
         help="LoRA: weight of an auxiliary loss that predicts each row's subject "
-        "(MMLU subject, MMLU-Pro source, CLINC intent); 0 turns it off (default 0)",
+        "(MMLU subject, MMLU-Pro source, CLINC intent); 0 turns it off (default 0.5)",
     )
     p.add_argument(
         "--typo-copies",
