@@ -230,6 +230,9 @@ class Inference(_Strict):
     intra_op_threads: Annotated[int, msgspec.Meta(ge=0)] = 0
     """Threads for one batch; 0 lets ONNX Runtime use every core."""
     inter_op_threads: Annotated[int, msgspec.Meta(ge=1)] = 1
+    spin_wait: bool = False
+    """Let idle ONNX Runtime threads busy-wait for the next batch. Saves a little latency under
+    sustained load; costs CPU between requests that the other services on the machine need."""
     onnx_file: str | None = None
     """Graph to load, relative to the model directory, instead of the upstream search
     (`model.onnx`, then `onnx/*.onnx`). `onnx/model_int8.onnx` of a built model is 2.3-2.9x

@@ -56,6 +56,7 @@ def load_engine(config: Config) -> Engine:
         inter_op_threads=config.inference.inter_op_threads,
         max_batch_size=config.batching.max_batch_size,
         onnx_file=config.inference.onnx_file,
+        spin_wait=config.inference.spin_wait,
     )
     verify_labels(config, engine.labels)
     return engine

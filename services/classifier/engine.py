@@ -104,6 +104,7 @@ class Engine:
         inter_op_threads: int = 1,
         max_batch_size: int = 64,
         sort_by_length: bool = True,
+        spin_wait: bool = False,
     ) -> Engine:
         """Load the model directory at `path` (see `model_dir.load_model_dir`).
 
@@ -125,6 +126,7 @@ class Engine:
             intra_op_threads=intra_op_threads,
             inter_op_threads=inter_op_threads,
             max_batch_size=max_batch_size,
+            spin_wait=spin_wait,
         )
         tokenizer = Tokenizer.from_file(model.tokenizer_path, model.max_length)
         return cls(tokenizer, backend, label_map, sort_by_length=sort_by_length)

@@ -63,6 +63,7 @@ class OnnxBackend:
         intra_op_threads: int = 0,
         inter_op_threads: int = 1,
         max_batch_size: int = 64,
+        spin_wait: bool = False,
     ) -> None:
         """Open a session on `onnx_path`, whose logits are ordered like `labels`.
 
@@ -70,6 +71,8 @@ class OnnxBackend:
         it; `require_gpu=True` raises `ProviderError` unless CUDA was obtained.
         `intra_op_threads=0` lets onnxruntime use one thread per physical core: set it
         to the cores this process may use, or it competes with its neighbours.
+        `spin_wait=False` lets idle intra-op threads sleep instead of busy-waiting for the
+        next batch (onnxruntime's default spins, which burns CPU between requests).
         Raises `ModelDirError` when the graph cannot be loaded or does not fit the contract.
         """
         if max_batch_size < 1:
@@ -84,6 +87,8 @@ class OnnxBackend:
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = inter_op_threads
+        if not spin_wait:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:

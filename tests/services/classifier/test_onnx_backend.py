@@ -75,3 +75,13 @@ def test_softmax_is_stable_for_large_logits() -> None:
     p = softmax(np.array([[1000.0, 0.0], [-5.0, -5.0]]))
     np.testing.assert_allclose(p, [[1.0, 0.0], [0.5, 0.5]])
     assert p.dtype == np.float32
+
+
+def test_idle_threads_sleep_unless_spin_wait(domain_model_dir: Path) -> None:
+    model = load_model_dir(domain_model_dir)
+    key = "session.intra_op.allow_spinning"
+    sleeping = OnnxBackend.from_model_dir(model, intra_op_threads=1)
+    assert sleeping._session.get_session_options().get_session_config_entry(key) == "0"
+    spinning = OnnxBackend.from_model_dir(model, intra_op_threads=1, spin_wait=True)
+    with pytest.raises(RuntimeError, match="does not have configuration"):
+        spinning._session.get_session_options().get_session_config_entry(key)  # default: spin
