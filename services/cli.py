@@ -11,7 +11,7 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 
-__all__ = ["COMMANDS", "main"]
+__all__ = ["COMMANDS", "dispatch", "main"]
 
 #: sub-command -> (module, one-line help). The module's `main(argv)` gets the remaining arguments.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -29,26 +29,36 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _usage() -> str:
-    width = max(map(len, COMMANDS))
-    lines = ["usage: loraroute COMMAND [ARGS...]", "", "commands:"]
-    lines += [f"  {name:<{width}}  {doc}" for name, (_, doc) in COMMANDS.items()]
+def _usage(prog: str, commands: dict[str, tuple[str, str]]) -> str:
+    width = max(map(len, commands))
+    lines = [f"usage: {prog} COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {doc}" for name, (_, doc) in commands.items()]
     return "\n".join(lines)
+
+
+def dispatch(prog: str, commands: dict[str, tuple[str, str]], argv: Sequence[str]) -> int:
+    """Run `commands[argv[0]]`'s module's `main(argv[1:])` and return its exit status.
+
+    `commands` maps a name to `(module, one-line help)`; the module is imported only when its
+    command runs. No command, or `-h`, prints the usage (exit 0 for help, 2 for none); an
+    unknown command prints the usage on stderr and returns 2.
+    """
+    args = list(argv)
+    if not args or args[0] in {"-h", "--help", "help"}:
+        print(_usage(prog, commands))
+        return 0 if args else 2
+    name, rest = args[0], args[1:]
+    if name not in commands:
+        print(f"{prog}: unknown command {name!r}\n\n{_usage(prog, commands)}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(commands[name][0])
+    entry: Callable[[list[str]], int] = module.main
+    return entry(rest)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the sub-command named by the first argument; return its exit status."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in {"-h", "--help", "help"}:
-        print(_usage())
-        return 0 if args else 2
-    name, rest = args[0], args[1:]
-    if name not in COMMANDS:
-        print(f"loraroute: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
-        return 2
-    module = importlib.import_module(COMMANDS[name][0])
-    entry: Callable[[list[str]], int] = module.main
-    return entry(rest)
+    return dispatch("loraroute", COMMANDS, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

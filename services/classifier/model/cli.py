@@ -6,9 +6,10 @@ never loads torch.
 
 from __future__ import annotations
 
-import importlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+
+from services.cli import dispatch
 
 __all__ = ["VERBS", "main"]
 
@@ -26,21 +27,6 @@ VERBS: dict[str, tuple[str, str]] = {
 }
 
 
-def _usage() -> str:
-    lines = ["usage: loraroute model VERB [ARGS...]", "", "verbs:"]
-    lines += [f"  {verb:<6} {doc}" for verb, (_, doc) in VERBS.items()]
-    return "\n".join(lines)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the verb named by the first argument with the rest; return its exit status."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in {"-h", "--help", "help"}:
-        print(_usage())
-        return 0 if args else 2
-    verb, rest = args[0], args[1:]
-    if verb not in VERBS:
-        print(f"loraroute model: unknown verb {verb!r}\n\n{_usage()}", file=sys.stderr)
-        return 2
-    entry: Callable[[list[str]], int] = importlib.import_module(VERBS[verb][0]).main
-    return entry(rest)
+    return dispatch("loraroute model", VERBS, sys.argv[1:] if argv is None else argv)

@@ -14,7 +14,7 @@ def test_help_and_unknown_verbs(capsys: pytest.CaptureFixture[str]) -> None:
     assert "build" in capsys.readouterr().out
     assert main([]) == 2
     assert main(["bake"]) == 2
-    assert "unknown verb 'bake'" in capsys.readouterr().err
+    assert "unknown command 'bake'" in capsys.readouterr().err
 
 
 def test_build_dispatches_and_reports_missing_heads(
