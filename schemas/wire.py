@@ -75,6 +75,9 @@ class Route(msgspec.Struct, kw_only=True):
     """Endpoint names to try, best first (weights already applied by the chooser)."""
     truncated: bool = False
     """The classified text was cut (characters or tokens); counted, never silent."""
+    fallbacks: list[Route] = msgspec.field(default_factory=list)
+    """The category's other candidates, next-best first: the dispatcher uses the next one when
+    every endpoint of this route failed before any byte reached the client."""
 
 
 # --------------------------------------------------------------------------- subject: classify

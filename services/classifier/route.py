@@ -90,10 +90,10 @@ def bound_text(text: str, max_chars: int) -> ClassifyText:
 
 @dataclass(frozen=True, slots=True)
 class _Choice:
-    """A category's winning candidate, resolved once at start-up."""
+    """A category's candidates, best first, resolved once at start-up."""
 
     category: Category
-    score: ModelScore
+    scores: list[ModelScore]
 
 
 class Router:
@@ -106,9 +106,10 @@ class Router:
         self._choices: dict[str, _Choice] = {}
         for category in config.categories:
             if category.model_scores:
-                # Highest score wins; on a tie the first listed, so the file's order decides.
-                best = max(category.model_scores, key=lambda s: s.score)
-                self._choices[category.name] = _Choice(category, best)
+                # Highest score wins; on a tie the first listed (a stable sort), so the file's
+                # order decides. The rest are the fallbacks, in the same order.
+                ranked = sorted(category.model_scores, key=lambda s: -s.score)
+                self._choices[category.name] = _Choice(category, ranked)
         self._endpoints: dict[str, list[str]] = {
             base: self._ordered_endpoints(base) for base in config.model_config
         }
@@ -191,17 +192,25 @@ class Router:
         if choice is None:
             # A category without candidates routes like no category at all.
             return self._default("fallback", confidence, truncated, category=category)
-        score = choice.score
+        best, *rest = (
+            self._candidate(choice.category, score, confidence, truncated)
+            for score in choice.scores
+        )
+        best.fallbacks = rest
+        return best
+
+    def _candidate(
+        self, category: Category, score: ModelScore, confidence: float, truncated: bool
+    ) -> Route:
         base = score.model
-        model = score.lora_name or base
         route = Route(
-            model=model,
+            model=score.lora_name or base,
             base_model=base,
-            category=category,
+            category=category.name,
             confidence=confidence,
             adapter=score.lora_name,
             reason="classified",
-            system_prompt=choice.category.system_prompt or None,
+            system_prompt=category.system_prompt or None,
             system_prompt_mode=self.config.routing.system_prompt_mode,
             endpoints=list(self._endpoints[base]),
             truncated=truncated,

@@ -68,7 +68,8 @@ _model_decoder = msgspec.json.Decoder(_ModelView)
 
 @dataclass(slots=True)
 class Outcome:
-    """What happened, for logs and metrics: the final status, endpoint, attempts, streamed bytes."""
+    """What happened, for logs and metrics: the final status, endpoint, attempts, streamed bytes,
+    and how many of the route's fallbacks were needed."""
 
     status: int
     endpoint: str | None = None
@@ -77,6 +78,8 @@ class Outcome:
     error: str | None = None
     stream: bool = False
     elapsed_s: float = 0.0
+    fallbacks_used: int = 0
+    model: str | None = None
 
 
 class _Retry(Exception):
@@ -141,12 +144,7 @@ class Dispatch:
                     ErrorKind.TIMEOUT, "deadline passed before the request reached vLLM", route
                 )
             else:
-                try:
-                    body, outcome.stream = apply_route(request.body, route)
-                except BodyError as error:
-                    reply = _error(ErrorKind.VALIDATION, str(error), route)
-                else:
-                    reply = await self._attempts(body, route, meta, send, outcome)
+                reply = await self._candidates(request, meta, send, outcome)
             if reply is not None:
                 outcome.status = reply.status
                 outcome.error = reply.error.error.message
@@ -155,22 +153,42 @@ class Dispatch:
             outcome.elapsed_s = time.perf_counter() - started
         return outcome
 
+    async def _candidates(
+        self, request: DispatchRequest, meta: RequestMeta, send: Send, outcome: Outcome
+    ) -> ReplyError | None:
+        """The route, then its fallbacks (next-best first) while every endpoint of the one
+        before failed before any byte was sent. None when the answer was sent, else the error
+        of the last candidate tried."""
+        reply: ReplyError | None = None
+        for index, route in enumerate([request.route, *request.route.fallbacks]):
+            outcome.model, outcome.fallbacks_used = route.model, index
+            try:
+                body, outcome.stream = apply_route(request.body, route)
+            except BodyError as error:
+                return _error(ErrorKind.VALIDATION, str(error), route)
+            reply, exhausted = await self._attempts(body, route, meta, send, outcome)
+            if not exhausted:
+                return reply
+        return reply
+
     async def _attempts(
         self, body: bytes, route: Route, meta: RequestMeta, send: Send, outcome: Outcome
-    ) -> ReplyError | None:
-        """Try endpoints until one answers; None when the answer was sent, else the error."""
+    ) -> tuple[ReplyError | None, bool]:
+        """Try endpoints until one answers. Returns (None, False) when the answer was sent,
+        (error, False) for a final error, and (error, True) when every endpoint failed in a
+        way another model's endpoints might not (nothing was sent)."""
         endpoints = self.pool.order(route.endpoints)
         if not endpoints:
             return _error(
                 ErrorKind.UNAVAILABLE, f"no vLLM endpoint is configured for {route.model}", route
-            )
+            ), True
         last: ReplyError | None = None
         tried: set[str] = set()
         again: VllmEndpoint | None = None  # the endpoint worth one more try, if any
         for attempt in range(self.config.max_attempts):
             left = meta.remaining_s()
             if left is not None and left <= 0:
-                return _error(ErrorKind.TIMEOUT, "deadline passed while calling vLLM", route)
+                return _error(ErrorKind.TIMEOUT, "deadline passed while calling vLLM", route), False
             untried = [e for e in endpoints if e.name not in tried]
             endpoint = untried[0] if untried else again
             if endpoint is None:
@@ -190,10 +208,10 @@ class Dispatch:
                 continue
             except _Final as final:
                 self.pool.mark_up(endpoint.name)
-                return final.reply
+                return final.reply, False
             self.pool.mark_up(endpoint.name)
-            return None
-        return last or _error(ErrorKind.BAD_GATEWAY, "no vLLM endpoint answered", route)
+            return None, False
+        return last or _error(ErrorKind.BAD_GATEWAY, "no vLLM endpoint answered", route), True
 
     async def _once(
         self,

@@ -100,12 +100,14 @@ class DispatcherHandlers:
             self.metrics.attempts.labels(outcome.endpoint).inc(outcome.attempts)
         if outcome.stream and outcome.chunks and outcome.error:
             self.metrics.stream_errors.inc()
-        # Successes at debug: the classifier already logs each request once (`routed`).
-        log = _log.info if outcome.error else _log.debug
+        # Successes at debug: the classifier already logs each request once (`routed`); a
+        # request that needed a fallback model is worth an operator's eye.
+        log = _log.info if outcome.error or outcome.fallbacks_used else _log.debug
         log(
             "dispatched",
             request_id=meta.request_id,
-            model=request.route.model,
+            model=outcome.model or request.route.model,
+            fallbacks_used=outcome.fallbacks_used,
             endpoint=outcome.endpoint,
             status=outcome.status,
             attempts=outcome.attempts,

@@ -145,7 +145,18 @@ class TestDecide:
             {"model": "llama2-7b", "lora_name": "medical-lora", "score": 0.9},
             {"model": "llama2-7b", "score": 0.9},
         ]
-        assert Router(decode_config(data)).decide("medical", 0.9).model == "medical-lora"
+        route = Router(decode_config(data)).decide("medical", 0.9)
+        assert route.model == "medical-lora"
+        # The other candidates follow as fallbacks, next-best first, each fully routed.
+        assert [(f.model, f.adapter) for f in route.fallbacks] == [
+            ("llama2-7b", None),
+            ("legal-lora", "legal-lora"),
+        ]
+        assert all(f.category == "medical" and f.endpoints for f in route.fallbacks)
+        assert all(f.fallbacks == [] for f in route.fallbacks)
+
+    def test_single_candidate_has_no_fallbacks(self, shipped: dict[str, Any]) -> None:
+        assert Router(_config(shipped)).decide("legal", 0.9).fallbacks == []
 
     def test_category_without_candidates_falls_back(self, shipped: dict[str, Any]) -> None:
         data = copy.deepcopy(shipped)

@@ -306,6 +306,48 @@ class TestWhole:
         outcome = await h.run(CHAT)
         assert _only_error(h).status == 502 and outcome.attempts == 2
 
+    async def test_next_best_model_when_every_endpoint_of_the_winner_is_down(
+        self, vllm: FakeVllm, harness_factory: Callable[..., Harness]
+    ) -> None:
+        vllm.handler = json_handler(_completion("llama2-7b"))
+        h = harness_factory([_endpoint("dead", _free_port()), _endpoint("live", vllm.port)])
+        fallback = Route(model="llama2-7b", base_model="llama2-7b", endpoints=["live"])
+        route = Route(
+            model="medical-lora",
+            base_model="llama2-7b",
+            adapter="medical-lora",
+            endpoints=["dead"],
+            fallbacks=[fallback],
+        )
+        request = DispatchRequest(route=route, body=msgspec.Raw(msgspec.json.encode(CHAT)))
+        meta = RequestMeta(request_id="req-fb", deadline_ms=deadline_after(10.0))
+        outcome = await h.dispatch.run(request, meta, h.send)
+        assert (outcome.status, outcome.model, outcome.fallbacks_used) == (200, "llama2-7b", 1)
+        (reply,) = h.sent
+        assert isinstance(reply, ReplyResponse) and reply.route == fallback
+        assert vllm.bodies[-1]["model"] == "llama2-7b"
+
+    async def test_no_fallback_after_a_final_error(
+        self, vllm: FakeVllm, vllm2: FakeVllm, harness_factory: Callable[..., Harness]
+    ) -> None:
+        # A 400 is the client's problem, not the model's: the next-best entry is not tried.
+        vllm.handler = json_handler(
+            b'{"error":{"message":"bad","type":"BadRequestError","param":null,"code":400}}', 400
+        )
+        vllm2.handler = json_handler(_completion("llama2-7b"))
+        h = harness_factory([_endpoint("first", vllm.port), _endpoint("second", vllm2.port)])
+        route = Route(
+            model="medical-lora",
+            base_model="llama2-7b",
+            endpoints=["first"],
+            fallbacks=[Route(model="llama2-7b", base_model="llama2-7b", endpoints=["second"])],
+        )
+        request = DispatchRequest(route=route, body=msgspec.Raw(msgspec.json.encode(CHAT)))
+        meta = RequestMeta(request_id="req-nf", deadline_ms=deadline_after(10.0))
+        outcome = await h.dispatch.run(request, meta, h.send)
+        assert (outcome.status, outcome.fallbacks_used) == (400, 0)
+        assert vllm2.bodies == []
+
     async def test_deadline_before_the_answer_is_504(
         self, vllm: FakeVllm, harness_factory: Callable[..., Harness]
     ) -> None:
