@@ -3,36 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from schemas.config import ConfigError, ConfigIssue, load_config
+from services.classifier.errors import ModelDirError
+from services.classifier.model_dir import load_model_dir
 
-__all__ = ["main", "model_labels"]
-
-
-def model_labels(model_dir: Path) -> list[str] | None:
-    """The classifier's labels from `config.json` (`id2label`) in `model_dir`, or None if absent.
-
-    Raises `ValueError` when the file exists but has no usable `id2label`.
-    """
-    path = model_dir / "config.json"
-    if not path.is_file():
-        return None
-    try:
-        id2label = json.loads(path.read_text(encoding="utf-8"))["id2label"]
-        return [str(id2label[key]) for key in sorted(id2label, key=int)]
-    except (ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{path}: no usable id2label ({error})") from error
+__all__ = ["main"]
 
 
 def _check(path: Path) -> int:
     try:
         config, warnings = load_config(path)
-        model_dir = Path(config.classifier.category_model.model_id)
-        labels = model_labels(model_dir)
-        if labels is None:
+        model = config.classifier.category_model
+        model_dir = Path(model.model_id)
+        if not model_dir.is_dir():
             warnings.append(
                 ConfigIssue(
                     "classifier.category_model.model_id",
@@ -41,8 +27,14 @@ def _check(path: Path) -> int:
                 )
             )
         else:
-            config, more = load_config(path, labels=labels)
-            warnings = more
+            # The classifier's own start-up reading: a broken directory fails here as it would
+            # there, and every category must be reachable from the model's labels.
+            labels = load_model_dir(
+                model_dir,
+                onnx_file=config.inference.onnx_file,
+                category_mapping_path=model.category_mapping_path,
+            ).labels
+            _, warnings = load_config(path, labels=labels)
     except OSError as error:
         print(f"{path}: cannot read: {error.strerror or error}", file=sys.stderr)
         return 1
@@ -51,7 +43,7 @@ def _check(path: Path) -> int:
         for issue in error.issues:
             print(f"  {issue}", file=sys.stderr)
         return 1
-    except ValueError as error:
+    except ModelDirError as error:
         print(f"{path}: {error}", file=sys.stderr)
         return 1
     for issue in warnings:

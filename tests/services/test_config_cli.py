@@ -44,16 +44,47 @@ def test_every_error_printed(tmp_path: Path) -> None:
     assert "categories[1].model_scores[0].lora_name: 'x-lora'" in result.stderr
 
 
-def test_labels_from_model_directory(tmp_path: Path) -> None:
-    model = tmp_path / "models" / "category_classifier_modernbert-base_model"
+def _model_dir(root: Path, labels: list[str]) -> Path:
+    """A model directory in the upstream layout (only the metadata is read by the check)."""
+    model = root / "models" / "category_classifier_modernbert-base_model"
     model.mkdir(parents=True)
-    labels = {"0": "technical", "1": "medical", "2": "general"}
-    (model / "config.json").write_text(json.dumps({"id2label": labels}))
+    (model / "model.onnx").write_bytes(b"")
+    (model / "tokenizer.json").write_text("{}")
+    (model / "config.json").write_text(
+        json.dumps({"id2label": {str(i): name for i, name in enumerate(labels)}})
+    )
+    (model / "category_mapping.json").write_text(
+        json.dumps({"idx_to_category": {str(i): name for i, name in enumerate(labels)}})
+    )
+    return model
+
+
+def test_labels_from_model_directory(tmp_path: Path) -> None:
+    _model_dir(tmp_path, ["technical", "medical", "general"])
     path = tmp_path / "c.yaml"
     path.write_text(GUIDE)
     result = _run(path, tmp_path)
     assert result.returncode == 1
     assert "category 'legal' is reached by no classifier label" in result.stderr
+
+
+def test_every_category_reachable_is_ok(tmp_path: Path) -> None:
+    _model_dir(tmp_path, ["technical", "medical", "legal", "general"])
+    path = tmp_path / "c.yaml"
+    path.write_text(GUIDE)
+    result = _run(path, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "not checked" not in result.stderr
+
+
+def test_broken_model_directory_is_an_error(tmp_path: Path) -> None:
+    model = _model_dir(tmp_path, ["technical", "medical", "legal", "general"])
+    (model / "tokenizer.json").unlink()
+    path = tmp_path / "c.yaml"
+    path.write_text(GUIDE)
+    result = _run(path, tmp_path)
+    assert result.returncode == 1
+    assert "tokenizer.json is missing" in result.stderr
 
 
 def test_missing_file(tmp_path: Path) -> None:
