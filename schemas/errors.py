@@ -59,6 +59,9 @@ class ErrorKind(enum.Enum):
     BAD_GATEWAY = "BadGatewayError"
     #: The request's deadline passed before an answer.
     TIMEOUT = "TimeoutError"
+    #: The client closed its connection before the answer (nginx's 499); logged and counted,
+    #: never seen by that client.
+    CLIENT_GONE = "ClientClosedRequest"
 
 
 #: The one mapping from kind to HTTP status.
@@ -76,6 +79,7 @@ STATUS: dict[ErrorKind, int] = {
     ErrorKind.OVERLOADED: 429,
     ErrorKind.BAD_GATEWAY: 502,
     ErrorKind.TIMEOUT: 504,
+    ErrorKind.CLIENT_GONE: 499,
 }
 
 

@@ -4,11 +4,17 @@ Replies go to the ingress inbox: the `Lr-Reply-To` header when the classifier fo
 request, else the NATS reply subject (a passthrough published by the ingress itself). Each
 request runs in its own task, because calls to vLLM last seconds and nats-py delivers a
 subscription's messages one at a time.
+
+A cancellation can overtake its request: the client may leave while the request still waits in
+the classifier's queue. A cancel for a request not running here is remembered until the
+request's deadline (at most `REMEMBERED_CANCELS` of them), and such a request is answered with
+an error when it arrives instead of being sent to vLLM.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import msgspec
 import structlog
@@ -22,7 +28,12 @@ from services.common.subjects import model_token
 from services.dispatcher.dispatch import Dispatch
 from services.dispatcher.metrics import DispatcherMetrics
 
-__all__ = ["DispatcherHandlers"]
+__all__ = ["REMEMBERED_CANCELS", "DispatcherHandlers"]
+
+#: At most this many cancellations of requests not (yet) running here are remembered.
+REMEMBERED_CANCELS = 10_000
+#: How long a cancellation without a deadline header is remembered.
+_CANCEL_MEMORY_S = 300.0
 
 _log = structlog.get_logger("loraroute.dispatcher")
 
@@ -37,6 +48,8 @@ class DispatcherHandlers:
         self.tasks: set[asyncio.Task[None]] = set()
         # Subject token of the request id -> its running task, for `on_cancel`.
         self._running: dict[str, asyncio.Task[None]] = {}
+        # Subject token -> Unix time until which a cancel that overtook its request counts.
+        self._cancelled: dict[str, float] = {}
 
     async def on_dispatch(self, msg: Msg) -> None:
         """One message on a dispatch subject (never raises: failures are answered)."""
@@ -60,6 +73,17 @@ class DispatcherHandlers:
             )
             return
         token = model_token(meta.request_id)
+        if self._cancelled.pop(token, 0.0) > time.time():
+            self.metrics.requests.labels("cancelled", "unknown").inc()
+            _log.info("dispatch_cancelled_before_start", request_id=meta.request_id)
+            await bus.reply_error(
+                self.nc,
+                reply,
+                ErrorKind.CLIENT_GONE,
+                "The client closed its connection before the request reached vLLM.",
+                meta=meta,
+            )
+            return
         task = asyncio.create_task(self._run(request, meta, reply))
         self.tasks.add(task)
         self._running[token] = task
@@ -72,10 +96,22 @@ class DispatcherHandlers:
         task.add_done_callback(done)
 
     async def on_cancel(self, msg: Msg) -> None:
-        """A cancellation on `<prefix>.cancel.<request id>`: stop that request if it runs here."""
-        task = self._running.get(msg.subject.rpartition(".")[2])
-        if task is not None and not task.done():
-            task.cancel()
+        """A cancellation on `<prefix>.cancel.<request id>`: stop that request if it runs here,
+        else remember it until the request's deadline in case the request is still on its way."""
+        token = msg.subject.rpartition(".")[2]
+        task = self._running.get(token)
+        if task is not None:
+            if not task.done():
+                task.cancel()
+            return
+        deadline_ms = bus.RequestMeta.from_headers(msg.headers).deadline_ms
+        now = time.time()
+        self._cancelled[token] = deadline_ms / 1000 if deadline_ms else now + _CANCEL_MEMORY_S
+        if len(self._cancelled) > REMEMBERED_CANCELS:
+            for key in [k for k, until in self._cancelled.items() if until <= now]:
+                del self._cancelled[key]
+            while len(self._cancelled) > REMEMBERED_CANCELS:  # the oldest go first
+                del self._cancelled[next(iter(self._cancelled))]
 
     async def _run(self, request: DispatchRequest, meta: bus.RequestMeta, reply: str) -> None:
         async def send(message: ReplyMessage) -> None:

@@ -191,17 +191,19 @@ class Exchange:
         async def release() -> None:
             mailbox.close()
             if not finished:
-                await self.cancel(meta.request_id)
+                await self.cancel(meta)
 
         return StreamAnswer(chunks=chunks(), release=release, route=head.route, status=head.status)
 
-    async def cancel(self, request_id: str) -> None:
-        """Tell the dispatchers that `request_id`'s client went away, so the one running it stops
-        its call to vLLM (and vLLM stops generating). Best effort: a bus failure is only logged."""
+    async def cancel(self, meta: RequestMeta) -> None:
+        """Tell the dispatchers that the client of `meta`'s request went away, so the one running
+        it stops its call to vLLM (and vLLM stops generating), and one that has not received it
+        yet drops it on arrival (the cancel carries the request's deadline, how long it counts).
+        Best effort: a bus failure is only logged."""
         try:
-            await self._publish(self.subjects.cancel(request_id), b"", "", {})
+            await self._publish(self.subjects.cancel(meta.request_id), b"", "", meta.headers())
         except PublishError as error:
-            _log.warning("cancel_not_sent", request_id=request_id, error=str(error))
+            _log.warning("cancel_not_sent", request_id=meta.request_id, error=str(error))
 
     # ------------------------------------------------------------------ classification API
 

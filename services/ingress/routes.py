@@ -7,8 +7,9 @@ request is handed to the `Exchange` and its outcome becomes the response.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,14 +22,20 @@ from starlette.types import Receive, Scope, Send
 
 from schemas.classify import ClassifyBatchRequest
 from schemas.config import Config
-from schemas.errors import ErrorResponse
+from schemas.errors import ErrorKind, ErrorResponse
 from schemas.wire import ClassifyTextsResult
 from services.common.log import get_logger
 from services.ingress import classify_api, headers, sse
 from services.ingress.exchange import Exchange, RequestMeta
 from services.ingress.metrics import IngressMetrics
 from services.ingress.models import resolve_model, unknown_model
-from services.ingress.outcomes import ErrorAnswer, JsonAnswer, Outcome, StreamAnswer
+from services.ingress.outcomes import (
+    ErrorAnswer,
+    JsonAnswer,
+    Outcome,
+    StreamAnswer,
+    error_answer,
+)
 from services.ingress.validation import (
     check_content_type,
     parse_chat,
@@ -147,7 +154,39 @@ async def _chat(request: Request) -> Response:
     if resolve_model(state.config, view.model) is None:
         return _error(unknown_model(view.model or ""), rid)
     meta = _meta(request, rid, state.config.ingress.request_timeout_s)
-    return _respond(await state.exchange.chat(body, bool(view.stream), meta), rid)
+    outcome = await _unless_client_leaves(
+        request, state.exchange.chat(body, bool(view.stream), meta)
+    )
+    if outcome is None:
+        await state.exchange.cancel(meta)
+        _log.info("client_gone", request_id=rid)
+        outcome = error_answer(
+            ErrorKind.CLIENT_GONE, "The client closed its connection before the answer."
+        )
+    return _respond(outcome, rid)
+
+
+async def _client_left(request: Request) -> None:
+    """Return once the client has closed its connection (call after the body has been read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_client_leaves(
+    request: Request, work: Coroutine[Any, Any, Outcome]
+) -> Outcome | None:
+    """`work`'s outcome, or None when the client closes its connection first; `work` is then
+    cancelled (its mailbox closes). A stream's later departure is its release's business."""
+    job = asyncio.ensure_future(work)
+    left = asyncio.ensure_future(_client_left(request))
+    try:
+        await asyncio.wait((job, left), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        left.cancel()
+        if not job.done():
+            job.cancel()
+            await asyncio.wait((job,))
+    return None if job.cancelled() else job.result()
 
 
 async def list_models(request: Request) -> Response:

@@ -314,6 +314,31 @@ def _running(mock_url: str) -> float:
     return float(match.group(1))
 
 
+def test_client_leaving_before_a_whole_answer_stops_generation_upstream(
+    pipeline_factory: Callable[..., Pipeline], e2e_folder: Path
+) -> None:
+    # Not streamed: 200 tokens at 50 ms each keep vLLM busy for 10 s before any byte returns.
+    service, port = start_mock(
+        e2e_folder, "--itl-ms", "50", "--output-tokens", "200:200", echo=False
+    )
+    try:
+        mock_url = f"http://127.0.0.1:{port}"
+        slow = pipeline_factory(endpoints=[_endpoint("vllm-slow", port)], mock_url=mock_url)
+        body = {"model": "MoM", "messages": _user(MEDICAL)}
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up after a second
+            httpx.post(
+                f"{slow.ingress_url}/v1/chat/completions",
+                json=body,
+                timeout=httpx.Timeout(30.0, read=1.0),
+            )
+        deadline = time.monotonic() + 5.0
+        while _running(mock_url) != 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _running(mock_url) == 0, "vLLM still generates for a client that left"
+    finally:
+        service.stop()
+
+
 def test_client_leaving_a_stream_stops_generation_upstream(
     pipeline_factory: Callable[..., Pipeline], e2e_folder: Path
 ) -> None:

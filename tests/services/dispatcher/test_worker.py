@@ -30,6 +30,7 @@ from schemas.wire import (
     reply_decoder,
 )
 from services.common import bus
+from services.dispatcher import handlers
 from services.dispatcher.app import DispatcherWorker
 
 pytestmark = pytest.mark.integration
@@ -44,9 +45,16 @@ FRAMES = [
 
 
 @pytest.fixture
-async def vllm_port() -> AsyncIterator[int]:
+def vllm_calls() -> list[dict[str, Any]]:
+    """The bodies the fake vLLM received, in order."""
+    return []
+
+
+@pytest.fixture
+async def vllm_port(vllm_calls: list[dict[str, Any]]) -> AsyncIterator[int]:
     async def chat(request: web.Request) -> web.StreamResponse:
         body = await request.json()
+        vllm_calls.append(body)
         if body.get("stream"):
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await response.prepare(request)
@@ -226,3 +234,57 @@ async def test_cancel_stops_the_call_to_vllm(config: Config, nats_url: str, clie
     finally:
         await w.stop(5)
         await server.close()
+
+
+async def test_cancel_that_overtakes_its_request_stops_it_before_vllm(
+    worker: DispatcherWorker, client: Client, vllm_calls: list[dict[str, Any]]
+) -> None:
+    # The client left while its request waited in the classifier's queue: the cancel reaches
+    # the dispatcher first. The request must not reach vLLM, and its answer says why.
+    inbox = f"_INBOX.{uuid.uuid4().hex}.t6"
+    replies = await _collect(client, inbox)
+    meta = bus.RequestMeta(request_id="early 1", deadline_ms=bus.deadline_after(30))
+    await client.publish(worker.subjects.cancel("early 1"), b"", headers=meta.to_headers())
+    await client.flush()
+    await asyncio.sleep(0.05)  # the cancel is handled before the request arrives
+    await client.publish(
+        worker.dispatch_subjects[0], _request(), reply=inbox, headers=meta.to_headers()
+    )
+    reply = reply_decoder.decode((await asyncio.wait_for(replies.get(), 5)).data)
+    assert isinstance(reply, ReplyError) and reply.status == 499
+    assert reply.error.error.type == "ClientClosedRequest"
+    assert vllm_calls == []
+    # Remembered once: a later request that reuses the id runs.
+    await client.publish(
+        worker.dispatch_subjects[0], _request(), reply=inbox, headers=meta.to_headers()
+    )
+    reply = reply_decoder.decode((await asyncio.wait_for(replies.get(), 5)).data)
+    assert isinstance(reply, ReplyResponse) and len(vllm_calls) == 1
+
+
+async def test_remembered_cancels_expire_and_are_bounded(
+    worker: DispatcherWorker,
+    client: Client,
+    vllm_calls: list[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(handlers, "REMEMBERED_CANCELS", 3)
+    inbox = f"_INBOX.{uuid.uuid4().hex}.t7"
+    replies = await _collect(client, inbox)
+    # A cancel whose deadline has passed no longer counts.
+    past = bus.RequestMeta(request_id="late", deadline_ms=bus.deadline_after(-1))
+    await client.publish(worker.subjects.cancel("late"), b"", headers=past.to_headers())
+    # Four more than fit: the oldest ("c0") is forgotten.
+    for i in range(4):
+        meta = bus.RequestMeta(request_id=f"c{i}", deadline_ms=bus.deadline_after(30))
+        await client.publish(worker.subjects.cancel(f"c{i}"), b"", headers=meta.to_headers())
+    await client.flush()
+    await asyncio.sleep(0.05)
+    for rid in ("late", "c0", "c3"):
+        meta = bus.RequestMeta(request_id=rid, deadline_ms=bus.deadline_after(30))
+        await client.publish(
+            worker.dispatch_subjects[0], _request(), reply=inbox, headers=meta.to_headers()
+        )
+        reply = reply_decoder.decode((await asyncio.wait_for(replies.get(), 5)).data)
+        assert reply.status == (499 if rid == "c3" else 200), rid
+    assert len(vllm_calls) == 2

@@ -152,8 +152,10 @@ async def test_stream_left_early_is_cancelled_upstream(config: Config) -> None:
     assert await anext(outcome.chunks) == b'data: {"x":1}\n\n'
     await outcome.release()  # the client went away before the end marker
     assert len(exchange.inbox) == 0
-    subject, payload, _, _ = bus.sent[-1]
+    subject, payload, _, hdrs = bus.sent[-1]
     assert (subject, payload) == (exchange.subjects.cancel(META.request_id), b"")
+    # The deadline travels along: a dispatcher the cancel overtakes keeps it that long.
+    assert hdrs == META.headers()
 
 
 async def test_head_for_a_non_stream_request_is_502(config: Config) -> None:
