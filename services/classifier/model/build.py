@@ -15,7 +15,8 @@ A build is keyed by a content hash over the head's files, the build code, the en
 package and the versions of the libraries that shape the graph. When the directory's
 `build_info.json` carries the same hash nothing happens; otherwise a copy kept in
 `~/.cache/loraroute/models/<hash>/` is restored if present (seconds), else the model is
-built (torch is needed only then) and the result cached.
+built (torch is needed only then) and the result cached. The cache keeps the `CACHE_KEEP`
+most recently built or restored entries and removes older ones.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import numpy as np
 from services.classifier.model.weights import WEIGHTS_DIR, Head, head_names, load_head
 
 __all__ = [
+    "CACHE_KEEP",
     "DEFAULT_VARIANT",
     "MODEL_PREFIX",
     "VARIANTS",
@@ -47,7 +49,11 @@ __all__ = [
     "build_hash",
     "cache_dir",
     "main",
+    "prune_cache",
 ]
+
+#: Entries the build cache keeps (about 115 MB each): a few builds of each default head.
+CACHE_KEEP = 8
 
 #: fp32 is the default: a text's result does not depend on the other texts in its batch, so
 #: routing, the classification API and `loraroute classify` always agree. int8 classifies
@@ -109,6 +115,22 @@ def cache_dir() -> Path:
         return Path(explicit) / "models"
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "loraroute" / "models"
+
+
+def prune_cache(keep: int = CACHE_KEEP) -> list[Path]:
+    """Remove all but the `keep` most recently used cache entries; return what was removed.
+
+    An entry's use time is its directory's modification time, which a restore refreshes.
+    Staging folders of builds in progress (names starting with ".") are left alone.
+    """
+    root = cache_dir()
+    if not root.is_dir():
+        return []
+    entries = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    entries.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in entries[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+    return entries[keep:]
 
 
 def _version(dist: str) -> str:
@@ -220,6 +242,7 @@ def build(
         say(f"restoring {out} from {cached}")
         shutil.copytree(cached, staging)
         _replace_dir(staging, out)
+        os.utime(cached)  # recently used: pruning keeps it
         return BuildResult(name, out, digest, "restored")
     try:
         _build_into(head, staging, digest, default_variant, threads, say)
@@ -229,6 +252,7 @@ def build(
             shutil.copytree(staging, cache_staging)
             shutil.rmtree(cached, ignore_errors=True)
             cache_staging.rename(cached)
+            prune_cache()
         _replace_dir(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

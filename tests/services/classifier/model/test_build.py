@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from services.classifier.model import build as build_mod
-from services.classifier.model.build import build, build_hash
+from services.classifier.model.build import build, build_hash, prune_cache
 from services.classifier.model.weights import ADAPTER_DIR, save_head
 
 LABELS = ["technical", "medical", "legal", "general"]
@@ -89,6 +89,25 @@ def test_an_incomplete_directory_is_restored_from_the_cache(tmp_path: Path, cach
     assert result.status == "restored" and "restoring" in messages[0]
     assert (out / "onnx" / "model_int8.onnx").read_text() == "onnx/model_int8.onnx"
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_cache_keeps_the_most_recently_used_entries(tmp_path: Path, cache: Path) -> None:
+    for i in range(5):
+        _fake_built(cache / f"{i:064x}", f"{i:064x}")
+        os.utime(cache / f"{i:064x}", (1_000_000 + i, 1_000_000 + i))
+    (cache / ".staging-in-progress").mkdir()
+    # A restore counts as a use: entry 0, the oldest, becomes the newest.
+    head = _head(tmp_path / "domain")
+    digest = build_hash(head)
+    _fake_built(cache / digest, digest)
+    os.utime(cache / digest, (1, 1))
+    build(head, tmp_path / "models" / "loraroute-domain")
+    removed = prune_cache(keep=3)
+    assert sorted(p.name for p in removed) == [f"{i:064x}" for i in range(3)]
+    assert sorted(p.name for p in cache.iterdir()) == sorted(
+        [".staging-in-progress", digest, f"{3:064x}", f"{4:064x}"]
+    )
+    assert prune_cache(keep=3) == []
 
 
 def test_a_head_with_bad_files_is_refused(tmp_path: Path, cache: Path) -> None:
