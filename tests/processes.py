@@ -76,10 +76,23 @@ class Service:
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.args = [sys.executable, "-m", "services.cli", *args]
+        self.name = args[0] if args else "service"
         self.log_path = log_path
         self.health_url = health_url
         self.env = {**os.environ, **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def shell(cls, command: str, log_path: Path, *, health_url: str | None = None) -> Service:
+        """A service started from a shell command line (run by bash, which `exec`s it, so the
+        pid stopped is the command's own)."""
+        service = cls([], log_path, health_url=health_url)
+        service.args = ["bash", "-c", f"exec {command}"]
+        # The project's console scripts (`loraroute`, `nats-server`) sit beside this Python.
+        bin_dir = str(Path(sys.executable).parent)
+        service.env["PATH"] = f"{bin_dir}{os.pathsep}{service.env.get('PATH', '')}"
+        service.name = command.split()[0]
+        return service
 
     def start(self, timeout_s: float = 30.0) -> Service:
         log = self.log_path.open("ab")
@@ -110,7 +123,7 @@ class Service:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(
-                    f"{self.args[3]} exited with {self.process.returncode}:\n{self.log_tail()}"
+                    f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}"
                 )
             try:
                 if httpx.get(self.health_url, timeout=1.0).status_code == 200:
@@ -119,7 +132,7 @@ class Service:
                 pass
             time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"{self.args[3]} not healthy after {timeout_s} s:\n{self.log_tail()}")
+        raise RuntimeError(f"{self.name} not healthy after {timeout_s} s:\n{self.log_tail()}")
 
     def stop(self, timeout_s: float = 10.0) -> int | None:
         """SIGTERM, wait, then SIGKILL; returns the exit status (None if never started)."""

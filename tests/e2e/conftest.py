@@ -126,7 +126,7 @@ def _wait_ready(pipeline: Pipeline, timeout_s: float = 90.0) -> None:
     while time.monotonic() < deadline:
         for service in pipeline.services:
             if service.process is None or service.process.poll() is not None:
-                raise RuntimeError(f"{service.args[3]} died:\n{service.log_tail()}")
+                raise RuntimeError(f"{service.name} died:\n{service.log_tail()}")
         try:
             response = httpx.get(f"{pipeline.ingress_url}/ready", timeout=2.0)
             last = response.text
@@ -135,7 +135,7 @@ def _wait_ready(pipeline: Pipeline, timeout_s: float = 90.0) -> None:
         except httpx.HTTPError as error:
             last = error
         time.sleep(0.2)
-    logs = "\n".join(f"--- {s.args[3]}\n{s.log_tail(1500)}" for s in pipeline.services)
+    logs = "\n".join(f"--- {s.name}\n{s.log_tail(1500)}" for s in pipeline.services)
     raise RuntimeError(f"pipeline not ready after {timeout_s} s ({last}):\n{logs}")
 
 

@@ -1,0 +1,1 @@
+loraroute config check config/config.yaml

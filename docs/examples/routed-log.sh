@@ -1,0 +1,1 @@
+loraroute up 2>&1 | grep '"event": *"routed"'

@@ -1,0 +1,6 @@
+loraroute model train --threads 1         # the shipped heads, rewritten in place (about 45 min)
+loraroute model train --no-lora --out "$(mktemp -d)"                                # linear probe, balanced + typo copy
+loraroute model train --no-lora --no-balance --typo-copies 0 --out "$(mktemp -d)"   # plain linear probe
+loraroute model train --aux-subject 0 --out "$(mktemp -d)"                          # LoRA without the auxiliary loss
+loraroute model train --split subject --aux-subject 0 --out "$(mktemp -d)"          # subject held-out
+python loadtest/accuracy_table.py shipped=services/classifier/model/weights  # a table row from meta.json

@@ -1,0 +1,2 @@
+make model          # once: builds models/loraroute-domain
+loraroute up        # or: make run
