@@ -30,6 +30,7 @@ __all__ = [
     "load_jsonl",
     "load_many",
     "subject_holdout_split",
+    "subject_key",
     "text_key",
 ]
 
@@ -144,6 +145,19 @@ def text_key(text: str) -> str:
     text never reappears in training with different punctuation.
     """
     return _NON_WORD.sub(" ", text.lower()).strip()
+
+
+#: MMLU-Pro names a question it took from MMLU `ori_mmlu-<MMLU subject>`.
+_MMLU_PRO_FROM_MMLU = "ori_mmlu-"
+
+
+def subject_key(subject: str) -> str:
+    """One name for a subject across files: MMLU-Pro's `ori_mmlu-<subject>` becomes `<subject>`.
+
+    MMLU rows carry the MMLU subject (`professional_law`); MMLU-Pro rows taken from MMLU carry
+    it with a prefix (`ori_mmlu-professional_law`). Other subjects are returned unchanged.
+    """
+    return subject.removeprefix(_MMLU_PRO_FROM_MMLU)
 
 
 def _rank(key: str, seed: int) -> str:

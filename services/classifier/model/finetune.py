@@ -3,8 +3,8 @@
 The encoder gets one peft LoRA adapter; each head is a linear layer on the pooled embedding.
 Every batch mixes rows of all heads, so the adapter learns features that serve the 4-label
 and the 14-label task together. Rows are drawn per epoch with a per-label cap (large labels
-are subsampled, a fresh sample each epoch), weighted so each file and each label counts
-equally, and given keyboard typos with a fixed probability. After every epoch each head is
+are subsampled, a fresh sample each epoch), weighted so each file has its share of its head
+(`HeadPlan.file_weights`) and each label counts equally within a file, and given keyboard typos with a fixed probability. After every epoch each head is
 calibrated on its validation rows, evaluated on its test rows and saved, so a run that is
 stopped early still leaves usable weights.
 """
@@ -54,8 +54,16 @@ Row = tuple[str, list[Target]]
 
 
 def _subject_vocab(plan: HeadPlan) -> dict[str, int]:
-    """Index of every (file, subject) pair among a plan's training rows that have a subject."""
-    keys = sorted({f"{f.name}:{e.subject}" for f in plan.files for e in f.train if e.subject})
+    """Index of every (file, subject) pair among a plan's own training rows with a subject."""
+    keys = sorted(
+        {
+            f"{f.name}:{e.subject}"
+            for f in plan.files
+            if not f.borrowed
+            for e in f.train
+            if e.subject
+        }
+    )
     return {k: i for i, k in enumerate(keys)}
 
 
@@ -76,14 +84,13 @@ def _epoch_rows(
     merged: dict[str, list[Target]] = {}
     n_targets = 0
     for h, plan in enumerate(plans):
-        n_files = len(plan.files)
-        for f in plan.files:
+        for f, share in zip(plan.files, plan.file_weights(), strict=True):
             by_label: dict[str, list[Example]] = defaultdict(list)
             for e in f.train:
                 by_label[e.label].append(e)
             for label, items in sorted(by_label.items()):
                 picked = rng.sample(items, min(cap, len(items)))
-                w = 1.0 / (n_files * len(by_label) * len(picked))
+                w = share / (len(by_label) * len(picked))
                 for e in picked:
                     targets = merged.setdefault(e.text, [])
                     targets.append((h, plan.index(label), w))

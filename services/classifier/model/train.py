@@ -9,8 +9,10 @@ Every data file is split on its own into train, a class-balanced validation part
 fit the calibration temperature) and a held-out test part (class-balanced, or whole subjects
 with `--split subject`) that nothing is tuned on; the test figures go into `meta.json`. A text
 held out for any head is removed from every head's training rows, so the shared encoder never
-sees it. Class imbalance is handled by weighting: each file carries equal total weight within
-its head and each label equal weight within its file.
+sees it (with `--split subject`, nor any row of a held-out subject). With several heads, each
+head also trains on the other heads' rows whose subject it can label (`borrow_by_subject`).
+Class imbalance is handled by weighting: each file carries equal total weight within its head
+(a borrowed part at most that, by its size) and each label equal weight within its file.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import json
 import random
 import sys
 import time
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -42,6 +45,7 @@ from .data import (
     default_data_dir,
     load_jsonl,
     subject_holdout_split,
+    subject_key,
     text_key,
 )
 from .encoder import DEFAULT_MAX_LENGTH, Encoder, print_progress
@@ -49,7 +53,16 @@ from .metrics import report
 from .sources import DEFAULT_SOURCES
 from .weights import ADAPTER_DIR, default_weights_dir, save_head
 
-__all__ = ["FileSplit", "HeadPlan", "build_parser", "held_out_test", "main", "plan_heads"]
+__all__ = [
+    "FileSplit",
+    "HeadPlan",
+    "balance_weights",
+    "borrow_by_subject",
+    "build_parser",
+    "held_out_test",
+    "main",
+    "plan_heads",
+]
 
 #: Label order of the default heads, fixed so committed weights keep their index order.
 DEFAULT_HEADS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -66,12 +79,17 @@ DEFAULT_HEADS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 
 @dataclass
 class FileSplit:
-    """One data file cut into train, validation (calibration) and test (report) parts."""
+    """One data file cut into train, validation (calibration) and test (report) parts.
+
+    `borrowed` marks training rows taken from another head's file and labelled through their
+    subject (see `borrow_by_subject`); such a part has no validation or test rows.
+    """
 
     name: str
     train: list[Example]
     val: list[Example]
     test: list[Example]
+    borrowed: bool = False
 
 
 @dataclass
@@ -85,6 +103,19 @@ class HeadPlan:
     def index(self, label: str) -> int:
         """Position of `label` in this head's label list."""
         return self.labels.index(label)
+
+    def file_weights(self) -> list[float]:
+        """Each part's share of the head's loss, summing to 1.
+
+        The head's own files weigh the same; a borrowed part weighs its row count over the
+        mean of the own files' counts (at most one own file's weight), so a handful of
+        borrowed rows cannot claim a whole file's share.
+        """
+        own = [len(f.train) for f in self.files if not f.borrowed]
+        mean_own = sum(own) / len(own) if own else 1.0
+        raw = [min(1.0, len(f.train) / mean_own) if f.borrowed else 1.0 for f in self.files]
+        total = sum(raw)
+        return [r / total for r in raw]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="fine-tune the encoder with a LoRA delta shared by all heads "
         "(--no-lora: frozen encoder, linear heads only)",
     )
-    p.add_argument("--epochs", type=int, default=2, help="LoRA epochs (default 2)")
+    p.add_argument("--epochs", type=int, default=3, help="LoRA epochs (default 3)")
     p.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default 8)")
     p.add_argument("--lora-alpha", type=int, default=16, help="LoRA alpha (default 16)")
     p.add_argument("--lr", type=float, default=8e-4, help="LoRA learning rate (default 8e-4)")
@@ -137,8 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--typo-prob",
         type=float,
-        default=0.3,
-        help="chance that a training text is given typos (LoRA; default 0.3)",
+        default=0.5,
+        help="chance that a training text is given typos (LoRA; default 0.5)",
     )
     p.add_argument(
         "--aux-subject",
@@ -146,6 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.5,
         help="LoRA: weight of an auxiliary loss that predicts each row's subject "
         "(MMLU subject, MMLU-Pro source, CLINC intent); 0 turns it off (default 0.5)",
+    )
+    p.add_argument(
+        "--borrow-subjects",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with several heads, also train each head on the other heads' rows whose "
+        "subject always has one label in its own data (MMLU questions in the exam file "
+        "teach the 14-label head; default on)",
     )
     p.add_argument(
         "--typo-copies",
@@ -265,21 +304,73 @@ def plan_heads(args: argparse.Namespace) -> list[HeadPlan]:
             train, val = balanced_split(rest, n_val, seed=args.seed + 1)
             plan.files.append(FileSplit(fname, train, val, test))
         plans.append(plan)
-    # A held-out text must not train the shared encoder through another head's file.
+    # A held-out text must not train the shared encoder through another head's file; with
+    # `--split subject`, neither may any other question of a held-out subject.
     held = {text_key(e.text) for p in plans for f in p.files for e in (*f.val, *f.test)}
+    held_subjects = (
+        {subject_key(e.subject) for p in plans for f in p.files for e in f.test if e.subject}
+        if args.split == "subject"
+        else set()
+    )
     for p in plans:
         for f in p.files:
-            f.train = [e for e in f.train if text_key(e.text) not in held]
+            f.train = [
+                e
+                for e in f.train
+                if text_key(e.text) not in held and subject_key(e.subject) not in held_subjects
+            ]
+    if args.borrow_subjects and len(plans) > 1:
+        borrow_by_subject(plans)
     return plans
 
 
-def balance_weights(parts: list[list[Example]]) -> npt.NDArray[np.float32]:
-    """Per-row weights: each file equal total weight, each label equal weight in its file."""
+def borrow_by_subject(plans: list[HeadPlan]) -> None:
+    """Add to each head the other heads' training rows whose subject it can label.
+
+    A subject (compared by `subject_key`) whose training rows in a head all carry one label
+    gives that label to the rows of the same subject in the other heads' files. The MMLU exam
+    questions of `domain_train.jsonl` so become 14-label rows (`professional_law` is `law`
+    in MMLU-Pro), and MMLU-Pro's MMLU questions become 4-label rows where the exam file maps
+    their subject. Subjects the exam file leaves out stay out. Each source file becomes one
+    training-only part of the head (`borrowed`), weighted like any other file. Rows whose
+    text the head already has are skipped.
+    """
+    additions: list[tuple[HeadPlan, FileSplit]] = []
+    for plan in plans:
+        labels_of_subject: dict[str, set[str]] = defaultdict(set)
+        for f in plan.files:
+            for e in f.train:
+                if e.subject:
+                    labels_of_subject[subject_key(e.subject)].add(e.label)
+        mapping = {s: next(iter(ls)) for s, ls in labels_of_subject.items() if len(ls) == 1}
+        own = {text_key(e.text) for f in plan.files for e in (*f.train, *f.val, *f.test)}
+        for other in plans:
+            if other is plan:
+                continue
+            for f in other.files:
+                if f.borrowed:
+                    continue
+                rows = []
+                for e in f.train:
+                    label = mapping.get(subject_key(e.subject)) if e.subject else None
+                    if label is not None and text_key(e.text) not in own:
+                        rows.append(Example(e.text, label, e.subject, e.source, e.id))
+                if rows:
+                    additions.append((plan, FileSplit(f"{f.name} by subject", rows, [], [], True)))
+    for plan, part in additions:
+        plan.files.append(part)
+
+
+def balance_weights(
+    parts: list[list[Example]], file_weights: Sequence[float] | None = None
+) -> npt.NDArray[np.float32]:
+    """Per-row weights: each file its share (equal by default), each label equal in its file."""
+    shares = file_weights or [1.0 / len(parts)] * len(parts)
     out = []
-    for rows in parts:
+    for rows, share in zip(parts, shares, strict=True):
         counts = class_counts(rows)
         for e in rows:
-            out.append(1.0 / (len(parts) * len(counts) * counts[e.label]))
+            out.append(share / (len(counts) * counts[e.label]))
     return np.asarray(out, dtype=np.float32)
 
 
@@ -338,6 +429,7 @@ def _meta(
         "data": {
             "files": [
                 {"file": f.name, "train": len(f.train), "val": len(f.val), "test": len(f.test)}
+                | ({"borrowed_by_subject": True} if f.borrowed else {})
                 for f in plan.files
             ],
             "sources": DEFAULT_SOURCES if not args.data else "user-supplied files",
@@ -388,7 +480,11 @@ def _train_linear(plans: list[HeadPlan], enc: Encoder, args: argparse.Namespace,
         parts = [f.train for f in plan.files]
         texts = [e.text for rows in parts for e in rows]
         y = np.asarray([plan.index(e.label) for rows in parts for e in rows], dtype=np.int64)
-        w = balance_weights(parts) if args.balance else np.ones(len(y), dtype=np.float32)
+        w = (
+            balance_weights(parts, plan.file_weights())
+            if args.balance
+            else np.ones(len(y), dtype=np.float32)
+        )
         xs, ys, ws = [embed(texts, f"{plan.name} train")], [y], [w]
         for c in range(args.typo_copies):
             xs.append(embed(typo_copy(texts, seed=args.seed + 100 + c), f"{plan.name} typos"))

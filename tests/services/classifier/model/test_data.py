@@ -15,6 +15,7 @@ from services.classifier.model.data import (
     default_data_dir,
     load_jsonl,
     subject_holdout_split,
+    subject_key,
     text_key,
 )
 
@@ -105,6 +106,13 @@ def test_subject_split_never_shares_a_subject() -> None:
     # A one-subject label cannot be held out by subject and stays in training.
     assert "c" not in {e.label for e in held}
     assert {"a", "b"} <= {e.label for e in held}
+
+
+def test_subject_key_names_an_mmlu_subject_alike_in_both_files() -> None:
+    assert subject_key("ori_mmlu-professional_law") == "professional_law"
+    assert subject_key("professional_law") == "professional_law"
+    assert subject_key("stemez-ComputerScience") == "stemez-ComputerScience"
+    assert subject_key("") == ""
 
 
 def test_subject_split_rejects_a_bad_fraction() -> None:

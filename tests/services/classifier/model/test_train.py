@@ -8,7 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.classifier.model.train import main
+from services.classifier.model.data import Example, subject_key
+from services.classifier.model.train import (
+    FileSplit,
+    HeadPlan,
+    balance_weights,
+    borrow_by_subject,
+    build_parser,
+    main,
+    plan_heads,
+)
 from services.classifier.model.weights import ADAPTER_DIR, load_head
 
 TOPICS = {
@@ -130,3 +139,112 @@ def test_lora_run_writes_a_portable_adapter(tmp_path: Path) -> None:
     assert config["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert head.meta["training"]["mode"] == "lora"
     assert head.meta["encoder_lora"]["shared_by"] == ["mine"]
+
+
+def _plans(**kwargs: object) -> list[HeadPlan]:
+    """Two heads like the defaults: a coarse one on MMLU subjects, a fine one on MMLU-Pro."""
+    coarse = [
+        Example("q1 law", "legal", "professional_law"),
+        Example("q2 law", "legal", "professional_law"),
+        Example("q3 algebra", "general", "abstract_algebra"),
+        Example("q4 shared stem", "general", "abstract_algebra"),
+        Example("q5 virology", "medical", "virology"),
+    ]
+    fine = [
+        Example("p1 law", "law", "ori_mmlu-professional_law"),
+        Example("p2 algebra", "math", "ori_mmlu-abstract_algebra"),
+        Example("q4 shared stem", "math", "ori_mmlu-abstract_algebra"),
+        Example("p3 circuits", "engineering", "stemez-ElectricCircuits"),
+        Example("p4 mixed", "physics", "mixed"),
+        Example("p5 mixed", "chemistry", "mixed"),
+    ]
+    return [
+        HeadPlan("domain", ["technical", "medical", "legal", "general"], [FileSplit("exam", coarse, [], [])]),
+        HeadPlan("mmlu-pro", ["law", "math", "engineering", "physics", "chemistry"], [FileSplit("pro", fine, [], [])]),
+    ]  # fmt: skip
+
+
+def test_borrowing_labels_other_heads_rows_through_their_subject() -> None:
+    plans = _plans()
+    borrow_by_subject(plans)
+    domain, pro = plans
+    borrowed = pro.files[1]
+    assert borrowed.borrowed and borrowed.name == "exam by subject"
+    assert not borrowed.val and not borrowed.test
+    # MMLU subjects carry over; a text the head already has and a subject it lacks do not.
+    assert sorted((e.text, e.label) for e in borrowed.train) == [
+        ("q1 law", "law"),
+        ("q2 law", "law"),
+        ("q3 algebra", "math"),
+    ]
+    # The other way: MMLU-Pro's law and algebra rows become domain rows; the stemez subject
+    # has no domain label and a subject with two labels ("mixed") maps nowhere.
+    assert sorted((e.text, e.label) for e in domain.files[1].train) == [
+        ("p1 law", "legal"),
+        ("p2 algebra", "general"),
+    ]
+
+
+def test_borrowed_part_weighs_by_its_size_and_own_files_equally() -> None:
+    rows = [Example(f"t{i}", "a") for i in range(10)]
+    plan = HeadPlan(
+        "h",
+        ["a"],
+        [
+            FileSplit("one", rows, [], []),
+            FileSplit("two", rows[:6], [], []),
+            FileSplit("few", rows[:2], [], [], borrowed=True),
+            FileSplit("many", rows * 3, [], [], borrowed=True),
+        ],
+    )
+    # Own files 1 each; "few" 2/8 of the own mean; "many" capped at one file's weight.
+    assert plan.file_weights() == pytest.approx([1 / 3.25, 1 / 3.25, 0.25 / 3.25, 1 / 3.25])
+    w = balance_weights([f.train for f in plan.files], plan.file_weights())
+    assert float(w.sum()) == pytest.approx(1.0)
+    assert float(w[10:16].sum()) == pytest.approx(1 / 3.25)
+
+
+def test_subject_split_keeps_a_held_out_subject_out_of_every_head(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # MMLU subjects s0..s5 sit in the exam file and (as ori_mmlu-sN) in the MMLU-Pro file.
+    # A subject held out of either file must leave both heads' training rows, or the shared
+    # encoder would have seen the "unseen" material through the other head.
+    def write(name: str, rows: list[tuple[str, str, str]]) -> None:
+        lines = [json.dumps({"text": t, "label": lab, "subject": sub}) for t, lab, sub in rows]
+        (tmp_path / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    write(
+        "domain_train.jsonl",
+        [
+            (f"exam {s} {i}", ("legal", "general")[s % 2], f"s{s}")
+            for s in range(6)
+            for i in range(10)
+        ],
+    )
+    write(
+        "domain_queries_train.jsonl",
+        [
+            (f"query {lab} {i}", lab, f"q{i % 3}")
+            for lab in ("technical", "medical", "general")
+            for i in range(12)
+        ],
+    )
+    write(
+        "mmlu_pro_train.jsonl",
+        [(f"pro {s} {i}", ("law", "math")[s % 2], f"ori_mmlu-s{s}") for s in range(6) for i in range(10)],
+    )  # fmt: skip
+    monkeypatch.setenv("LORAROUTE_DATA_DIR", str(tmp_path))
+    plans = plan_heads(build_parser().parse_args(["--split", "subject"]))
+    held_by_file = {
+        f.name: {subject_key(e.subject) for e in f.test} for p in plans for f in p.files if f.test
+    }
+    held = set().union(*held_by_file.values())
+    # The files hold out different subjects, so the rule is what keeps them apart.
+    assert held_by_file["domain_train.jsonl"] != held_by_file["mmlu_pro_train.jsonl"]
+    for p in plans:
+        for f in p.files:
+            assert held.isdisjoint(subject_key(e.subject) for e in f.train), (p.name, f.name)
+    # Borrowing still happens, only from subjects that stayed in training.
+    borrowed = [f for p in plans for f in p.files if f.borrowed]
+    assert borrowed and all(f.train for f in borrowed)
