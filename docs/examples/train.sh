@@ -1,4 +1,4 @@
-loraroute model train --threads 1         # the shipped heads, rewritten in place (about 45 min)
+loraroute model train --threads 1         # the shipped heads, rewritten in place (about 70 min)
 loraroute model train --no-lora --out "$(mktemp -d)"                                # linear probe, balanced + typo copy
 loraroute model train --no-lora --no-balance --typo-copies 0 --out "$(mktemp -d)"   # plain linear probe
 loraroute model train --aux-subject 0 --out "$(mktemp -d)"                          # LoRA without the auxiliary loss

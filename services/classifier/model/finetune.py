@@ -4,8 +4,8 @@ The encoder gets one peft LoRA adapter; each head is a linear layer on the poole
 Every batch mixes rows of all heads, so the adapter learns features that serve the 4-label
 and the 14-label task together. Rows are drawn per epoch with a per-label cap (large labels
 are subsampled, a fresh sample each epoch), weighted so each file has its share of its head
-(`HeadPlan.file_weights`) and each label counts equally within a file, and given keyboard typos with a fixed probability. After every epoch each head is
-calibrated on its validation rows, evaluated on its test rows and saved, so a run that is
+(`HeadPlan.file_weights`) and each label counts equally within a file, and given keyboard
+typos with a fixed probability. After every epoch each head is calibrated on its validation rows, evaluated on its test rows and saved, so a run that is
 stopped early still leaves usable weights.
 """
 

@@ -332,8 +332,8 @@ def borrow_by_subject(plans: list[HeadPlan]) -> None:
     questions of `domain_train.jsonl` so become 14-label rows (`professional_law` is `law`
     in MMLU-Pro), and MMLU-Pro's MMLU questions become 4-label rows where the exam file maps
     their subject. Subjects the exam file leaves out stay out. Each source file becomes one
-    training-only part of the head (`borrowed`), weighted like any other file. Rows whose
-    text the head already has are skipped.
+    training-only part of the head (`borrowed`), weighted by its size (`HeadPlan.file_weights`).
+    Rows whose text the head already has are skipped.
     """
     additions: list[tuple[HeadPlan, FileSplit]] = []
     for plan in plans:
@@ -362,12 +362,11 @@ def borrow_by_subject(plans: list[HeadPlan]) -> None:
 
 
 def balance_weights(
-    parts: list[list[Example]], file_weights: Sequence[float] | None = None
+    parts: list[list[Example]], file_weights: Sequence[float]
 ) -> npt.NDArray[np.float32]:
-    """Per-row weights: each file its share (equal by default), each label equal in its file."""
-    shares = file_weights or [1.0 / len(parts)] * len(parts)
+    """Per-row weights: each file its share (`file_weights`), each label equal in its file."""
     out = []
-    for rows, share in zip(parts, shares, strict=True):
+    for rows, share in zip(parts, file_weights, strict=True):
         counts = class_counts(rows)
         for e in rows:
             out.append(share / (len(counts) * counts[e.label]))
