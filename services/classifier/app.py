@@ -3,7 +3,7 @@
 Lifespan: `load_engine` builds the engine once from the config and refuses a config whose
 categories the model's labels cannot reach; `ClassifierWorker.start` connects, starts the
 batcher and subscribes to the classify subject in queue group `classifiers` (plus this
-process's bounce subject); `stop` drains: no new messages, every accepted request answered,
+process's bounce subject and the cancel subjects); `stop` drains: no new messages, every accepted request answered,
 then the connection is closed.
 """
 
@@ -150,6 +150,8 @@ class ClassifierWorker:
                 self.subjects.classify, queue=CLASSIFIERS_QUEUE, cb=handlers.on_classify
             )
         )
+        # No queue group: the request may wait in any worker's queue.
+        self._subs.append(await self.nc.subscribe(self.subjects.cancel_all, cb=handlers.on_cancel))
         await self.nc.flush()
 
     async def stop(self, timeout_s: float = 30.0) -> None:

@@ -1,7 +1,8 @@
 """The classifier's request queue: bounded admission, and batches cut by count, tokens and wait.
 
-One owner (the batcher's event loop) calls the two verbs: `append` (refuses at once when the
-queue is full, so a request is never queued without limit) and `next_batch`. A batch closes
+One owner (the batcher's event loop) calls the verbs: `append` (refuses at once when the
+queue is full, so a request is never queued without limit), `next_batch`, and `withdraw`
+(takes out the entries of a cancelled request). A batch closes
 when it holds `max_batch_size` entries, when one more entry would push its padded cost
 (longest x count) over `max_batch_tokens`, or when its oldest entry has waited `max_wait_s`.
 Entries past their deadline are dropped first and handed back, so the caller can answer them.
@@ -14,6 +15,7 @@ Time is passed in (`now`, monotonic seconds), so the queue is plain and testable
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -89,12 +91,19 @@ class BatchQueue(Generic[T]):
 
     def drop_expired(self, now: float) -> list[Entry[T]]:
         """Remove and return every entry whose deadline has passed."""
-        if not any(e.expired(now) for e in self._entries):
+        return self._take(lambda e: e.expired(now))
+
+    def withdraw(self, match: Callable[[T], bool]) -> list[Entry[T]]:
+        """Remove and return every entry whose payload `match`es (e.g. a cancelled request)."""
+        return self._take(lambda e: match(e.payload))
+
+    def _take(self, gone_if: Callable[[Entry[T]], bool]) -> list[Entry[T]]:
+        if not any(gone_if(e) for e in self._entries):
             return []
         kept: deque[Entry[T]] = deque()
         gone: list[Entry[T]] = []
         for entry in self._entries:
-            (gone if entry.expired(now) else kept).append(entry)
+            (gone if gone_if(entry) else kept).append(entry)
         self._entries = kept
         return gone
 

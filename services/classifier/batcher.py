@@ -98,6 +98,15 @@ class Batcher(Generic[T, P, R]):
         self._wake.set()
         return True
 
+    def withdraw(self, match: Callable[[T], bool]) -> list[Entry[T]]:
+        """Take the queued entries whose payload `match`es out of the queue and return them; the
+        caller answers (or knowingly drops) them. Entries already cut into a batch stay."""
+        gone = self.queue.withdraw(match)
+        if gone:
+            self._check_idle()
+            self._wake.set()  # the batch that was due may be smaller or gone now
+        return gone
+
     @property
     def in_flight(self) -> int:
         """Entries waiting or being classified (queued, handed over, or running)."""

@@ -8,7 +8,8 @@ and queued for the batcher; `complete` later turns its classification into a `Ro
 Forwarding keeps the ingress inbox in the `Lr-Reply-To` header and uses this worker's bounce
 subject as the NATS reply: when no dispatcher listens, the server's "no responders" status comes
 back to this connection (`on_bounce`), and the ingress gets a 503 at once instead of waiting
-for its deadline. Every failure is answered with a `ReplyError`; nothing accepted is dropped.
+for its deadline. Every failure is answered with a `ReplyError`; nothing accepted is dropped,
+except a chat request whose client left: `on_cancel` takes it out of the queue.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from services.classifier.metrics import WorkerMetrics
 from services.classifier.route import Router, UnknownModelError
 from services.classifier.work import ChatWork, Item, TextsWork, empty_result, text_result
 from services.common import bus
-from services.common.subjects import Subjects
+from services.common.subjects import Subjects, model_token
 
 if TYPE_CHECKING:
     from services.classifier.batcher import Batcher
@@ -129,6 +130,21 @@ class ClassifierHandlers:
             ErrorKind.UNAVAILABLE,
             f"no dispatcher is available for {target}",
         )
+
+    async def on_cancel(self, msg: Msg) -> None:
+        """A cancellation on `<prefix>.cancel.<request id>`: the client of that chat request left
+        (the ingress has answered it 499). Drop it if it still waits in this worker's queue, so
+        no classification is spent on it; once forwarded, the dispatcher stops it instead."""
+        token = msg.subject.rpartition(".")[2]
+        dropped = self.batcher.withdraw(
+            lambda item: (
+                isinstance(item.work, ChatWork) and model_token(item.work.meta.request_id) == token
+            )
+        )
+        if dropped:
+            self.metrics.rejected.labels("cancelled").inc()
+            self.metrics.queue_depth.set(len(self.batcher.queue))
+            _log.info("cancelled", request_id=dropped[0].payload.work.meta.request_id)
 
     # ------------------------------------------------------------------ chat
 

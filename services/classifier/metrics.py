@@ -62,7 +62,8 @@ class WorkerMetrics:
         self.rejected = Counter(
             "loraroute_classifier_rejected_total",
             "Requests answered with an error, by kind (overloaded, expired, invalid, "
-            "unknown_model, engine, no_dispatcher).",
+            "unknown_model, engine, no_dispatcher), or dropped from the queue because their "
+            "client left (cancelled).",
             ["kind"],
             registry=registry,
         )

@@ -54,7 +54,7 @@ class Subjects:
         self.prefix = prefix
         self.classify = f"{prefix}.classify"
         self.dispatch_all = f"{prefix}.dispatch.*"
-        #: Dispatchers listen here for cancellations (`cancel(request_id)`) of requests in flight.
+        #: Classifiers and dispatchers listen here for cancellations (`cancel(request_id)`).
         self.cancel_all = f"{prefix}.cancel.*"
 
     def bounce(self, instance: str) -> str:
@@ -63,8 +63,9 @@ class Subjects:
         return f"{self.prefix}.bounce.{model_token(instance)}"
 
     def cancel(self, request_id: str) -> str:
-        """Publish an empty message here when the client of `request_id` went away: the
-        dispatcher running it stops its call to vLLM (which then stops generating)."""
+        """Publish an empty message here when the client of `request_id` went away: a classifier
+        drops it from its queue, the dispatcher running it stops its call to vLLM (which then
+        stops generating)."""
         return f"{self.prefix}.cancel.{model_token(request_id)}"
 
     def dispatch(self, base_model: str) -> str:

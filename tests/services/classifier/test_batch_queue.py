@@ -136,6 +136,15 @@ def test_expired_entries_are_returned_even_when_no_batch_is_due() -> None:
     assert len(q) == 1
 
 
+def test_withdraw_takes_out_matching_entries_only() -> None:
+    q = _queue(max_wait_s=10.0)
+    for name in ("a", "gone", "b", "gone"):
+        q.append(_entry(name))
+    assert _names(q.withdraw(lambda payload: payload == "gone")) == ["gone", "gone"]
+    assert q.withdraw(lambda payload: payload == "gone") == []
+    assert _names(q.next_batch(0.0, force=True).entries) == ["a", "b"]
+
+
 def test_invalid_limits() -> None:
     with pytest.raises(ValueError):
         _queue(max_batch_size=0)

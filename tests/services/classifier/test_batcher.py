@@ -148,6 +148,26 @@ async def test_expired_entries_are_handed_to_expire_not_run() -> None:
         await batcher.close()
 
 
+async def test_withdrawn_entries_are_never_run_and_drain_ends() -> None:
+    rec = Recorder()
+    rec.gate.clear()
+    batcher = _batcher(rec, max_batch_size=1)
+    batcher.start()
+    try:
+        for name in ("running", "in-slot", "queued", "withdrawn"):
+            batcher.submit(_entry(name))
+        await _until(lambda: rec.prepared == [["running"], ["in-slot"]])
+        gone = batcher.withdraw(lambda payload: payload in ("withdrawn", "in-slot"))
+        assert [e.payload for e in gone] == ["withdrawn"]  # a batch already cut stays
+        rec.gate.set()
+        assert await batcher.drain(5)
+        assert set(rec.completed) == {"running", "in-slot", "queued"}
+        assert batcher.in_flight == 0
+    finally:
+        rec.gate.set()
+        await batcher.close()
+
+
 async def test_full_queue_refuses_and_drain_stops_intake() -> None:
     rec = Recorder()
     rec.gate.clear()

@@ -220,6 +220,35 @@ class TestWithFakeBackend:
             await dispatcher.next()
         assert caller.replies[blocked].empty()
 
+    async def test_a_cancel_drops_a_queued_chat_request(
+        self, worker: ClassifierWorker, client: Client, backend: KeywordBackend
+    ) -> None:
+        caller, dispatcher = await _setup(worker, client)
+        backend.gate.clear()
+        sent = [await caller.send(chat("block law"))]
+        await asyncio.sleep(0.05)  # on the thread
+        sent.append(await caller.send(chat("code")))
+        await asyncio.sleep(0.05)  # cut into the next batch, waiting for the thread
+        left = await caller.send(chat("blood"), request_id="client/left")
+        await asyncio.sleep(0.05)
+        assert worker.batcher is not None and len(worker.batcher.queue) == 1
+        await client.publish(worker.subjects.cancel("client/left"), b"")
+        await client.publish(worker.subjects.cancel("someone-else"), b"")
+        await client.flush()
+        await asyncio.sleep(0.05)
+        assert len(worker.batcher.queue) == 0
+        backend.gate.set()
+        models = sorted([(await dispatcher.next())[0].route.model for _ in sent])
+        assert models == ["legal-lora", "technical-lora"]
+        await asyncio.sleep(0.1)
+        assert dispatcher.got.empty() and caller.replies[left].empty()
+        assert (
+            worker.metrics.registry.get_sample_value(
+                "loraroute_classifier_rejected_total", {"kind": "cancelled"}
+            )
+            == 1
+        )
+
     async def test_classification_api(self, worker: ClassifierWorker, client: Client) -> None:
         caller, _ = await _setup(worker, client)
         payload = encoder.encode(
