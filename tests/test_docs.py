@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import yaml
 
+from services.classifier.model.average import build_parser as average_parser
 from services.classifier.model.train import build_parser
 from tests.processes import REPO, Service, free_port
 
@@ -133,6 +134,8 @@ def test_training_examples_name_real_options(tmp_path: Path) -> None:
         words = shlex.split(line.split("#")[0].replace('"$(mktemp -d)"', str(tmp_path)))
         if words[:3] == ["loraroute", "model", "train"]:
             build_parser().parse_args(words[3:])
+        elif words[:3] == ["loraroute", "model", "average"]:
+            average_parser().parse_args(words[3:])
         else:
             assert words[0] == "python"
             done = _run(shlex.join([sys.executable, *words[1:]]))

@@ -1,8 +1,9 @@
-loraroute model train --threads 1         # the shipped heads, rewritten in place (about 70 min)
+loraroute model train --threads 1 --out runs/a                             # run A (about 70 min)
+loraroute model train --threads 1 --epochs 4 --max-per-class 800 --out runs/b  # run B (about 65 min)
+loraroute model average runs/a runs/b       # the shipped heads: their average, rewritten in place
 loraroute model train --no-lora --out "$(mktemp -d)"                                # linear probe, balanced + typo copy
 loraroute model train --no-lora --no-balance --typo-copies 0 --out "$(mktemp -d)"   # plain linear probe
 loraroute model train --aux-subject 0 --out "$(mktemp -d)"                          # LoRA without the auxiliary loss
 loraroute model train --split subject --aux-subject 0 --out "$(mktemp -d)"          # subject held-out
 loraroute model train --epochs 4 --out "$(mktemp -d)"                               # a fourth epoch
-loraroute model train --epochs 4 --max-per-class 800 --out "$(mktemp -d)"          # ... and a larger cap per label
 python loadtest/accuracy_table.py shipped=services/classifier/model/weights  # a table row from meta.json

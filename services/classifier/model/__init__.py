@@ -2,14 +2,15 @@
 
 Modules: `data` (JSONL loading, held-out splits), `augment` (typos), `encoder` (the packaged
 sentence encoder in torch), `calibration` (linear heads, temperature), `finetune` (LoRA),
-`train` and `evaluate` (`loraroute model train|eval`), `metrics`, `weights` (the committed
-head format), `sources` (data attribution), `export`, `quantize` and `build`
-(`loraroute model build`), and `cli` (the `loraroute model` verbs). Import the submodule you
-need; this package imports nothing heavy itself.
+`train`, `average` and `evaluate` (`loraroute model train|average|eval`), `metrics`,
+`weights` (the committed head format), `sources` (data attribution), `export`, `quantize` and
+`build` (`loraroute model build`), and `cli` (the `loraroute model` verbs). Import the
+submodule you need; this package imports nothing heavy itself.
 """
 
 __all__ = [
     "augment",
+    "average",
     "build",
     "calibration",
     "cli",

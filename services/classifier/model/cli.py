@@ -1,4 +1,4 @@
-"""`loraroute model build | train | eval`: dispatch to the module that owns each verb.
+"""`loraroute model build | train | average | eval`: dispatch to the module that owns each verb.
 
 Each verb's module is imported only when used, so `build` on a current model directory
 never loads torch.
@@ -20,6 +20,10 @@ VERBS: dict[str, tuple[str, str]] = {
         "build models/loraroute-<head>/ from the committed weights (cached by content hash)",
     ),
     "train": ("services.classifier.model.train", "train the classifier heads (needs the data)"),
+    "average": (
+        "services.classifier.model.average",
+        "average the weights of several training runs into one set of heads",
+    ),
     "eval": (
         "services.classifier.model.evaluate",
         "measure a head or a built model on labelled data",

@@ -35,7 +35,7 @@ from .weights import ADAPTER_DIR, save_head
 if TYPE_CHECKING:
     from .train import HeadPlan
 
-__all__ = ["LOGIT_SCALE", "LORA_TARGETS", "train_lora"]
+__all__ = ["LOGIT_SCALE", "LORA_TARGETS", "calibrate_and_save", "lora_meta", "train_lora"]
 
 #: Which encoder layers get a LoRA delta: attention projections and both feed-forward layers
 #: of every transformer block (not the unused pooler).
@@ -121,7 +121,9 @@ def _batches(rows: list[Row], enc: Encoder, batch_size: int, rng: random.Random)
 def _save_adapter(model: Any, dest: Path) -> None:
     if dest.exists():
         shutil.rmtree(dest)
-    model.save_pretrained(str(dest))
+    # The adapter never touches the embeddings; saying so also spares peft a look at the
+    # base model's config under the name written below, which is not on this machine.
+    model.save_pretrained(str(dest), save_embedding_layers=False)
     # peft records where the base model was loaded from: a local path that means nothing
     # on another machine. The build supplies the base encoder itself.
     cfg_path = dest / "adapter_config.json"
@@ -140,8 +142,6 @@ def train_lora(plans: list[HeadPlan], enc: Encoder, args: argparse.Namespace, ou
     same in every head folder. Progress goes to stderr.
     """
     from peft import LoraConfig, get_peft_model
-
-    from .train import _evaluate, _meta
 
     for p in enc.model.parameters():
         p.requires_grad_(False)
@@ -236,32 +236,58 @@ def train_lora(plans: list[HeadPlan], enc: Encoder, args: argparse.Namespace, ou
                     flush=True,
                 )
                 running = 0.0
-        _calibrate_and_save(
-            plans, enc, heads[: len(plans)], scale, args, out, epoch, _evaluate, _meta
+        calibrate_and_save(
+            plans,
+            enc,
+            heads[: len(plans)],
+            scale,
+            args,
+            out,
+            lora_meta(plans, args.lora_r, args.lora_alpha),
+            {
+                "epochs_done": epoch,
+                "epochs": args.epochs,
+                "lr": args.lr,
+                "batch_size": args.batch_size,
+                "max_per_class": args.max_per_class,
+                "typo_prob": args.typo_prob,
+                "aux_subject_weight": args.aux_subject,
+            },
         )
 
 
-def _calibrate_and_save(
+def lora_meta(plans: list[HeadPlan], r: int, alpha: int, note: str = "") -> dict[str, Any]:
+    """The `encoder_lora` entry of a head's meta.json."""
+    return {
+        "dir": ADAPTER_DIR,
+        "shared_by": [p.name for p in plans],
+        "note": note
+        or "one adapter trained for all heads at once (multi-task); every head folder "
+        "holds an identical copy",
+        "r": r,
+        "alpha": alpha,
+        "targets": LORA_TARGETS,
+    }
+
+
+def calibrate_and_save(
     plans: list[HeadPlan],
     enc: Encoder,
     heads: list[torch.nn.Linear],
     scale: float,
     args: argparse.Namespace,
     out: Path,
-    epoch: int,
-    evaluate: Any,
-    meta: Any,
+    lora: dict[str, Any],
+    training: dict[str, Any],
 ) -> None:
+    """Fit each head's temperature on its validation rows, evaluate it on its test rows and
+    write it with `enc`'s adapter to `out/<head>/`; `training` goes into meta.json.
+
+    `heads[i]` gives logits for `plans[i]` as `scale * head(embedding)`.
+    """
+    from .train import _evaluate, _meta
+
     enc.eval()
-    lora = {
-        "dir": ADAPTER_DIR,
-        "shared_by": [p.name for p in plans],
-        "note": "one adapter trained for all heads at once (multi-task); every head folder "
-        "holds an identical copy",
-        "r": args.lora_r,
-        "alpha": args.lora_alpha,
-        "targets": LORA_TARGETS,
-    }
     for plan, head in zip(plans, heads, strict=True):
         weight = scale * head.weight.detach().numpy().astype(np.float64)
         bias = scale * head.bias.detach().numpy().astype(np.float64)
@@ -275,15 +301,9 @@ def _calibrate_and_save(
         def probs_of(texts: list[str], w: Any = weight, b: Any = bias) -> Any:
             return softmax(enc.embed(texts) @ w.T + b)
 
-        figures = evaluate(plan, probs_of, args.seed)
+        figures = _evaluate(plan, probs_of, args.seed)
         extra = {
-            "epochs_done": epoch,
-            "epochs": args.epochs,
-            "lr": args.lr,
-            "batch_size": args.batch_size,
-            "max_per_class": args.max_per_class,
-            "typo_prob": args.typo_prob,
-            "aux_subject_weight": args.aux_subject,
+            **training,
             "val_balanced_accuracy": round(val_report.balanced_accuracy, 4),
             "counts": {f.name: class_counts(f.train) for f in plan.files},
         }
@@ -292,7 +312,8 @@ def _calibrate_and_save(
             plan.labels,
             weight,
             bias,
-            meta(plan, args, temperature, figures, lora, extra),
+            _meta(plan, args, temperature, figures, lora, extra),
         )
         _save_adapter(enc.model, out / plan.name / ADAPTER_DIR)
-        print(json.dumps({f"epoch {epoch} {plan.name}": figures}), file=sys.stderr, flush=True)
+        done = f"epoch {training['epochs_done']} " if "epochs_done" in training else ""
+        print(json.dumps({f"{done}{plan.name}": figures}), file=sys.stderr, flush=True)

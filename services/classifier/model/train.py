@@ -1,9 +1,11 @@
 """`loraroute model train`: train the classifier heads (and optionally a LoRA delta on the encoder).
 
-Defaults reproduce the committed weights: both heads, `domain` (technical, medical, legal,
-general) from `domain_train.jsonl` + `domain_queries_train.jsonl` and `mmlu-pro` (14 labels)
-from `mmlu_pro_train.jsonl`, read from `../shared/data` or `$LORAROUTE_DATA_DIR`. Users train
-on their own JSONL (`text`, `label`) with `--data FILE --head NAME`.
+Defaults train both heads, `domain` (technical, medical, legal, general) from
+`domain_train.jsonl` + `domain_queries_train.jsonl` and `mmlu-pro` (14 labels) from
+`mmlu_pro_train.jsonl`, read from `../shared/data` or `$LORAROUTE_DATA_DIR`; the committed
+weights are the average (`loraroute model average`) of such a run and one with `--epochs 4
+--max-per-class 800`. Users train on their own JSONL (`text`, `label`) with `--data FILE
+--head NAME`.
 
 Every data file is split on its own into train, a class-balanced validation part (used only to
 fit the calibration temperature) and a held-out test part (class-balanced, or whole subjects
@@ -437,6 +439,8 @@ def _meta(
             "mode": "lora" if lora else "linear-probe",
             "split": args.split,
             "seed": args.seed,
+            "test_per_class": args.test_per_class,
+            "val_per_class": args.val_per_class,
             "class_balancing": (
                 "loss weights: each file equal, each label equal within a file"
                 if args.balance or lora
