@@ -132,7 +132,9 @@ def split_args(heads: dict[str, list[Head]], data: list[Path] | None) -> argpars
     if not first.normalize:
         argv.append("--no-normalize")
     borrowed = any(
-        f.get("borrowed_by_subject") for f in first.meta.get("data", {}).get("files", [])
+        f.get("borrowed_by_subject")
+        for per_run in heads.values()
+        for f in per_run[0].meta.get("data", {}).get("files", [])
     )
     if not borrowed:
         argv.append("--no-borrow-subjects")
@@ -141,7 +143,8 @@ def split_args(heads: dict[str, list[Head]], data: list[Path] | None) -> argpars
     if data or set(heads) != set(DEFAULT_HEADS):
         if len(heads) != 1:
             raise AverageError(
-                f"runs with heads {sorted(heads)} cannot be re-planned; average one head"
+                f"runs with heads {sorted(heads)}: only the default heads or a single head "
+                "can be split again"
             )
         argv += ["--head", next(iter(heads))]
     return train_parser().parse_args(argv)
