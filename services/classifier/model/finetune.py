@@ -178,7 +178,7 @@ def train_lora(plans: list[HeadPlan], enc: Encoder, args: argparse.Namespace, ou
             },
         ]
     )
-    rng = random.Random(args.seed)
+    rng = random.Random(args.run_seed)
     epoch_size = len(
         _epoch_rows(plans, args.max_per_class, random.Random(0), aux, args.aux_subject)
     )

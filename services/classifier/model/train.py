@@ -240,6 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="seed for splits, sampling and init")
     p.add_argument(
+        "--run-seed",
+        type=int,
+        default=None,
+        help="seed for init, row sampling and typos only (default: --seed); runs that differ "
+        "only in it share one split and can be averaged (`loraroute model average`)",
+    )
+    p.add_argument(
         "--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)"
     )
     return p
@@ -439,6 +446,7 @@ def _meta(
             "mode": "lora" if lora else "linear-probe",
             "split": args.split,
             "seed": args.seed,
+            "run_seed": args.run_seed,
             "test_per_class": args.test_per_class,
             "val_per_class": args.val_per_class,
             "class_balancing": (
@@ -490,7 +498,7 @@ def _train_linear(plans: list[HeadPlan], enc: Encoder, args: argparse.Namespace,
         )
         xs, ys, ws = [embed(texts, f"{plan.name} train")], [y], [w]
         for c in range(args.typo_copies):
-            xs.append(embed(typo_copy(texts, seed=args.seed + 100 + c), f"{plan.name} typos"))
+            xs.append(embed(typo_copy(texts, seed=args.run_seed + 100 + c), f"{plan.name} typos"))
             ys.append(y)
             ws.append(w)
         print(f"fitting {plan.name} head on {sum(len(a) for a in ys)} rows", file=sys.stderr)
@@ -525,9 +533,11 @@ def _train_linear(plans: list[HeadPlan], enc: Encoder, args: argparse.Namespace,
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `loraroute model train`; return 0 on success, 2 on bad data or arguments."""
     args = build_parser().parse_args(argv)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
+    if args.run_seed is None:
+        args.run_seed = args.seed
+    random.seed(args.run_seed)
+    np.random.seed(args.run_seed)
+    torch.manual_seed(args.run_seed)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:

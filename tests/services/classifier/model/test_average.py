@@ -26,11 +26,11 @@ def _train(data: Path, out: Path, *extra: str) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    """(data file, run with 1 epoch, run with 2 epochs and another row cap)."""
+    """(data file, run with 1 epoch, run with 2 epochs, another row cap and run seed)."""
     root = tmp_path_factory.mktemp("runs")
     data = _write_data(root / "mine.jsonl")
     one = _train(data, root / "one", "--epochs", "1")
-    two = _train(data, root / "two", "--epochs", "2", "--max-per-class", "6")
+    two = _train(data, root / "two", "--epochs", "2", "--max-per-class", "6", "--run-seed", "1")
     return data, one, two
 
 
@@ -73,6 +73,7 @@ def test_average_is_the_exact_mean_of_the_runs(
     training = head.meta["training"]
     assert [r["epochs_done"] for r in training["averaged_runs"]] == [1, 2]
     assert [r["max_per_class"] for r in training["averaged_runs"]] == [500, 6]
+    assert [r["run_seed"] for r in training["averaged_runs"]] == [0, 1]
     assert set(training["averaged_runs"][0]["val_balanced_accuracy"]) == {"mine"}
     assert head.meta["evaluation"]["mine.jsonl"]["clean"]["n"] == 3 * 2
     assert head.meta["data"] == load_head(one / "mine").meta["data"]

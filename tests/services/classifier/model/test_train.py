@@ -248,3 +248,18 @@ def test_subject_split_keeps_a_held_out_subject_out_of_every_head(
     # Borrowing still happens, only from subjects that stayed in training.
     borrowed = [f for p in plans for f in p.files if f.borrowed]
     assert borrowed and all(f.train for f in borrowed)
+
+
+def test_run_seed_changes_the_run_but_not_the_split(tmp_path: Path) -> None:
+    data = _write_data(tmp_path / "mine.jsonl")
+    argv = ["--data", str(data), "--head", "mine", "--no-lora", "--threads", "1"]
+    heads = []
+    for run_seed in ("0", "1"):
+        out = tmp_path / f"run{run_seed}"
+        assert main([*argv, "--run-seed", run_seed, "--out", str(out)]) == 0
+        heads.append(load_head(out / "mine"))
+    a, b = heads
+    assert a.meta["data"] == b.meta["data"]  # the same train, validation and test rows
+    assert a.meta["evaluation"]["mine.jsonl"]["clean"]["n"] == 3 * 2
+    assert (a.meta["training"]["run_seed"], b.meta["training"]["run_seed"]) == (0, 1)
+    assert not np.array_equal(a.weight, b.weight)  # other typo'd copies were trained on
