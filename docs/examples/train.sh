@@ -6,4 +6,5 @@ loraroute model train --no-lora --no-balance --typo-copies 0 --out "$(mktemp -d)
 loraroute model train --aux-subject 0 --out "$(mktemp -d)"                          # LoRA without the auxiliary loss
 loraroute model train --split subject --aux-subject 0 --out "$(mktemp -d)"          # subject held-out
 loraroute model train --epochs 4 --out "$(mktemp -d)"                               # a fourth epoch
+loraroute model train --epochs 4 --max-per-class 800 --typo-prob 0.8 --out runs/c   # run C, not kept
 python loadtest/accuracy_table.py shipped=services/classifier/model/weights  # a table row from meta.json
