@@ -181,12 +181,17 @@ def _average_adapter(enc: Encoder, heads: dict[str, list[Head]]) -> dict[str, An
         weights = [1.0 / len(names)] * len(names)
         model.add_weighted_adapter(names, weights, "default", combination_type="cat")
         model.set_adapter("default")
+        # peft joins the runs' target patterns with "|"; equal ones stay one pattern.
+        configs: dict[str, Any] = model.peft_config  # name -> LoraConfig
+        targets = {str(configs[name].target_modules) for name in names}
         for name in names:
             model.delete_adapter(name)
     for p in model.parameters():
         p.requires_grad_(False)
     enc.model = model
-    config: Any = model.peft_config["default"]  # a LoraConfig
+    config = configs["default"]
+    if len(targets) == 1:
+        config.target_modules = targets.pop()
     return {"r": int(config.r), "alpha": int(config.lora_alpha)}
 
 

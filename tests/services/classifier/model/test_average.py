@@ -12,6 +12,7 @@ import torch
 
 from services.classifier.model import average, train
 from services.classifier.model.export import load_encoder
+from services.classifier.model.finetune import LORA_TARGETS
 from services.classifier.model.weights import load_head
 from tests.services.classifier.model.test_train import _write_data
 
@@ -54,6 +55,7 @@ def test_average_is_the_exact_mean_of_the_runs(
     assert head.lora_dir is not None
     config = json.loads((head.lora_dir / "adapter_config.json").read_text(encoding="utf-8"))
     assert (config["r"], config["lora_alpha"]) == (16, 16)  # ranks concatenated
+    assert config["target_modules"] == LORA_TARGETS  # the runs' one pattern, not joined twice
     assert config["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
 
     # The merged encoder is the mean of the two runs' merged encoders, as the build loads it.
@@ -104,11 +106,10 @@ def test_runs_of_other_rows_are_refused(
     runs: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     # The same file name with more rows: the runs' test rows would not be held out.
-    data, one, two = runs
+    _, one, two = runs
     bigger = _write_data(tmp_path / "mine.jsonl", per_label=20)
     err = _refused([str(one), str(two), "--data", str(bigger)], capsys)
     assert f"{one / 'mine'}: trained on other rows than the data gives now" in err
-    del data
 
 
 def test_runs_of_another_split_are_refused(
