@@ -5,6 +5,10 @@ loraroute model train --no-lora --out "$(mktemp -d)"                            
 loraroute model train --no-lora --no-balance --typo-copies 0 --out "$(mktemp -d)"   # plain linear probe
 loraroute model train --aux-subject 0 --out "$(mktemp -d)"                          # LoRA without the auxiliary loss
 loraroute model train --split subject --aux-subject 0 --out "$(mktemp -d)"          # subject held-out
-loraroute model train --epochs 4 --out "$(mktemp -d)"                               # a fourth epoch
+loraroute model train --threads 1 --epochs 4 --out runs/d                         # a fourth epoch
 loraroute model train --epochs 4 --max-per-class 800 --typo-prob 0.8 --out runs/c   # run C, not kept
+loraroute model train --threads 1 --epochs 4 --max-per-class 800 --run-seed 1 --out runs/f  # run F
+loraroute model train --threads 1 --run-seed 2 --out runs/g                # run G
+loraroute model train --threads 1 --epochs 4 --max-per-class 800 --run-seed 2 --out runs/h  # run H
+loraroute model average runs/a runs/d runs/f runs/h runs/g --out runs/soup  # the greedy soup, not kept
 python loadtest/accuracy_table.py shipped=services/classifier/model/weights  # a table row from meta.json
