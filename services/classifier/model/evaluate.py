@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,6 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="also evaluate a copy with about one typo per 25 characters",
     )
     p.add_argument(
+        "--typo-copies",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --typos, score N differently typo'd copies and report the median "
+        "typo/clean ratio with its range; one copy's ratio varies by several points "
+        "(default 1)",
+    )
+    p.add_argument(
         "--held-out",
         choices=("balanced", "subject"),
         default=None,
@@ -88,7 +98,10 @@ def evaluate_texts(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `loraroute model eval`; 0 on success, 2 on bad data, a missing model or labels."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.typo_copies < 1:
+        parser.error("--typo-copies must be at least 1")
     try:
         rows = load_jsonl(args.data)
     except DataError as exc:
@@ -128,19 +141,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_report(clean))
     results["clean"] = clean.summary()
     if args.typos:
-        noisy_rows = [
-            Example(t, e.label, e.subject, e.source, e.id)
-            for t, e in zip(
-                typo_copy([e.text for e in rows], seed=args.seed + 7), rows, strict=True
+        ratios = []
+        for copy in range(args.typo_copies):
+            noisy_rows = [
+                Example(t, e.label, e.subject, e.source, e.id)
+                for t, e in zip(
+                    typo_copy([e.text for e in rows], seed=args.seed + 7 + copy), rows, strict=True
+                )
+            ]
+            noisy = evaluate_texts(
+                classify, labels, noisy_rows, f"classifying typo copy {copy + 1}"
             )
-        ]
-        noisy = evaluate_texts(classify, labels, noisy_rows, "classifying typo copy")
-        print(f"\n== typo copy (rate {DEFAULT_TYPO_RATE:.2f} edits per character)")
-        print(format_report(noisy))
-        ratio = noisy.balanced_accuracy / max(clean.balanced_accuracy, 1e-9)
-        print(f"\nbalanced accuracy with typos / clean: {ratio:.4f}")
-        results["typos"] = noisy.summary()
+            ratios.append(noisy.balanced_accuracy / max(clean.balanced_accuracy, 1e-9))
+            if copy == 0:
+                print(f"\n== typo copy (rate {DEFAULT_TYPO_RATE:.2f} edits per character)")
+                print(format_report(noisy))
+                results["typos"] = noisy.summary()
+        ratio = statistics.median(ratios)
+        print(f"\nbalanced accuracy with typos / clean: {ratio:.4f}", end="")
+        if len(ratios) > 1:
+            print(f" (median of {len(ratios)} copies, {min(ratios):.4f}-{max(ratios):.4f})", end="")
+        print()
         results["typo_ratio"] = round(ratio, 4)
+        results["typo_ratios"] = [round(r, 4) for r in ratios]
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     return 0

@@ -39,6 +39,8 @@ def test_eval_prints_every_figure_and_writes_json(
             "--model",
             str(domain_model_dir),
             "--typos",
+            "--typo-copies",
+            "3",
             "--json",
             str(out),
             "--threads",
@@ -52,7 +54,18 @@ def test_eval_prints_every_figure_and_writes_json(
     figures = json.loads(out.read_text(encoding="utf-8"))
     assert figures["clean"]["n"] == len(ROWS)
     assert 0.0 <= figures["clean"]["balanced_accuracy"] <= 1.0
-    assert "typo_ratio" in figures
+    ratios = figures["typo_ratios"]
+    assert len(ratios) == 3
+    assert figures["typo_ratio"] == sorted(ratios)[1]
+    assert "median of 3 copies" in text
+
+
+def test_eval_rejects_zero_typo_copies(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = _data(tmp_path / "d.jsonl", ROWS)
+    with pytest.raises(SystemExit) as exc:
+        main(["--data", str(data), "--typos", "--typo-copies", "0"])
+    assert exc.value.code == 2
+    assert "--typo-copies must be at least 1" in capsys.readouterr().err
 
 
 def test_eval_rejects_labels_the_model_lacks(
