@@ -102,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.typo_copies < 1:
         parser.error("--typo-copies must be at least 1")
+    if args.typo_copies > 1 and not args.typos:
+        parser.error("--typo-copies needs --typos")
     try:
         rows = load_jsonl(args.data)
     except DataError as exc:

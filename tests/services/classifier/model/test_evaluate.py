@@ -68,6 +68,16 @@ def test_eval_rejects_zero_typo_copies(tmp_path: Path, capsys: pytest.CaptureFix
     assert "--typo-copies must be at least 1" in capsys.readouterr().err
 
 
+def test_eval_rejects_typo_copies_without_typos(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _data(tmp_path / "d.jsonl", ROWS)
+    with pytest.raises(SystemExit) as exc:
+        main(["--data", str(data), "--typo-copies", "5"])
+    assert exc.value.code == 2
+    assert "--typo-copies needs --typos" in capsys.readouterr().err
+
+
 def test_eval_rejects_labels_the_model_lacks(
     domain_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
