@@ -11,4 +11,7 @@ loraroute model train --threads 1 --epochs 4 --max-per-class 800 --run-seed 1 --
 loraroute model train --threads 1 --run-seed 2 --out runs/g                # run G
 loraroute model train --threads 1 --epochs 4 --max-per-class 800 --run-seed 2 --out runs/h  # run H
 loraroute model average runs/a runs/d runs/f runs/h runs/g --out runs/soup  # the greedy soup, not kept
+loraroute model train --threads 1 --epochs 4 --max-per-class 800 --consistency 1 --out runs/i  # run I
+loraroute model train --threads 1 --consistency 1 --out runs/j              # run J
+loraroute model average runs/i runs/j --out runs/ij                         # not kept
 python loadtest/accuracy_table.py shipped=services/classifier/model/weights  # a table row from meta.json

@@ -212,7 +212,15 @@ def _average_head(per_run: list[Head], scale: float) -> torch.nn.Linear:
 
 def _run_summaries(heads: dict[str, list[Head]]) -> list[dict[str, Any]]:
     """What each run was: its training settings and every head's validation figure."""
-    keep = ("run_seed", "epochs_done", "lr", "max_per_class", "typo_prob", "aux_subject_weight")
+    keep = (
+        "run_seed",
+        "epochs_done",
+        "lr",
+        "max_per_class",
+        "typo_prob",
+        "aux_subject_weight",
+        "consistency_weight",
+    )
     summaries = []
     for i, head in enumerate(next(iter(heads.values()))):
         training = _training(head)

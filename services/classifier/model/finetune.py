@@ -5,8 +5,12 @@ Every batch mixes rows of all heads, so the adapter learns features that serve t
 and the 14-label task together. Rows are drawn per epoch with a per-label cap (large labels
 are subsampled, a fresh sample each epoch), weighted so each file has its share of its head
 (`HeadPlan.file_weights`) and each label counts equally within a file, and given keyboard
-typos with a fixed probability. After every epoch each head is calibrated on its validation rows, evaluated on its test rows and saved, so a run that is
-stopped early still leaves usable weights.
+typos with a fixed probability. With a consistency weight, a typo'd text is also pulled
+towards what the model predicts for its clean original (a KL term against that prediction,
+taken without gradient and without dropout: "unsupervised data augmentation", Xie et al.,
+NeurIPS 2020), so a slip moves the whole predicted distribution less, not only the top label.
+After every epoch each head is calibrated on its validation rows, evaluated on its test rows
+and saved, so a run that is stopped early still leaves usable weights.
 """
 
 from __future__ import annotations
@@ -35,7 +39,14 @@ from .weights import ADAPTER_DIR, save_head
 if TYPE_CHECKING:
     from .train import HeadPlan
 
-__all__ = ["LOGIT_SCALE", "LORA_TARGETS", "calibrate_and_save", "lora_meta", "train_lora"]
+__all__ = [
+    "LOGIT_SCALE",
+    "LORA_TARGETS",
+    "calibrate_and_save",
+    "consistency_loss",
+    "lora_meta",
+    "train_lora",
+]
 
 #: Which encoder layers get a LoRA delta: attention projections and both feed-forward layers
 #: of every transformer block (not the unused pooler).
@@ -51,6 +62,7 @@ LOGIT_SCALE = 20.0
 
 Target = tuple[int, int, float]  # (head index, label index, loss weight)
 Row = tuple[str, list[Target]]
+Sample = tuple[str, list[Target], str | None]  # (text as trained, targets, clean original)
 
 
 def _subject_vocab(plan: HeadPlan) -> dict[str, int]:
@@ -103,7 +115,9 @@ def _epoch_rows(
     return [(t, [(h, y, w * scale) for h, y, w in targets]) for t, targets in merged.items()]
 
 
-def _batches(rows: list[Row], enc: Encoder, batch_size: int, rng: random.Random) -> list[list[Row]]:
+def _batches(
+    rows: list[Sample], enc: Encoder, batch_size: int, rng: random.Random
+) -> list[list[Sample]]:
     """Shuffle, then sort within windows of 32 batches by length, so padding stays small."""
     rng.shuffle(rows)
     window = batch_size * 32
@@ -116,6 +130,46 @@ def _batches(rows: list[Row], enc: Encoder, batch_size: int, rng: random.Random)
         out += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     rng.shuffle(out)
     return out
+
+
+def consistency_loss(
+    enc: Encoder,
+    heads: list[torch.nn.Linear],
+    scale: float,
+    batch: list[Sample],
+    emb: torch.Tensor,
+    row_idx: torch.Tensor,
+    head_idx: torch.Tensor,
+    weight: torch.Tensor,
+) -> torch.Tensor:
+    """Sum over the batch's typo'd rows and `heads` of weight x KL(clean || typo'd).
+
+    `emb` holds the embeddings of the texts as trained; the clean originals are encoded
+    here in eval mode without gradient, so only the typo'd side learns. `row_idx`,
+    `head_idx` and `weight` list the batch's targets (row, head, loss weight); targets of
+    heads beyond `heads` (the auxiliary ones) take no part.
+    """
+    noisy = [j for j, sample in enumerate(batch) if sample[2] is not None]
+    if not noisy:
+        return torch.zeros(())
+    position = torch.full((len(batch),), -1, dtype=torch.long)
+    position[noisy] = torch.arange(len(noisy))
+    was_training = enc.training
+    enc.eval()
+    with torch.no_grad():
+        clean = enc([str(batch[j][2]) for j in noisy])
+    enc.train(was_training)
+    total = torch.zeros(())
+    for h, head in enumerate(heads):
+        sel = (head_idx == h) & (position[row_idx] >= 0)
+        if not sel.any():
+            continue
+        with torch.no_grad():
+            target = torch.log_softmax(scale * head(clean[position[row_idx[sel]]]), dim=-1)
+        student = torch.log_softmax(scale * head(emb[row_idx[sel]]), dim=-1)
+        kl = (target.exp() * (target - student)).sum(dim=-1)
+        total = total + (kl * weight[sel]).sum()
+    return total
 
 
 def _save_adapter(model: Any, dest: Path) -> None:
@@ -198,15 +252,16 @@ def train_lora(plans: list[HeadPlan], enc: Encoder, args: argparse.Namespace, ou
     started = time.monotonic()
     for epoch in range(1, args.epochs + 1):
         enc.train()
-        rows = _epoch_rows(plans, args.max_per_class, rng, aux, args.aux_subject)
-        rows = [
-            (add_typos(t, rng, DEFAULT_TYPO_RATE) if rng.random() < args.typo_prob else t, targets)
-            for t, targets in rows
+        rows: list[Sample] = [
+            (add_typos(t, rng, DEFAULT_TYPO_RATE), targets, t)
+            if rng.random() < args.typo_prob
+            else (t, targets, None)
+            for t, targets in _epoch_rows(plans, args.max_per_class, rng, aux, args.aux_subject)
         ]
         running = 0.0
         for i, batch in enumerate(_batches(rows, enc, args.batch_size, rng), start=1):
             emb = enc([r[0] for r in batch])
-            flat = [(j, h, y, w) for j, (_, targets) in enumerate(batch) for h, y, w in targets]
+            flat = [(j, h, y, w) for j, (_, targets, _) in enumerate(batch) for h, y, w in targets]
             row_idx = torch.tensor([t[0] for t in flat])
             head_idx = torch.tensor([t[1] for t in flat])
             target = torch.tensor([t[2] for t in flat])
@@ -218,6 +273,12 @@ def train_lora(plans: list[HeadPlan], enc: Encoder, args: argparse.Namespace, ou
                     logits = scale * head(emb[row_idx[sel]])
                     ce = torch.nn.functional.cross_entropy(logits, target[sel], reduction="none")
                     loss = loss + (ce * weight[sel]).sum()
+            if args.consistency > 0:
+                # Ramped in with the learning rate: at first the heads predict nothing.
+                ramp = min(1.0, (step + 1) / warmup)
+                loss = loss + ramp * args.consistency * consistency_loss(
+                    enc, heads[: len(plans)], scale, batch, emb, row_idx, head_idx, weight
+                )
             loss = loss / len(flat)
             opt.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
@@ -252,6 +313,7 @@ def train_lora(plans: list[HeadPlan], enc: Encoder, args: argparse.Namespace, ou
                 "max_per_class": args.max_per_class,
                 "typo_prob": args.typo_prob,
                 "aux_subject_weight": args.aux_subject,
+                "consistency_weight": args.consistency,
             },
         )
 

@@ -174,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="chance that a training text is given typos (LoRA; default 0.5)",
     )
     p.add_argument(
+        "--consistency",
+        type=float,
+        default=0.0,
+        help="LoRA: weight of a loss that pulls each typo'd text's predicted distribution "
+        "towards its clean original's (KL); 0 turns it off (default 0)",
+    )
+    p.add_argument(
         "--aux-subject",
         type=float,
         default=0.5,
@@ -532,7 +539,14 @@ def _train_linear(plans: list[HeadPlan], enc: Encoder, args: argparse.Namespace,
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `loraroute model train`; return 0 on success, 2 on bad data or arguments."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.consistency < 0:
+        parser.error("--consistency must not be negative")
+    if args.consistency > 0 and not args.lora:
+        parser.error("--consistency needs LoRA training (it is a loss on the encoder)")
+    if args.consistency > 0 and args.typo_prob <= 0:
+        parser.error("--consistency needs typo'd texts (--typo-prob above 0)")
     if args.run_seed is None:
         args.run_seed = args.seed
     random.seed(args.run_seed)

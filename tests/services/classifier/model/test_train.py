@@ -263,3 +263,33 @@ def test_run_seed_changes_the_run_but_not_the_split(tmp_path: Path) -> None:
     assert a.meta["evaluation"]["mine.jsonl"]["clean"]["n"] == 3 * 2
     assert (a.meta["training"]["run_seed"], b.meta["training"]["run_seed"]) == (0, 1)
     assert not np.array_equal(a.weight, b.weight)  # other typo'd copies were trained on
+
+
+@pytest.mark.slow
+def test_consistency_run_records_its_weight(tmp_path: Path) -> None:
+    data = _write_data(tmp_path / "mine.jsonl")
+    out = tmp_path / "weights"
+    argv = ["--data", str(data), "--head", "mine", "--epochs", "1", "--batch-size", "8"]
+    argv += ["--typo-prob", "1", "--consistency", "1", "--out", str(out), "--threads", "1"]
+    assert main(argv) == 0
+    head = load_head(out / "mine")
+    assert head.meta["training"]["consistency_weight"] == 1.0
+    assert head.lora_dir is not None
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--consistency", "-1"], "--consistency must not be negative"),
+        (["--consistency", "1", "--no-lora"], "--consistency needs LoRA training"),
+        (["--consistency", "1", "--typo-prob", "0"], "--consistency needs typo'd texts"),
+    ],
+)
+def test_consistency_settings_that_do_nothing_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    data = _write_data(tmp_path / "mine.jsonl")
+    with pytest.raises(SystemExit) as exc:
+        main(["--data", str(data), "--head", "mine", "--out", str(tmp_path / "w"), *extra])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
