@@ -5,7 +5,8 @@ engine the classifier service uses, so the figures include export and quantizati
 Prints accuracy, balanced accuracy, per-class precision/recall/F1, the confusion matrix and
 the expected calibration error; `--typos` repeats all of it on a typo'd copy of the texts.
 `--held-out` scores only the rows that `loraroute model train` kept out of training, so the
-training files themselves can be used for an honest figure.
+training files themselves can be used for an honest figure; `--part validation` scores the
+rows training calibrated on instead, for choosing between runs without the test rows.
 """
 
 from __future__ import annotations
@@ -73,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="score only the test rows `loraroute model train` held out of this "
         "file with that --split (and the same --seed)",
     )
+    p.add_argument(
+        "--part",
+        choices=("test", "validation"),
+        default="test",
+        help="with --held-out: the test rows (default) or the validation rows training "
+        "calibrated on, for choosing between runs without looking at the test rows",
+    )
     p.add_argument("--seed", type=int, default=0, help="split seed used in training (default 0)")
     p.add_argument(
         "--json", type=Path, default=None, help="also write the figures as JSON to this file"
@@ -104,15 +112,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--typo-copies must be at least 1")
     if args.typo_copies > 1 and not args.typos:
         parser.error("--typo-copies needs --typos")
+    if args.part != "test" and not args.held_out:
+        parser.error("--part needs --held-out")
     try:
         rows = load_jsonl(args.data)
     except DataError as exc:
         print(f"loraroute model eval: {exc}", file=sys.stderr)
         return 2
     if args.held_out:
-        from .train import held_out_test
+        from .train import split_file
 
-        _, rows = held_out_test(rows, args.held_out, args.seed)
+        _, val, test = split_file(rows, args.held_out, args.seed)
+        rows = val if args.part == "validation" else test
     from services.classifier.engine import Engine
 
     try:
@@ -138,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     clean = evaluate_texts(classify, labels, rows)
     print(
         f"== {args.data.name} on {args.model.name}"
-        + (f" (held-out {args.held_out})" if args.held_out else "")
+        + (f" (held-out {args.held_out}, {args.part} rows)" if args.held_out else "")
     )
     print(format_report(clean))
     results["clean"] = clean.summary()

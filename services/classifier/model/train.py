@@ -64,6 +64,7 @@ __all__ = [
     "held_out_test",
     "main",
     "plan_heads",
+    "split_file",
 ]
 
 #: Label order of the default heads, fixed so committed weights keep their index order.
@@ -291,13 +292,32 @@ def held_out_test(
 
     `split` is "balanced" (`test_per_class` rows per label; 0 means a fifth of the smallest
     label, at most 150) or "subject" (whole subjects, about a fifth of each label).
-    `loraroute model eval --held-out` calls this to score only rows training never saw.
     """
     if split == "subject":
         return subject_holdout_split(rows, 0.2, seed=seed)
     if split != "balanced":
         raise ValueError(f"unknown split {split!r}")
     return balanced_split(rows, _test_count(rows, test_per_class), seed=seed)
+
+
+def split_file(
+    rows: Sequence[Example],
+    split: str,
+    seed: int,
+    test_per_class: int = 0,
+    val_per_class: int = 0,
+) -> tuple[list[Example], list[Example], list[Example]]:
+    """The `(train, validation, test)` parts of one file exactly as `loraroute model train`
+    cuts them, before rows held out of another file are removed from `train`.
+
+    The test part is `held_out_test`'s; the validation part takes `val_per_class` rows per
+    label from the rest (0 means half the balanced test count). `loraroute model eval
+    --held-out ... --part validation` scores the validation part.
+    """
+    rest, test = held_out_test(rows, split, seed, test_per_class)
+    n_val = val_per_class or max(1, _test_count(rows, test_per_class) // 2)
+    train, val = balanced_split(rest, n_val, seed=seed + 1)
+    return train, val, test
 
 
 def plan_heads(args: argparse.Namespace) -> list[HeadPlan]:
@@ -315,9 +335,9 @@ def plan_heads(args: argparse.Namespace) -> list[HeadPlan]:
             labels = seen
         plan = HeadPlan(name, labels)
         for fname, rows in per_file:
-            rest, test = held_out_test(rows, args.split, args.seed, args.test_per_class)
-            n_val = args.val_per_class or max(1, _test_count(rows, args.test_per_class) // 2)
-            train, val = balanced_split(rest, n_val, seed=args.seed + 1)
+            train, val, test = split_file(
+                rows, args.split, args.seed, args.test_per_class, args.val_per_class
+            )
             plan.files.append(FileSplit(fname, train, val, test))
         plans.append(plan)
     # A held-out text must not train the shared encoder through another head's file; with

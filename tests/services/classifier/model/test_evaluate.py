@@ -90,3 +90,27 @@ def test_eval_reports_a_missing_model(tmp_path: Path, capsys: pytest.CaptureFixt
     data = _data(tmp_path / "d.jsonl", ROWS)
     assert main(["--data", str(data), "--model", str(tmp_path / "nothing")]) == 2
     assert "cannot load" in capsys.readouterr().err
+
+
+def test_held_out_validation_part_scores_the_calibration_rows(
+    domain_model_dir: Path, tmp_path: Path
+) -> None:
+    rows = [(f"{text} ({i})", label) for i in range(10) for text, label in ROWS]
+    data = _data(tmp_path / "d.jsonl", rows)
+    out = tmp_path / "figures.json"
+    argv = ["--data", str(data), "--model", str(domain_model_dir), "--held-out", "balanced"]
+    assert main([*argv, "--part", "validation", "--json", str(out), "--threads", "1"]) == 0
+    # 20 rows per label: 4 test rows per label, and half as many validation rows.
+    assert json.loads(out.read_text(encoding="utf-8"))["clean"]["n"] == 4 * 2
+    assert main([*argv, "--json", str(out), "--threads", "1"]) == 0
+    assert json.loads(out.read_text(encoding="utf-8"))["clean"]["n"] == 4 * 4
+
+
+def test_part_without_held_out_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _data(tmp_path / "d.jsonl", ROWS)
+    with pytest.raises(SystemExit) as exc:
+        main(["--data", str(data), "--part", "validation"])
+    assert exc.value.code == 2
+    assert "--part needs --held-out" in capsys.readouterr().err

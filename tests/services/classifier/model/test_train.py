@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.classifier.model.data import Example, subject_key
+from services.classifier.model.data import Example, load_jsonl, subject_key
 from services.classifier.model.train import (
     FileSplit,
     HeadPlan,
@@ -17,6 +17,7 @@ from services.classifier.model.train import (
     build_parser,
     main,
     plan_heads,
+    split_file,
 )
 from services.classifier.model.weights import ADAPTER_DIR, load_head
 
@@ -293,3 +294,13 @@ def test_consistency_settings_that_do_nothing_are_refused(
         main(["--data", str(data), "--head", "mine", "--out", str(tmp_path / "w"), *extra])
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_split_file_gives_the_parts_training_uses(tmp_path: Path) -> None:
+    data = _write_data(tmp_path / "mine.jsonl", per_label=20)
+    args = build_parser().parse_args(["--data", str(data), "--head", "mine", "--no-lora"])
+    (plan,) = plan_heads(args)
+    (part,) = plan.files
+    train, val, test = split_file(load_jsonl(data), "balanced", 0)
+    assert (train, val, test) == (part.train, part.val, part.test)
+    assert not {e.text for e in val} & {e.text for e in (*train, *test)}
