@@ -61,7 +61,6 @@ __all__ = [
     "balance_weights",
     "borrow_by_subject",
     "build_parser",
-    "held_out_test",
     "main",
     "plan_heads",
     "split_file",
@@ -285,21 +284,6 @@ def _test_count(rows: Sequence[Example], test_per_class: int) -> int:
     return test_per_class or max(1, min(150, min(class_counts(rows).values()) // 5))
 
 
-def held_out_test(
-    rows: Sequence[Example], split: str, seed: int, test_per_class: int = 0
-) -> tuple[list[Example], list[Example]]:
-    """The `(rest, test)` cut of one file exactly as `loraroute model train` makes it.
-
-    `split` is "balanced" (`test_per_class` rows per label; 0 means a fifth of the smallest
-    label, at most 150) or "subject" (whole subjects, about a fifth of each label).
-    """
-    if split == "subject":
-        return subject_holdout_split(rows, 0.2, seed=seed)
-    if split != "balanced":
-        raise ValueError(f"unknown split {split!r}")
-    return balanced_split(rows, _test_count(rows, test_per_class), seed=seed)
-
-
 def split_file(
     rows: Sequence[Example],
     split: str,
@@ -310,11 +294,17 @@ def split_file(
     """The `(train, validation, test)` parts of one file exactly as `loraroute model train`
     cuts them, before rows held out of another file are removed from `train`.
 
-    The test part is `held_out_test`'s; the validation part takes `val_per_class` rows per
-    label from the rest (0 means half the balanced test count). `loraroute model eval
-    --held-out ... --part validation` scores the validation part.
+    The test part is, by `split`, "balanced" (`test_per_class` rows per label; 0 means a
+    fifth of the smallest label, at most 150) or "subject" (whole subjects, about a fifth of
+    each label). The validation part takes `val_per_class` rows per label from the rest (0
+    means half the balanced test count). `loraroute model eval --held-out` scores either.
     """
-    rest, test = held_out_test(rows, split, seed, test_per_class)
+    if split == "subject":
+        rest, test = subject_holdout_split(rows, 0.2, seed=seed)
+    elif split == "balanced":
+        rest, test = balanced_split(rows, _test_count(rows, test_per_class), seed=seed)
+    else:
+        raise ValueError(f"unknown split {split!r}")
     n_val = val_per_class or max(1, _test_count(rows, test_per_class) // 2)
     train, val = balanced_split(rest, n_val, seed=seed + 1)
     return train, val, test

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.classifier.model.data import Example, load_jsonl, subject_key
+from services.classifier.model.data import Example, class_counts, load_jsonl, subject_key
 from services.classifier.model.train import (
     FileSplit,
     HeadPlan,
@@ -301,6 +301,10 @@ def test_split_file_gives_the_parts_training_uses(tmp_path: Path) -> None:
     args = build_parser().parse_args(["--data", str(data), "--head", "mine", "--no-lora"])
     (plan,) = plan_heads(args)
     (part,) = plan.files
-    train, val, test = split_file(load_jsonl(data), "balanced", 0)
+    rows = load_jsonl(data)
+    train, val, test = split_file(rows, "balanced", 0)
     assert (train, val, test) == (part.train, part.val, part.test)
-    assert not {e.text for e in val} & {e.text for e in (*train, *test)}
+    # 20 rows per label: a fifth of them for test, half as many for validation, the rest train.
+    assert class_counts(test) == dict.fromkeys(TOPICS, 4)
+    assert class_counts(val) == dict.fromkeys(TOPICS, 2)
+    assert sorted(e.text for cut in (train, val, test) for e in cut) == sorted(e.text for e in rows)
