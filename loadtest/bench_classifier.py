@@ -1,7 +1,9 @@
 """Classifier throughput and latency per batch size, variant, thread count and batch ordering.
 
 Measures the engine the worker runs, end to end per batch: `Tokenizer.encode` of the
-batch's texts plus `Backend.predict`. Every session is created first; each trial then runs
+batch's texts (spelling correction included unless `--no-correct-spelling`) plus
+`Backend.predict`. The correction's own cost is printed first: CPU per text on the texts
+and on a typo'd copy of them (more unknown words to look up). Every session is created first; each trial then runs
 every configuration for at least `--min-time` seconds, in an order rotated per trial, so
 that machine noise spreads over all of them; a run is one or more whole passes over the
 texts. Reported: the median over trials of texts per second, the median and 90th
@@ -42,6 +44,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np
 
 from services.classifier.engine import Engine
+from services.classifier.model.augment import typo_copy
+from services.classifier.spelling import SpellingCorrector
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCES = {
@@ -230,6 +234,20 @@ def agreement(
     return out
 
 
+def spelling_cost(correct: SpellingCorrector, texts: list[str], seed: int) -> dict[str, float]:
+    """CPU µs per text of the spelling correction, on `texts` and on a typo'd copy of them."""
+    out = {}
+    for name, batch in (("clean", texts), ("typod", typo_copy(texts, seed))):
+        runs = []
+        for _ in range(5):
+            cpu0 = time.process_time()
+            for text in batch:
+                correct(text)
+            runs.append((time.process_time() - cpu0) / len(batch) * 1e6)
+        out[f"{name}_us_per_text"] = round(statistics.median(runs), 1)
+    return out
+
+
 def _table(
     results: list[dict[str, Any]], key: str, fmt: str, bss: list[int], orders: list[str]
 ) -> str:
@@ -286,6 +304,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--threshold", type=float, default=0.6, help="for routing agreement")
     p.add_argument("--no-agreement", action="store_true")
+    p.add_argument(
+        "--no-correct-spelling",
+        dest="correct_spelling",
+        action="store_false",
+        help="tokenize the texts as written (the default config corrects spelling first)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="also write every figure here")
     args = p.parse_args(argv)
@@ -301,6 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             intra_op_threads=t,
             inter_op_threads=1,
             max_batch_size=max(args.batch_sizes),
+            correct_spelling=args.correct_spelling,
         )
         for v in args.variants
         for t in args.threads
@@ -323,6 +348,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "texts": provenance,
         "token_lengths": {"median": float(np.median(lengths)), "max": int(lengths.max())},
     }
+    if first.tokenizer.corrector is not None:
+        report["spelling_correction"] = spelling_cost(first.tokenizer.corrector, texts, args.seed)
+        print(f"spelling correction: {report['spelling_correction']}", file=sys.stderr)
     if not args.no_agreement:
         by_variant = {v: engines[(v, max(args.threads))] for v in args.variants}
         report["agreement"] = agreement(by_variant, pairs, args.threshold)

@@ -57,6 +57,7 @@ def load_engine(config: Config) -> Engine:
         max_batch_size=config.batching.max_batch_size,
         onnx_file=config.inference.onnx_file,
         spin_wait=config.inference.spin_wait,
+        correct_spelling=config.inference.correct_spelling,
     )
     verify_labels(config, engine.labels)
     return engine

@@ -2,7 +2,8 @@
 
 Without `--config`, every model label is its own category and no threshold applies; with
 it, the config's categories (`mmlu_categories` mappings included), threshold, model
-directory and inference threads are used, exactly as the classifier worker would.
+directory, spelling correction and inference threads are used, exactly as the classifier
+worker would.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class _Settings:
     use_cpu: bool
     intra_op_threads: int
     inter_op_threads: int
+    correct_spelling: bool
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,13 +54,19 @@ def _parser() -> argparse.ArgumentParser:
         choices=("fp32", "int8"),
         help="run onnx/model_<variant>.onnx instead of the directory's default model",
     )
+    p.add_argument(
+        "--correct-spelling",
+        action=argparse.BooleanOptionalAction,
+        help="mend misspelt words before classifying (default: the config's, else on)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object per text")
     return p
 
 
 def _settings(args: argparse.Namespace) -> _Settings:
     if args.config is None:
-        return _Settings(args.model or DEFAULT_MODEL_DIR, None, None, None, True, 0, 1)
+        spelling = True if args.correct_spelling is None else args.correct_spelling
+        return _Settings(args.model or DEFAULT_MODEL_DIR, None, None, None, True, 0, 1, spelling)
     from schemas.config import load_config
 
     config, _warnings = load_config(args.config)
@@ -74,6 +82,9 @@ def _settings(args: argparse.Namespace) -> _Settings:
         use_cpu=model.use_cpu,
         intra_op_threads=config.inference.intra_op_threads,
         inter_op_threads=config.inference.inter_op_threads,
+        correct_spelling=config.inference.correct_spelling
+        if args.correct_spelling is None
+        else args.correct_spelling,
     )
 
 
@@ -137,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             use_cpu=settings.use_cpu,
             intra_op_threads=settings.intra_op_threads,
             inter_op_threads=settings.inter_op_threads,
+            correct_spelling=settings.correct_spelling,
         )
     except (ModelDirError, LabelMappingError, OSError, ValueError) as exc:
         # ValueError covers schemas.config.ConfigError, which lists every problem with its path.

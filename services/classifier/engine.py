@@ -105,12 +105,15 @@ class Engine:
         max_batch_size: int = 64,
         sort_by_length: bool = True,
         spin_wait: bool = False,
+        correct_spelling: bool = True,
     ) -> Engine:
         """Load the model directory at `path` (see `model_dir.load_model_dir`).
 
         `category_labels` maps each config category to the model labels it covers (None:
-        the label of its own name); omitted, every label is a category. The other options
-        go to `load_model_dir` and `OnnxBackend`. Raises `ModelDirError`,
+        the label of its own name); omitted, every label is a category. `correct_spelling`
+        mends misspelt words before tokenizing (`spelling.SpellingCorrector`), as the config's
+        `inference.correct_spelling` does by default. The other options go to
+        `load_model_dir` and `OnnxBackend`. Raises `ModelDirError`,
         `LabelMappingError` or `ProviderError`.
         """
         model = load_model_dir(
@@ -128,7 +131,9 @@ class Engine:
             max_batch_size=max_batch_size,
             spin_wait=spin_wait,
         )
-        tokenizer = Tokenizer.from_file(model.tokenizer_path, model.max_length)
+        tokenizer = Tokenizer.from_file(
+            model.tokenizer_path, model.max_length, correct_spelling=correct_spelling
+        )
         return cls(tokenizer, backend, label_map, sort_by_length=sort_by_length)
 
     @property

@@ -4,6 +4,7 @@ A `tokenizer.json` saved by a sentence-transformers model may carry fixed paddin
 MiniLM one pads every input to 128 tokens, 4-6x slower on short chat queries) and a
 truncation length of its own. `Tokenizer` discards both: it pads each batch to its
 longest member and truncates at the model's maximum length, which the caller passes in.
+With `correct_spelling`, texts go through `spelling.SpellingCorrector` first.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy.typing as npt
 import tokenizers
 
 from services.classifier.errors import ModelDirError
+from services.classifier.spelling import SpellingCorrector
 
 __all__ = ["Encoded", "Tokenizer"]
 
@@ -93,8 +95,13 @@ class Tokenizer:
     immutable once configured here). Build it once at start-up and share it.
     """
 
-    def __init__(self, tokenizer: tokenizers.Tokenizer, max_length: int) -> None:
+    def __init__(
+        self, tokenizer: tokenizers.Tokenizer, max_length: int, *, correct_spelling: bool = False
+    ) -> None:
         """Take over `tokenizer` (its padding and truncation settings are replaced).
+
+        `correct_spelling` mends misspelt words before tokenizing, leaving alone the words this
+        tokenizer has as one token (the first such tokenizer loads the dictionary).
 
         Raises `ValueError` when `max_length` is below 2 (no room for the special tokens)
         and `ModelDirError` when the tokenizer has no padding token.
@@ -107,15 +114,19 @@ class Tokenizer:
         self._tok = tokenizer
         self.max_length = max_length
         self.pad_id = pad_id
+        self._unk = getattr(tokenizer.model, "unk_token", None)
+        self.corrector = SpellingCorrector(known=self._one_token) if correct_spelling else None
 
     @classmethod
-    def from_file(cls, path: str | Path, max_length: int) -> Tokenizer:
+    def from_file(
+        cls, path: str | Path, max_length: int, *, correct_spelling: bool = False
+    ) -> Tokenizer:
         """Load a `tokenizer.json`; raises `ModelDirError` naming the file when it is unusable."""
         try:
             tok = tokenizers.Tokenizer.from_file(str(path))
         except Exception as exc:  # tokenizers raises a bare Exception for bad files
             raise ModelDirError(f"{path}: cannot load tokenizer: {exc}") from exc
-        return cls(tok, max_length)
+        return cls(tok, max_length, correct_spelling=correct_spelling)
 
     def encode(self, texts: Sequence[str]) -> Encoded:
         """Tokenize `texts` into one padded batch (rows in the order given).
@@ -129,6 +140,8 @@ class Tokenizer:
         if not texts:
             empty = np.zeros((0, 0), dtype=np.int64)
             return Encoded(empty, empty.copy(), np.zeros(0, np.int64), np.zeros(0, np.bool_))
+        if self.corrector is not None:
+            texts = [self.corrector(t) for t in texts]
         encodings = self._tok.encode_batch(list(texts))
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
@@ -138,7 +151,13 @@ class Tokenizer:
 
     def count_tokens(self, text: str) -> int:
         """Tokens `text` costs the model (special tokens included, at most `max_length`)."""
+        if self.corrector is not None:
+            text = self.corrector(text)
         return len(self._tok.encode(text).ids)
+
+    def _one_token(self, word: str) -> bool:
+        tokens = self._tok.encode(word, add_special_tokens=False).tokens
+        return len(tokens) == 1 and tokens[0] != self._unk
 
 
 def _pad_token(tok: tokenizers.Tokenizer) -> tuple[str, int]:

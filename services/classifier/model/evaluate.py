@@ -1,7 +1,8 @@
 """`loraroute model eval`: measure a built model on labelled JSONL.
 
 The model is the BUILT directory (`models/loraroute-<head>/`, ONNX), run through the same
-engine the classifier service uses, so the figures include export and quantization effects.
+engine the classifier service uses, so the figures include export and quantization effects
+and, unless `--no-correct-spelling`, the spelling correction the default config applies.
 Prints accuracy, balanced accuracy, per-class precision/recall/F1, the confusion matrix and
 the expected calibration error; `--typos` repeats all of it on a typo'd copy of the texts.
 `--held-out` scores only the rows that `loraroute model train` kept out of training, so the
@@ -86,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", type=Path, default=None, help="also write the figures as JSON to this file"
     )
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads")
+    p.add_argument(
+        "--no-correct-spelling",
+        dest="correct_spelling",
+        action="store_false",
+        help="classify the texts as written; by default misspelt words are mended first, "
+        "as the classifier does with the default config",
+    )
     return p
 
 
@@ -128,7 +136,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         engine = Engine.from_model_dir(
-            args.model, onnx_file=args.onnx_file, intra_op_threads=args.threads
+            args.model,
+            onnx_file=args.onnx_file,
+            intra_op_threads=args.threads,
+            correct_spelling=args.correct_spelling,
         )
     except Exception as exc:  # the engine's own error kinds; report them and stop
         print(f"loraroute model eval: cannot load {args.model}: {exc}", file=sys.stderr)
@@ -145,11 +156,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     def classify(texts: list[str]) -> npt.NDArray[np.float32]:
         return np.stack([c.label_probabilities for c in engine.classify(texts)])
 
-    results: dict[str, Any] = {"model": str(args.model), "data": str(args.data)}
+    results: dict[str, Any] = {
+        "model": str(args.model),
+        "data": str(args.data),
+        "correct_spelling": args.correct_spelling,
+    }
     clean = evaluate_texts(classify, labels, rows)
     print(
         f"== {args.data.name} on {args.model.name}"
         + (f" (held-out {args.held_out}, {args.part} rows)" if args.held_out else "")
+        + ("" if args.correct_spelling else ", spelling not corrected")
     )
     print(format_report(clean))
     results["clean"] = clean.summary()

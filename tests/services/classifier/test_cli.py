@@ -43,3 +43,30 @@ def test_missing_model_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["hi", "--model", str(tmp_path / "none")]) == 2
     assert "loraroute model build" in capsys.readouterr().err
     assert main(["hi", "--top", "0"]) == 2
+
+
+def test_spelling_correction_follows_the_flag_then_the_config(
+    domain_model_dir: Path, tmp_path: Path, repo_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    typo, clean = (
+        "Explian the diffrence between a procses and a thraed",
+        ("Explain the difference between a process and a thread"),
+    )
+
+    def tokens(*args: str) -> list[int]:
+        assert main(["--json", *args]) == 0
+        return [json.loads(line)["tokens"] for line in capsys.readouterr().out.splitlines()]
+
+    model = ["--model", str(domain_model_dir)]
+    mended, correct = tokens(*model, typo, clean)
+    assert mended == correct
+    (as_written,) = tokens(*model, "--no-correct-spelling", typo)
+    assert as_written > correct
+    config = (repo_root / "config" / "config.yaml").read_text()
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        config.replace("models/loraroute-domain", str(domain_model_dir))
+        + "\ninference:\n  correct_spelling: false\n"
+    )
+    assert tokens("--config", str(path), typo) == [as_written]
+    assert tokens("--config", str(path), "--correct-spelling", typo) == [correct]

@@ -160,6 +160,21 @@ def test_unmapped_labels_can_win_as_no_category(domain_model_dir: Path) -> None:
     assert law.category == "legal"
 
 
+def test_misspelt_text_is_classified_as_its_correct_spelling(
+    domain_model_dir: Path, domain_engine_fp32: Engine
+) -> None:
+    typo = "Explian the diffrence between a procses and a thraed"
+    clean = "Explain the difference between a process and a thread"
+    mended, correct = domain_engine_fp32.classify([typo, clean])
+    assert mended.category == "technical"
+    np.testing.assert_array_equal(mended.label_probabilities, correct.label_probabilities)
+    as_written = Engine.from_model_dir(
+        domain_model_dir, onnx_file="onnx/model_fp32.onnx", correct_spelling=False
+    )
+    assert as_written.tokenizer.corrector is None
+    assert as_written.classify([typo])[0].tokens > correct.tokens
+
+
 def test_bad_mapping_and_bad_input(domain_model_dir: Path, domain_engine: Engine) -> None:
     with pytest.raises(LabelMappingError, match=r"categories\[0\]\.mmlu_categories\[0\]"):
         Engine.from_model_dir(domain_model_dir, category_labels={"x": ["no such label"]})

@@ -96,3 +96,23 @@ def test_collate_equals_encoding_together(tokenizer_file: Path) -> None:
     assert joined.truncated.tolist() == [False, False, True]
     with pytest.raises(ValueError, match="at least one"):
         Encoded.collate([], pad_id=0)
+
+
+def test_correct_spelling_mends_texts_before_tokenizing(domain_model_dir: Path) -> None:
+    path = domain_model_dir / "tokenizer.json"
+    plain = Tokenizer.from_file(path, max_length=128)
+    mending = Tokenizer.from_file(path, max_length=128, correct_spelling=True)
+    assert plain.corrector is None and mending.corrector is not None
+    typo, clean = "the quantm mechancis of atoms", "the quantum mechanics of atoms"
+    assert mending.encode([typo]).input_ids.tolist() == plain.encode([clean]).input_ids.tolist()
+    assert plain.encode([typo]).input_ids.shape[1] > plain.encode([clean]).input_ids.shape[1]
+    assert mending.count_tokens(typo) == plain.count_tokens(clean)
+
+
+def test_correct_spelling_keeps_words_the_tokenizer_has_whole(domain_model_dir: Path) -> None:
+    mending = Tokenizer.from_file(
+        domain_model_dir / "tokenizer.json", max_length=128, correct_spelling=True
+    )
+    assert mending.corrector is not None
+    # Not in the (British-leaning) dictionary, but one token of the model's vocabulary.
+    assert mending.corrector("Vapor rises; water vapor cools") == "Vapor rises; water vapor cools"

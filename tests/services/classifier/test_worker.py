@@ -329,6 +329,8 @@ class TestWithBuiltModel:
         [
             ("Explain async/await in JavaScript", "technical-lora"),
             ("What causes high blood pressure?", "medical-lora"),
+            # misspelt: mended by the default `inference.correct_spelling` before classifying
+            ("Explian the diffrence between a procses and a thraed", "technical-lora"),
         ],
     )
     async def test_guide_examples_route_to_their_adapters(
@@ -338,3 +340,15 @@ class TestWithBuiltModel:
         await caller.send(chat(text))
         request, _ = await dispatcher.next()
         assert request.route.model == model
+        body = msgspec.json.decode(request.body)
+        assert body["messages"][-1]["content"] == text  # vLLM gets the text as sent, typos too
+
+    def test_spelling_correction_follows_the_config(
+        self, config: Config, repo_root: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.chdir(repo_root)
+        assert load_engine(config).tokenizer.corrector is not None  # the default
+        off = msgspec.structs.replace(
+            config, inference=msgspec.structs.replace(config.inference, correct_spelling=False)
+        )
+        assert load_engine(off).tokenizer.corrector is None

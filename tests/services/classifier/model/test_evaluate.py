@@ -104,3 +104,17 @@ def test_held_out_validation_part_scores_the_calibration_rows(
     assert json.loads(out.read_text(encoding="utf-8"))["clean"]["n"] == 4 * 2
     assert main([*argv, "--json", str(out), "--threads", "1"]) == 0
     assert json.loads(out.read_text(encoding="utf-8"))["clean"]["n"] == 4 * 4
+
+
+def test_spelling_is_corrected_unless_asked_not_to(
+    domain_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _data(tmp_path / "d.jsonl", ROWS)
+    out = tmp_path / "figures.json"
+    argv = ["--data", str(data), "--model", str(domain_model_dir), "--json", str(out)]
+    assert main([*argv, "--threads", "1"]) == 0
+    assert json.loads(out.read_text(encoding="utf-8"))["correct_spelling"] is True
+    assert "spelling not corrected" not in capsys.readouterr().out
+    assert main([*argv, "--threads", "1", "--no-correct-spelling"]) == 0
+    assert json.loads(out.read_text(encoding="utf-8"))["correct_spelling"] is False
+    assert "spelling not corrected" in capsys.readouterr().out

@@ -1,0 +1,98 @@
+"""Spelling correction of what the classifier reads: misspelt words are mended before tokenizing.
+
+A typo turns a word the encoder knows into word pieces it never saw together, and a question
+with one slip per 25 characters loses several points of accuracy however the head is trained.
+Looking each unknown word up in an English frequency dictionary (SymSpell: the most frequent
+word within one edit, two for words of six letters or more) wins most of them back at about a
+tenth of a millisecond per text. Only the classifier's copy is corrected: the request that
+vLLM answers is forwarded as the client sent it.
+
+A word is left as written when
+- the dictionary knows it, or the model's tokenizer has it as a single token (the encoder
+  knows it: US spellings, most technical terms);
+- it has fewer than five letters (short words carry little topic and are often jargon: meds, npm);
+- a capital follows its first letter (HCl, kPa, ResNets, NASA) or, capitalised, it stands
+  inside a sentence (a name: Advair, Postgres);
+- it touches a digit, an underscore, an apostrophe or a backslash (x2, snake_case, couldn't,
+  \\frac);
+- no dictionary word is close enough.
+
+The dictionary is the English list that ships inside `symspellpy` (82,765 words). Its index
+is built once per process, on first use (a few seconds and about 70 MB).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import re
+from collections.abc import Callable
+
+from symspellpy import SymSpell, Verbosity
+
+__all__ = ["SpellingCorrector", "english_dictionary"]
+
+#: Letters only, not glued to digits, underscores, apostrophes (couldn't) or a LaTeX backslash.
+_WORD = re.compile(r"(?<![\\\w'\u2019])[^\W\d_]+(?![\w'\u2019])")
+#: What may come right before a capitalised word that starts a sentence.
+_SENTENCE_START = frozenset(".?!:;\n\"'([")
+
+#: Two edits for words of this length and longer, one below it.
+_LONG_WORD = 6
+_MIN_LETTERS = 5
+
+
+@functools.cache
+def english_dictionary() -> SymSpell:
+    """SymSpell's English frequency dictionary, indexed for two edits; built once per process.
+
+    A prefix of 6 letters (the library's default is 7) halves the index to about 70 MB and
+    gave the same corrections on every evaluation file.
+    """
+    index = SymSpell(max_dictionary_edit_distance=2, prefix_length=6)
+    path = importlib.resources.files("symspellpy") / "frequency_dictionary_en_82_765.txt"
+    with importlib.resources.as_file(path) as file:
+        if not index.load_dictionary(str(file), term_index=0, count_index=1, encoding="utf-8"):
+            raise RuntimeError(f"symspellpy's English dictionary is missing: {file}")
+    return index
+
+
+class SpellingCorrector:
+    """`corrector(text)` returns `text` with the misspelt words it is sure of replaced.
+
+    `known(word)` says a word must stay as it is although the dictionary lacks it (the
+    engine passes "the tokenizer has it as one token"). Thread-safe: lookups only read.
+    """
+
+    def __init__(
+        self, dictionary: SymSpell | None = None, known: Callable[[str], bool] | None = None
+    ) -> None:
+        self._index = dictionary if dictionary is not None else english_dictionary()
+        self._words = self._index.words
+        self._known = known
+
+    def __call__(self, text: str) -> str:
+        return _WORD.sub(self._mend, text)
+
+    def _mend(self, match: re.Match[str]) -> str:
+        word = match.group(0)
+        lower = word.lower()
+        if len(word) < _MIN_LETTERS or lower in self._words or not word.isascii():
+            return word
+        if not word[1:].islower():
+            return word
+        if word[0].isupper() and not _starts_sentence(match):
+            return word
+        if self._known is not None and self._known(word):
+            return word
+        edits = 2 if len(word) >= _LONG_WORD else 1
+        found = self._index.lookup(lower, Verbosity.TOP, max_edit_distance=edits)
+        if not found:
+            return word
+        best: str = found[0].term
+        return best[0].upper() + best[1:] if word[0].isupper() else best
+
+
+def _starts_sentence(match: re.Match[str]) -> bool:
+    before = match.string[: match.start()].rstrip(" \t")
+    return not before or before[-1] in _SENTENCE_START

@@ -1,0 +1,59 @@
+"""services/classifier/spelling.py: what is mended and what is left alone, on the real dictionary."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.classifier.spelling import SpellingCorrector, english_dictionary
+
+
+@pytest.fixture(scope="module")
+def correct() -> SpellingCorrector:
+    return SpellingCorrector()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # one edit in a word under six letters, two from six letters on
+        ("the quantm theory", "the quantum theory"),
+        ("how to undrestand recursion", "how to understand recursion"),
+        ("a pnuemonai patient", "a pneumonia patient"),
+        # a capital that starts the text or a sentence is kept on the correction
+        ("Mitochondira make energy", "Mitochondria make energy"),
+        ("It hurts. Headahce and fever", "It hurts. Headache and fever"),
+        # punctuation and spacing around a word survive
+        ("(antibiotc), recusrion!", "(antibiotic), recursion!"),
+    ],
+)
+def test_mends_misspelt_words(correct: SpellingCorrector, text: str, expected: str) -> None:
+    assert correct(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "What are the side effects of metformin?",  # every word known
+        "teh meds npm",  # under five letters: often jargon
+        "HCl in water, ResNets and kPa",  # a capital inside the word
+        "I take Advair daily",  # a capitalised word inside a sentence is a name
+        "x2 snake_case \\frac couldn't",  # glued to digits, underscores, backslash, apostrophe
+        "naïve Müller",  # outside the dictionary's alphabet
+        "zzzzzzzzqqq",  # nothing close enough
+    ],
+)
+def test_leaves_alone(correct: SpellingCorrector, text: str) -> None:
+    assert correct(text) == text
+
+
+def test_a_known_word_is_kept_even_if_the_dictionary_lacks_it() -> None:
+    assert "vapor" not in english_dictionary().words  # the dictionary spells it "vapour"
+    assert SpellingCorrector()("water vapor") == "water vapour"
+    kept = SpellingCorrector(known=lambda word: word == "vapor")
+    assert kept("water vapor") == "water vapor"
+
+
+def test_the_dictionary_is_built_once_per_process() -> None:
+    assert english_dictionary() is english_dictionary()
+    assert len(english_dictionary().words) > 80_000
