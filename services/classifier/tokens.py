@@ -115,7 +115,13 @@ class Tokenizer:
         self.max_length = max_length
         self.pad_id = pad_id
         self._unk = getattr(tokenizer.model, "unk_token", None)
-        self.corrector = SpellingCorrector(known=self._one_token) if correct_spelling else None
+        self.corrector = (
+            SpellingCorrector(
+                known=self._one_token, max_words=max_length, max_lookups=max(1, max_length // 4)
+            )
+            if correct_spelling
+            else None
+        )
 
     @classmethod
     def from_file(

@@ -54,6 +54,18 @@ def test_a_known_word_is_kept_even_if_the_dictionary_lacks_it() -> None:
     assert kept("water vapor") == "water vapor"
 
 
-def test_the_dictionary_is_built_once_per_process() -> None:
+def test_the_dictionary_is_built_once_per_process_with_the_compiled_distance() -> None:
     assert english_dictionary() is english_dictionary()
     assert len(english_dictionary().words) > 80_000
+    comparer = english_dictionary().distance_comparer._distance_comparer
+    assert type(comparer).__name__ == "DamerauOsaFast"  # editdistpy, not the Python fallback
+
+
+def test_words_past_the_window_or_the_lookup_budget_are_left_as_written() -> None:
+    assert SpellingCorrector(max_words=3)("one two undrestand recusrion") == (
+        "one two understand recusrion"
+    )
+    # Known words cost no lookup; the budget counts unknown ones only.
+    assert SpellingCorrector(max_lookups=1)("undrestand the recusrion") == (
+        "understand the recusrion"
+    )
