@@ -230,8 +230,8 @@ class Inference(_Strict):
     correct_spelling: bool = True
     """Mend misspelt words (an English dictionary, one or two edits away) in the classifier's
     copy of the text before tokenizing; what vLLM answers is never changed. It wins back most of
-    what typos cost in accuracy at about 0.1 ms per text; it can mistake a rare name at the start
-    of a sentence for a typo. Turn it off for languages other than English."""
+    what typos cost in accuracy for a fraction of a millisecond per text; it can mistake a rare
+    name at the start of a sentence for a typo. Turn it off for languages other than English."""
 
     intra_op_threads: Annotated[int, msgspec.Meta(ge=0)] = 0
     """Threads for one batch; 0 lets ONNX Runtime use every core."""
