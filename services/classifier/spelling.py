@@ -76,7 +76,6 @@ class SpellingCorrector:
 
     def __init__(
         self,
-        dictionary: SymSpell | None = None,
         known: Callable[[str], bool] | None = None,
         max_words: int = 0,
         max_lookups: int = 0,
@@ -85,7 +84,7 @@ class SpellingCorrector:
         window: each word costs at least one token, so the model never reads later ones), and
         so are unknown words after the first `max_lookups` of a text, which bounds the cost of
         a text made of gibberish. 0: no limit."""
-        self._index = dictionary if dictionary is not None else english_dictionary()
+        self._index = english_dictionary()
         self._words = self._index.words
         self._known = known
         self._max_words = max_words
