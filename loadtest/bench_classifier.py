@@ -2,11 +2,11 @@
 
 Measures the engine the worker runs, end to end per batch: `Tokenizer.encode` of the
 batch's texts (spelling correction included unless `--no-correct-spelling`) plus
-`Backend.predict`. The correction's own cost is printed first: CPU per text on the texts
-and on a typo'd copy of them (more unknown words to look up). Every session is created first; each trial then runs
-every configuration for at least `--min-time` seconds, in an order rotated per trial, so
-that machine noise spreads over all of them; a run is one or more whole passes over the
-texts. Reported: the median over trials of texts per second, the median and 90th
+`Backend.predict`. What the correction adds is printed first: CPU per text classified alone
+with and without it, on the texts and on a typo'd copy (see `spelling_cost`). Every session
+is created first; each trial then runs every configuration for at least `--min-time`
+seconds, in an order rotated per trial, so that machine noise spreads over all of them; a
+run is one or more whole passes over the texts. Reported: the median over trials of texts per second, the median and 90th
 percentile of batch latency, and process CPU time per text (a steadier figure than wall
 time on a shared machine).
 
@@ -45,7 +45,6 @@ import numpy as np
 
 from services.classifier.engine import Engine
 from services.classifier.model.augment import typo_copy
-from services.classifier.spelling import SpellingCorrector
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCES = {
@@ -234,22 +233,46 @@ def agreement(
     return out
 
 
-def spelling_cost(correct: SpellingCorrector, texts: list[str], seed: int) -> dict[str, float]:
-    """CPU µs per text of the spelling correction, on `texts` and on a typo'd copy of them.
+def spelling_cost(
+    model: Path, variant: str, texts: list[str], seed: int, trials: int = 3
+) -> dict[str, float]:
+    """What spelling correction adds to a lone text's classification, measured in one run.
 
-    Each pass starts with no remembered verdicts, so a word is looked up once per pass: the
-    cost for a stream of texts like these, not for the same texts sent again.
+    Two engines on `variant`, one thread, one corrects and one reads the texts as written;
+    each classifies `texts` and a typo'd copy one text at a time, the two alternating over
+    `trials` passes, the corrector's remembered verdicts cleared before each of its passes
+    (the cost for a stream of texts like these, not for the same texts sent again); the
+    corrector alone is timed in the same passes. Returns process CPU µs per text (median over
+    passes) for each engine, the corrector alone and text set, and the engines' ratio.
     """
-    out = {}
-    for name, batch in (("clean", texts), ("typod", typo_copy(texts, seed))):
-        runs = []
-        for _ in range(5):
-            correct.cache_clear()
+    engines = {
+        name: Engine.from_model_dir(
+            model, onnx_file=f"onnx/model_{variant}.onnx", intra_op_threads=1, correct_spelling=on
+        )
+        for name, on in (("corrected", True), ("as_written", False))
+    }
+    corrector = engines["corrected"].tokenizer.corrector
+    assert corrector is not None
+    out: dict[str, float] = {}
+    for kind, batch in (("clean", texts), ("typod", typo_copy(texts, seed))):
+        runs: dict[str, list[float]] = {name: [] for name in [*engines, "corrector_alone"]}
+        for _ in range(trials):
+            for name, engine in engines.items():
+                corrector.cache_clear()
+                cpu0 = time.process_time()
+                for text in batch:
+                    engine.classify([text])
+                runs[name].append((time.process_time() - cpu0) / len(batch) * 1e6)
+            corrector.cache_clear()
             cpu0 = time.process_time()
             for text in batch:
-                correct(text)
-            runs.append((time.process_time() - cpu0) / len(batch) * 1e6)
-        out[f"{name}_us_per_text"] = round(statistics.median(runs), 1)
+                corrector(text)
+            runs["corrector_alone"].append((time.process_time() - cpu0) / len(batch) * 1e6)
+        for name in runs:
+            out[f"{kind}_{name}_us_per_text"] = round(statistics.median(runs[name]), 1)
+        out[f"{kind}_ratio"] = round(
+            out[f"{kind}_corrected_us_per_text"] / out[f"{kind}_as_written_us_per_text"], 3
+        )
     return out
 
 
@@ -353,8 +376,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "texts": provenance,
         "token_lengths": {"median": float(np.median(lengths)), "max": int(lengths.max())},
     }
-    if first.tokenizer.corrector is not None:
-        report["spelling_correction"] = spelling_cost(first.tokenizer.corrector, texts, args.seed)
+    if args.correct_spelling:
+        report["spelling_correction"] = spelling_cost(
+            args.model, args.variants[0], texts, args.seed
+        )
         print(f"spelling correction: {report['spelling_correction']}", file=sys.stderr)
     if not args.no_agreement:
         by_variant = {v: engines[(v, max(args.threads))] for v in args.variants}
