@@ -91,6 +91,8 @@ class ClassifierWorker:
         self.name = name or f"classifier-{uuid.uuid4().hex[:8]}"
         self.subjects = Subjects(config.nats.subject_prefix)
         self.metrics = WorkerMetrics(registry if registry is not None else CollectorRegistry())
+        if engine.tokenizer.corrector is not None:
+            self.metrics.watch_spelling(engine.tokenizer.corrector.totals)
         self.router = Router(config)
         self.nc: Client | None = None
         self.batcher: Batcher[Item, Encoded, BatchResult] | None = None

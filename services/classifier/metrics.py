@@ -6,7 +6,11 @@ Labels stay low-cardinality: categories and models come from the config, never f
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 __all__ = ["WorkerMetrics"]
 
@@ -72,3 +76,27 @@ class WorkerMetrics:
             "Texts classified for the classification API.",
             registry=registry,
         )
+
+    def watch_spelling(self, totals: Callable[[], tuple[int, int]]) -> None:
+        """Export the spelling corrector's running totals (`SpellingCorrector.totals`)."""
+        self.registry.register(_SpellingWords(totals))
+
+
+class _SpellingWords(Collector):
+    """`loraroute_classifier_spelling_words_total{outcome}`, read from the corrector on scrape."""
+
+    def __init__(self, totals: Callable[[], tuple[int, int]]) -> None:
+        self._totals = totals
+
+    def collect(self) -> Iterator[Metric]:
+        corrected, unchecked = self._totals()
+        family = CounterMetricFamily(
+            "loraroute_classifier_spelling_words",
+            "Misspelt words the classifier mended before reading a text (corrected), and "
+            "unknown words it left as written because the text's lookup budget was spent "
+            "(unchecked). vLLM always gets the text as sent.",
+            labels=["outcome"],
+        )
+        family.add_metric(["corrected"], corrected)
+        family.add_metric(["unchecked"], unchecked)
+        yield family

@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import importlib.resources
 import re
+import threading
 from collections.abc import Callable
 
 from symspellpy import SymSpell, Verbosity
@@ -71,7 +72,9 @@ class SpellingCorrector:
 
     `known(word)` says a word must stay as it is although the dictionary lacks it (the
     engine passes "the tokenizer has it as one token"). The verdicts on the last 65,536
-    distinct words are remembered. Thread-safe: lookups only read, the memo locks.
+    distinct words are remembered. `totals()` counts, since construction, the words replaced
+    and the unknown words `max_lookups` left unchecked (the worker exports both as metrics).
+    Thread-safe: lookups only read, the memo and the totals lock.
     """
 
     def __init__(
@@ -90,12 +93,16 @@ class SpellingCorrector:
         self._max_words = max_words
         self._max_lookups = max_lookups
         self._verdict = functools.lru_cache(maxsize=_CACHED_WORDS)(self._correct)
+        self._lock = threading.Lock()
+        self._corrected = 0
+        self._unchecked = 0
 
     def __call__(self, text: str) -> str:
         left = self._max_lookups or -1
+        corrected = unchecked = 0
 
         def mend(match: re.Match[str]) -> str:
-            nonlocal left
+            nonlocal left, corrected, unchecked
             word = match.group(0)
             if len(word) < _MIN_LETTERS or not word[1:].islower() or not word.isascii():
                 return word
@@ -104,11 +111,24 @@ class SpellingCorrector:
             if word[0].isupper() and not _starts_sentence(match):
                 return word
             if left == 0:
+                unchecked += 1
                 return word
             left -= 1
-            return self._verdict(word)
+            mended = self._verdict(word)
+            corrected += mended != word
+            return mended
 
-        return _WORD.sub(mend, text, count=self._max_words)
+        text = _WORD.sub(mend, text, count=self._max_words)
+        if corrected or unchecked:
+            with self._lock:
+                self._corrected += corrected
+                self._unchecked += unchecked
+        return text
+
+    def totals(self) -> tuple[int, int]:
+        """(words replaced, unknown words left unchecked by `max_lookups`) since construction."""
+        with self._lock:
+            return self._corrected, self._unchecked
 
     def cache_clear(self) -> None:
         """Forget the remembered verdicts (a benchmark measuring the cold cost calls this)."""

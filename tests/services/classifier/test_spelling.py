@@ -69,3 +69,15 @@ def test_words_past_the_window_or_the_lookup_budget_are_left_as_written() -> Non
     assert SpellingCorrector(max_lookups=1)("undrestand the recusrion") == (
         "understand the recusrion"
     )
+
+
+def test_totals_count_replaced_words_and_words_the_budget_left_unchecked() -> None:
+    correct = SpellingCorrector(max_lookups=2)
+    assert correct.totals() == (0, 0)
+    correct("What are the side effects of metformin?")  # nothing unknown
+    correct("zzzzzzzzqqq")  # looked up, nothing close: not replaced
+    assert correct.totals() == (0, 0)
+    correct("undrestand recusrion, undrestand pnuemonai")  # the third and fourth unchecked
+    assert correct.totals() == (2, 2)
+    correct("undrestand")  # a remembered verdict still counts
+    assert correct.totals() == (3, 2)

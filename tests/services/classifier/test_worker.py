@@ -343,12 +343,30 @@ class TestWithBuiltModel:
         body = msgspec.json.decode(request.body)
         assert body["messages"][-1]["content"] == text  # vLLM gets the text as sent, typos too
 
+    async def test_mended_words_are_counted(
+        self, real_worker: ClassifierWorker, client: Client
+    ) -> None:
+        caller, dispatcher = await _setup(real_worker, client)
+        await caller.send(chat("Explian the diffrence between a procses and a thraed"))
+        await dispatcher.next()
+
+        def words(outcome: str) -> float | None:
+            return real_worker.metrics.registry.get_sample_value(
+                "loraroute_classifier_spelling_words_total", {"outcome": outcome}
+            )
+
+        assert (words("corrected"), words("unchecked")) == (4, 0)
+
     def test_spelling_correction_follows_the_config(
-        self, config: Config, repo_root: Path, monkeypatch: pytest.MonkeyPatch
+        self, config: Config, repo_root: Path, monkeypatch: pytest.MonkeyPatch, nats_url: str
     ) -> None:
         monkeypatch.chdir(repo_root)
         assert load_engine(config).tokenizer.corrector is not None  # the default
         off = msgspec.structs.replace(
             config, inference=msgspec.structs.replace(config.inference, correct_spelling=False)
         )
-        assert load_engine(off).tokenizer.corrector is None
+        engine = load_engine(off)
+        assert engine.tokenizer.corrector is None
+        worker = ClassifierWorker(off, engine, nats_url)  # exports no spelling counts
+        sample = "loraroute_classifier_spelling_words_total"
+        assert worker.metrics.registry.get_sample_value(sample, {"outcome": "corrected"}) is None
