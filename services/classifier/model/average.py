@@ -220,6 +220,7 @@ def _run_summaries(heads: dict[str, list[Head]]) -> list[dict[str, Any]]:
         "typo_prob",
         "aux_subject_weight",
         "consistency_weight",
+        "mask_missing_labels",
     )
     summaries = []
     for i, head in enumerate(next(iter(heads.values()))):

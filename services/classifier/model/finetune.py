@@ -9,6 +9,9 @@ typos with a fixed probability. With a consistency weight, a typo'd text is also
 towards what the model predicts for its clean original (a KL term against that prediction,
 taken without gradient and without dropout: "unsupervised data augmentation", Xie et al.,
 NeurIPS 2020), so a slip moves the whole predicted distribution less, not only the top label.
+With `--mask-missing-labels`, a row of a file that uses only some of its head's labels
+competes among those only (the others are left out of its softmax), so a file without a label
+does not teach that texts of its style are never that label.
 After every epoch each head is calibrated on its validation rows, evaluated on its test rows
 and saved, so a run that is stopped early still leaves usable weights.
 """
@@ -44,7 +47,9 @@ __all__ = [
     "LORA_TARGETS",
     "calibrate_and_save",
     "consistency_loss",
+    "label_masks",
     "lora_meta",
+    "masked_logits",
     "train_lora",
 ]
 
@@ -60,7 +65,8 @@ LORA_TARGETS = (
 LOGIT_SCALE = 20.0
 
 
-Target = tuple[int, int, float]  # (head index, label index, loss weight)
+#: (head index, label index, loss weight, label-mask id; 0: every label of the head)
+Target = tuple[int, int, float, int]
 Row = tuple[str, list[Target]]
 Sample = tuple[str, list[Target], str | None]  # (text as trained, targets, clean original)
 
@@ -79,24 +85,50 @@ def _subject_vocab(plan: HeadPlan) -> dict[str, int]:
     return {k: i for i, k in enumerate(keys)}
 
 
+def label_masks(plans: list[HeadPlan]) -> tuple[list[list[bool]], list[list[int]]]:
+    """The labels each file's own rows use, for `--mask-missing-labels`.
+
+    Returns `(masks, ids)`: `ids[h][i]` is the mask id of plan `h`'s file `i`, and
+    `masks[id]` says which of that head's labels the file uses. Id 0 (an empty mask) means
+    every label: a file that uses them all, or a borrowed part (whose missing labels say
+    nothing about its rows).
+    """
+    masks: list[list[bool]] = [[]]
+    ids: list[list[int]] = []
+    for plan in plans:
+        per_file = []
+        for f in plan.files:
+            used = {e.label for e in f.train}
+            if f.borrowed or used >= set(plan.labels):
+                per_file.append(0)
+            else:
+                masks.append([label in used for label in plan.labels])
+                per_file.append(len(masks) - 1)
+        ids.append(per_file)
+    return masks, ids
+
+
 def _epoch_rows(
     plans: list[HeadPlan],
     cap: int,
     rng: random.Random,
     aux: list[dict[str, int]] | None = None,
     aux_weight: float = 0.0,
+    mask_ids: list[list[int]] | None = None,
 ) -> list[Row]:
     """One epoch's rows: (text, targets), each text once; see the module docstring.
 
     A text drawn for two heads (MMLU-Pro reuses MMLU stems) is encoded once and carries both
     targets, which saves a forward and backward pass. With `aux`, a row of plan `h` whose
     subject is in `aux[h]` also carries a target for auxiliary head `len(plans) + h`
-    (predict the subject), weighted `aux_weight` times the row's own weight.
+    (predict the subject), weighted `aux_weight` times the row's own weight. With
+    `mask_ids` (see `label_masks`), a target carries its file's mask id.
     """
     merged: dict[str, list[Target]] = {}
     n_targets = 0
     for h, plan in enumerate(plans):
-        for f, share in zip(plan.files, plan.file_weights(), strict=True):
+        for i, (f, share) in enumerate(zip(plan.files, plan.file_weights(), strict=True)):
+            mask = mask_ids[h][i] if mask_ids is not None else 0
             by_label: dict[str, list[Example]] = defaultdict(list)
             for e in f.train:
                 by_label[e.label].append(e)
@@ -105,14 +137,14 @@ def _epoch_rows(
                 w = share / (len(by_label) * len(picked))
                 for e in picked:
                     targets = merged.setdefault(e.text, [])
-                    targets.append((h, plan.index(label), w))
+                    targets.append((h, plan.index(label), w, mask))
                     n_targets += 1
                     key = f"{f.name}:{e.subject}"
                     if aux is not None and key in aux[h]:
-                        targets.append((len(plans) + h, aux[h][key], w * aux_weight))
+                        targets.append((len(plans) + h, aux[h][key], w * aux_weight, 0))
     # Each head's weights sum to 1; rescale so the mean target weight is 1 (loss as mean CE).
     scale = n_targets / len(plans)
-    return [(t, [(h, y, w * scale) for h, y, w in targets]) for t, targets in merged.items()]
+    return [(t, [(h, y, w * scale, m) for h, y, w, m in targets]) for t, targets in merged.items()]
 
 
 def _batches(
@@ -130,6 +162,17 @@ def _batches(
         out += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     rng.shuffle(out)
     return out
+
+
+def masked_logits(
+    logits: torch.Tensor, mask_of_row: list[int], masks: list[list[bool]]
+) -> torch.Tensor:
+    """`logits` with the labels each row's file does not use set to -inf (see `label_masks`)."""
+    if not any(mask_of_row):
+        return logits
+    every = [True] * logits.shape[1]
+    allowed = torch.tensor([masks[m] if m else every for m in mask_of_row])
+    return logits.masked_fill(~allowed, float("-inf"))
 
 
 def consistency_loss(
@@ -232,9 +275,10 @@ def train_lora(plans: list[HeadPlan], enc: Encoder, args: argparse.Namespace, ou
             },
         ]
     )
+    masks, mask_ids = label_masks(plans) if args.mask_missing_labels else ([[]], None)
     rng = random.Random(args.run_seed)
     epoch_size = len(
-        _epoch_rows(plans, args.max_per_class, random.Random(0), aux, args.aux_subject)
+        _epoch_rows(plans, args.max_per_class, random.Random(0), aux, args.aux_subject, mask_ids)
     )
     steps_per_epoch = -(-epoch_size // args.batch_size)
     total = steps_per_epoch * args.epochs
@@ -256,12 +300,14 @@ def train_lora(plans: list[HeadPlan], enc: Encoder, args: argparse.Namespace, ou
             (add_typos(t, rng, DEFAULT_TYPO_RATE), targets, t)
             if rng.random() < args.typo_prob
             else (t, targets, None)
-            for t, targets in _epoch_rows(plans, args.max_per_class, rng, aux, args.aux_subject)
+            for t, targets in _epoch_rows(
+                plans, args.max_per_class, rng, aux, args.aux_subject, mask_ids
+            )
         ]
         running = 0.0
         for i, batch in enumerate(_batches(rows, enc, args.batch_size, rng), start=1):
             emb = enc([r[0] for r in batch])
-            flat = [(j, h, y, w) for j, (_, targets, _) in enumerate(batch) for h, y, w in targets]
+            flat = [(j, *t) for j, (_, targets, _) in enumerate(batch) for t in targets]
             row_idx = torch.tensor([t[0] for t in flat])
             head_idx = torch.tensor([t[1] for t in flat])
             target = torch.tensor([t[2] for t in flat])
@@ -270,7 +316,11 @@ def train_lora(plans: list[HeadPlan], enc: Encoder, args: argparse.Namespace, ou
             for h, head in enumerate(heads):
                 sel = head_idx == h
                 if sel.any():
-                    logits = scale * head(emb[row_idx[sel]])
+                    logits = masked_logits(
+                        scale * head(emb[row_idx[sel]]),
+                        [flat[k][4] for k in sel.nonzero().flatten().tolist()],
+                        masks,
+                    )
                     ce = torch.nn.functional.cross_entropy(logits, target[sel], reduction="none")
                     loss = loss + (ce * weight[sel]).sum()
             if args.consistency > 0:
@@ -314,6 +364,7 @@ def train_lora(plans: list[HeadPlan], enc: Encoder, args: argparse.Namespace, ou
                 "typo_prob": args.typo_prob,
                 "aux_subject_weight": args.aux_subject,
                 "consistency_weight": args.consistency,
+                "mask_missing_labels": args.mask_missing_labels,
             },
         )
 

@@ -181,6 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
         "towards its clean original's (KL); 0 turns it off (default 0)",
     )
     p.add_argument(
+        "--mask-missing-labels",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="LoRA: a row of a file that uses only some of its head's labels competes only "
+        "among those (the query file has no `legal`: its rows then do not teach that "
+        "chat-style text is never legal); default off",
+    )
+    p.add_argument(
         "--aux-subject",
         type=float,
         default=0.5,
@@ -557,6 +565,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--consistency needs LoRA training (it is a loss on the encoder)")
     if args.consistency > 0 and args.typo_prob <= 0:
         parser.error("--consistency needs typo'd texts (--typo-prob above 0)")
+    if args.mask_missing_labels and not args.lora:
+        parser.error("--mask-missing-labels needs LoRA training")
     if args.run_seed is None:
         args.run_seed = args.seed
     random.seed(args.run_seed)

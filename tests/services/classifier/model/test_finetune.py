@@ -1,12 +1,14 @@
-"""The consistency term of LoRA training, on the real packaged encoder."""
+"""The loss terms of LoRA training: label masks, and consistency on the real packaged encoder."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from services.classifier.model.data import Example
 from services.classifier.model.encoder import Encoder
-from services.classifier.model.finetune import consistency_loss
+from services.classifier.model.finetune import consistency_loss, label_masks, masked_logits
+from services.classifier.model.train import FileSplit, HeadPlan
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +57,39 @@ def test_clean_rows_and_other_heads_take_no_part(enc: Encoder) -> None:
     assert loss.item() == 0.0
     none = [("a", [], None)]
     assert consistency_loss(enc, [_head(enc)], 20.0, none, emb[:1], *_targets(1)).item() == 0.0
+
+
+def test_label_masks_mark_the_labels_a_files_own_rows_use() -> None:
+    labels = ["technical", "medical", "legal", "general"]
+    exam = [Example(f"e{i}", label) for i, label in enumerate(labels)]
+    queries = [Example("q1", "technical"), Example("q2", "general")]
+    plans = [
+        HeadPlan(
+            "domain",
+            labels,
+            [
+                FileSplit("exam", exam, [], []),
+                FileSplit("queries", queries, [], []),
+                FileSplit("borrowed", queries, [], [], borrowed=True),
+            ],
+        ),
+        HeadPlan("other", ["a", "b"], [FileSplit("x", [Example("t", "a")], [], [])]),
+    ]
+    masks, ids = label_masks(plans)
+    # Every label used, or a borrowed part: id 0 (no mask); each partial file gets its own.
+    assert ids == [[0, 1, 0], [2]]
+    assert masks == [[], [True, False, False, True], [True, False]]
+
+
+def test_masked_logits_leave_out_the_labels_a_row_may_not_have() -> None:
+    masks = [[], [True, False, True]]
+    logits = torch.tensor([[1.0, 5.0, 0.0], [1.0, 5.0, 0.0]], requires_grad=True)
+    assert masked_logits(logits, [0, 0], masks) is logits  # nothing masked: unchanged
+    out = masked_logits(logits, [0, 1], masks)
+    probs = torch.softmax(out, dim=-1)
+    assert probs[1, 1].item() == 0.0 and probs[1].sum().item() == pytest.approx(1.0)
+    assert torch.equal(out[0], logits[0])
+    # A row's loss then does not push the masked label down.
+    torch.nn.functional.cross_entropy(out, torch.tensor([0, 0])).backward()  # type: ignore[no-untyped-call]
+    assert logits.grad is not None
+    assert logits.grad[1, 1].item() == 0.0 and logits.grad[0, 1].item() > 0

@@ -278,15 +278,32 @@ def test_consistency_run_records_its_weight(tmp_path: Path) -> None:
     assert head.lora_dir is not None
 
 
+@pytest.mark.slow
+def test_masked_run_trains_a_file_without_a_label_and_records_it(tmp_path: Path) -> None:
+    full = _write_data(tmp_path / "full.jsonl")
+    partial = tmp_path / "partial.jsonl"  # no `general` rows
+    partial.write_text(
+        "".join(line + "\n" for line in full.read_text().splitlines() if '"general"' not in line)
+    )
+    out = tmp_path / "weights"
+    argv = ["--data", str(full), "--data", str(partial), "--head", "mine", "--epochs", "1"]
+    argv += ["--batch-size", "8", "--mask-missing-labels", "--out", str(out), "--threads", "1"]
+    assert main(argv) == 0
+    head = load_head(out / "mine")
+    assert head.meta["training"]["mask_missing_labels"] is True
+    assert head.lora_dir is not None
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
         (["--consistency", "-1"], "--consistency must not be negative"),
         (["--consistency", "1", "--no-lora"], "--consistency needs LoRA training"),
         (["--consistency", "1", "--typo-prob", "0"], "--consistency needs typo'd texts"),
+        (["--mask-missing-labels", "--no-lora"], "--mask-missing-labels needs LoRA training"),
     ],
 )
-def test_consistency_settings_that_do_nothing_are_refused(
+def test_settings_that_do_nothing_are_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
 ) -> None:
     data = _write_data(tmp_path / "mine.jsonl")
