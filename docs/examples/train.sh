@@ -14,4 +14,5 @@ loraroute model average runs/a runs/d runs/f runs/h runs/g --out runs/soup  # th
 loraroute model train --threads 1 --epochs 4 --max-per-class 800 --consistency 1 --out runs/i  # run I
 loraroute model train --threads 1 --consistency 1 --out runs/j              # run J
 loraroute model average runs/i runs/j --out runs/ij                         # not kept
+loraroute model train --threads 1 --mask-missing-labels --out runs/m        # run M, not kept
 python loadtest/accuracy_table.py shipped=services/classifier/model/weights  # a table row from meta.json

@@ -54,8 +54,9 @@ def test_unmistakable_queries_get_their_class(domain_engine: Engine, label: str)
     ]
 
 
-#: Everyday legal questions in chat style. The training data has no chat-style legal queries
-#: (docs/benchmarks.md, "Classifier accuracy"), and the default model reads these as general.
+#: Everyday legal questions in chat style. The training data has no chat-style legal queries,
+#: and the default model reads these as general (docs/benchmarks.md, "Everyday legal
+#: questions", measures the gap on 24 such questions: loadtest/legal_chat.jsonl).
 #: Strict: when a retrained model gets them right, this fails and the case moves up.
 CONVERSATIONAL_LEGAL = [
     "Can my landlord keep my security deposit if I break the lease early?",
