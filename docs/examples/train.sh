@@ -15,4 +15,5 @@ loraroute model train --threads 1 --epochs 4 --max-per-class 800 --consistency 1
 loraroute model train --threads 1 --consistency 1 --out runs/j              # run J
 loraroute model average runs/i runs/j --out runs/ij                         # not kept
 loraroute model train --threads 1 --mask-missing-labels --out runs/m        # run M, not kept
+loraroute model train --threads 1 --mask-missing-labels --run-seed 2 --out runs/m2  # run M2, not kept
 python loadtest/accuracy_table.py shipped=services/classifier/model/weights  # a table row from meta.json
