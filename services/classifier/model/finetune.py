@@ -184,13 +184,17 @@ def consistency_loss(
     row_idx: torch.Tensor,
     head_idx: torch.Tensor,
     weight: torch.Tensor,
+    mask_idx: list[int] | None = None,
+    masks: list[list[bool]] | None = None,
 ) -> torch.Tensor:
     """Sum over the batch's typo'd rows and `heads` of weight x KL(clean || typo'd).
 
     `emb` holds the embeddings of the texts as trained; the clean originals are encoded
     here in eval mode without gradient, so only the typo'd side learns. `row_idx`,
     `head_idx` and `weight` list the batch's targets (row, head, loss weight); targets of
-    heads beyond `heads` (the auxiliary ones) take no part.
+    heads beyond `heads` (the auxiliary ones) take no part. With `mask_idx` (each target's
+    mask id) and `masks` (see `label_masks`), both distributions are taken over the labels
+    the row's file uses, as in the classification loss.
     """
     noisy = [j for j, sample in enumerate(batch) if sample[2] is not None]
     if not noisy:
@@ -207,10 +211,21 @@ def consistency_loss(
         sel = (head_idx == h) & (position[row_idx] >= 0)
         if not sel.any():
             continue
+        picked = sel.nonzero().flatten().tolist()
+        row_masks = [mask_idx[k] for k in picked] if mask_idx is not None else [0] * len(picked)
         with torch.no_grad():
-            target = torch.log_softmax(scale * head(clean[position[row_idx[sel]]]), dim=-1)
-        student = torch.log_softmax(scale * head(emb[row_idx[sel]]), dim=-1)
-        kl = (target.exp() * (target - student)).sum(dim=-1)
+            target = torch.log_softmax(
+                masked_logits(
+                    scale * head(clean[position[row_idx[sel]]]), row_masks, masks or [[]]
+                ),
+                dim=-1,
+            )
+        student = torch.log_softmax(
+            masked_logits(scale * head(emb[row_idx[sel]]), row_masks, masks or [[]]), dim=-1
+        )
+        # A masked label is -inf on both sides and has no probability: it adds nothing.
+        gap = (target - student).masked_fill(torch.isinf(target), 0.0)
+        kl = (target.exp() * gap).sum(dim=-1)
         total = total + (kl * weight[sel]).sum()
     return total
 
@@ -327,7 +342,16 @@ def train_lora(plans: list[HeadPlan], enc: Encoder, args: argparse.Namespace, ou
                 # Ramped in with the learning rate: at first the heads predict nothing.
                 ramp = min(1.0, (step + 1) / warmup)
                 loss = loss + ramp * args.consistency * consistency_loss(
-                    enc, heads[: len(plans)], scale, batch, emb, row_idx, head_idx, weight
+                    enc,
+                    heads[: len(plans)],
+                    scale,
+                    batch,
+                    emb,
+                    row_idx,
+                    head_idx,
+                    weight,
+                    [t[4] for t in flat],
+                    masks,
                 )
             loss = loss / len(flat)
             opt.zero_grad()

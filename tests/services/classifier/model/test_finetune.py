@@ -59,6 +59,26 @@ def test_clean_rows_and_other_heads_take_no_part(enc: Encoder) -> None:
     assert consistency_loss(enc, [_head(enc)], 20.0, none, emb[:1], *_targets(1)).item() == 0.0
 
 
+def test_masked_consistency_compares_only_the_labels_the_file_uses(enc: Encoder) -> None:
+    head = _head(enc)
+    batch = [("waht is teh dose of ibuprfen", [], "what is the dose of ibuprofen")]
+    emb = enc([batch[0][0]]).detach().requires_grad_(True)
+    masks = [[], [True, False, False, True]]
+    loss = consistency_loss(enc, [head], 20.0, batch, emb, *_targets(1), [1], masks)
+    # The same as a head that has only the file's two labels.
+    kept = torch.nn.Linear(enc.hidden_size, 2)
+    with torch.no_grad():
+        kept.weight.copy_(head.weight[[0, 3]])
+        kept.bias.copy_(head.bias[[0, 3]])
+    alone = consistency_loss(enc, [kept], 20.0, batch, emb.detach(), *_targets(1))
+    assert loss.item() == pytest.approx(alone.item(), rel=1e-4) and loss.item() > 0
+    loss.backward()  # type: ignore[no-untyped-call]
+    assert emb.grad is not None and bool(torch.isfinite(emb.grad).all())
+    assert head.weight.grad is not None
+    assert float(head.weight.grad[[1, 2]].abs().sum()) == 0.0  # masked labels learn nothing
+    assert float(head.weight.grad[[0, 3]].abs().sum()) > 0
+
+
 def test_label_masks_mark_the_labels_a_files_own_rows_use() -> None:
     labels = ["technical", "medical", "legal", "general"]
     exam = [Example(f"e{i}", label) for i, label in enumerate(labels)]
