@@ -1,6 +1,9 @@
+loraroute model train --threads 1 --mask-missing-labels --out runs/m        # run M (about 60 min)
+loraroute model train --threads 1 --epochs 4 --max-per-class 800 --mask-missing-labels --out runs/mb  # run MB (about 90 min)
+loraroute model average runs/m runs/mb      # the shipped heads: their average, rewritten in place
 loraroute model train --threads 1 --out runs/a                             # run A (about 70 min)
 loraroute model train --threads 1 --epochs 4 --max-per-class 800 --out runs/b  # run B (about 65 min)
-loraroute model average runs/a runs/b       # the shipped heads: their average, rewritten in place
+loraroute model average runs/a runs/b --out runs/ab                        # the heads shipped before
 loraroute model train --no-lora --out "$(mktemp -d)"                                # linear probe, balanced + typo copy
 loraroute model train --no-lora --no-balance --typo-copies 0 --out "$(mktemp -d)"   # plain linear probe
 loraroute model train --aux-subject 0 --out "$(mktemp -d)"                          # LoRA without the auxiliary loss
@@ -14,6 +17,8 @@ loraroute model average runs/a runs/d runs/f runs/h runs/g --out runs/soup  # th
 loraroute model train --threads 1 --epochs 4 --max-per-class 800 --consistency 1 --out runs/i  # run I
 loraroute model train --threads 1 --consistency 1 --out runs/j              # run J
 loraroute model average runs/i runs/j --out runs/ij                         # not kept
-loraroute model train --threads 1 --mask-missing-labels --out runs/m        # run M, not kept
-loraroute model train --threads 1 --mask-missing-labels --run-seed 2 --out runs/m2  # run M2, not kept
+loraroute model train --threads 1 --mask-missing-labels --run-seed 2 --out runs/m2  # run M2
+loraroute model train --threads 1 --epochs 4 --max-per-class 800 --mask-missing-labels --run-seed 2 --out runs/mh  # run MH
+loraroute model average runs/m2 runs/mh --out runs/m2mh                     # not kept
+loraroute model average runs/g runs/h --out runs/gh                         # not kept
 python loadtest/accuracy_table.py shipped=services/classifier/model/weights  # a table row from meta.json
