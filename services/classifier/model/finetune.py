@@ -213,16 +213,11 @@ def consistency_loss(
             continue
         picked = sel.nonzero().flatten().tolist()
         row_masks = [mask_idx[k] for k in picked] if mask_idx is not None else [0] * len(picked)
-        with torch.no_grad():
-            target = torch.log_softmax(
-                masked_logits(
-                    scale * head(clean[position[row_idx[sel]]]), row_masks, masks or [[]]
-                ),
-                dim=-1,
-            )
-        student = torch.log_softmax(
-            masked_logits(scale * head(emb[row_idx[sel]]), row_masks, masks or [[]]), dim=-1
+        target, student = (
+            torch.log_softmax(masked_logits(scale * head(x), row_masks, masks or [[]]), dim=-1)
+            for x in (clean[position[row_idx[sel]]], emb[row_idx[sel]])
         )
+        target = target.detach()  # the clean side is the fixed reference
         # A masked label is -inf on both sides and has no probability: it adds nothing.
         gap = (target - student).masked_fill(torch.isinf(target), 0.0)
         kl = (target.exp() * gap).sum(dim=-1)
