@@ -56,26 +56,25 @@ def test_unmistakable_queries_get_their_class(domain_engine: Engine, label: str)
 
 #: Everyday legal questions in chat style. The training data has no chat-style legal queries;
 #: docs/benchmarks.md, "Everyday legal questions", measures the gap on 24 such questions
-#: (loadtest/legal_chat.jsonl). The default model gets the first list right and reads the
-#: second as general. Strict: when a retrained model gets a case right, the xfail fails and
-#: the case moves up.
-CONVERSATIONAL_LEGAL = ["Can I sue my employer for wrongful termination?"]
-CONVERSATIONAL_LEGAL_MISSED = [
-    "Can my landlord keep my security deposit if I break the lease early?",
-]
-
-
-def test_conversational_legal_queries(domain_engine: Engine) -> None:
-    results = domain_engine.classify(CONVERSATIONAL_LEGAL)
-    assert [r.category for r in results] == ["legal"] * len(results)
-
-
-@pytest.mark.xfail(
+#: (loadtest/legal_chat.jsonl). The default model still reads some of them as general: those
+#: are strict xfails, so when a retrained model gets one right it fails and the mark goes.
+MISSED = pytest.mark.xfail(
     strict=True, reason="known gap: no conversational legal training data for the default model"
 )
-def test_conversational_legal_queries_still_missed(domain_engine: Engine) -> None:
-    results = domain_engine.classify(CONVERSATIONAL_LEGAL_MISSED)
-    assert [r.category for r in results] == ["legal"] * len(results)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Can I sue my employer for wrongful termination?",
+        pytest.param(
+            "Can my landlord keep my security deposit if I break the lease early?", marks=MISSED
+        ),
+    ],
+)
+def test_conversational_legal_queries(domain_engine: Engine, text: str) -> None:
+    (result,) = domain_engine.classify([text])
+    assert result.category == "legal", (result.category, round(result.confidence, 3))
 
 
 def test_probabilities_sum_to_one(domain_engine: Engine) -> None:
