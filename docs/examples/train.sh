@@ -21,4 +21,7 @@ loraroute model train --threads 1 --mask-missing-labels --run-seed 2 --out runs/
 loraroute model train --threads 1 --epochs 4 --max-per-class 800 --mask-missing-labels --run-seed 2 --out runs/mh  # run MH
 loraroute model average runs/m2 runs/mh --out runs/m2mh                     # not kept
 loraroute model average runs/g runs/h --out runs/gh                         # not kept
+loraroute model train --split subject --threads 1 --mask-missing-labels --out runs/sm  # subject held-out, run M's recipe
+loraroute model train --split subject --threads 1 --epochs 4 --max-per-class 800 --mask-missing-labels --out runs/smb  # ... run MB's
+loraroute model average runs/sm runs/smb --out runs/smsmb                   # the shipped recipe on unseen subjects
 python loadtest/accuracy_table.py shipped=services/classifier/model/weights  # a table row from meta.json
