@@ -479,7 +479,7 @@ def _meta(
                 if args.balance or lora
                 else "none"
             ),
-            "temperature": round(temperature, 4),
+            "temperature": float(temperature),  # unrounded: averaging unfolds the weights with it
             "temperature_folded": True,
             **extra,
         },
