@@ -241,7 +241,7 @@ class Inference(_Strict):
     sustained load; costs CPU between requests that the other services on the machine need."""
     onnx_file: str | None = None
     """Graph to load, relative to the model directory, instead of the upstream search
-    (`model.onnx`, then `onnx/*.onnx`). `onnx/model_int8.onnx` of a built model is 2.3-2.9x
+    (`model.onnx`, then `onnx/*.onnx`). `onnx/model_int8.onnx` of a built model is 2-3x
     faster on CPUs, but a text's result then varies slightly with its batch mates."""
 
 

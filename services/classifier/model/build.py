@@ -57,8 +57,8 @@ CACHE_KEEP = 8
 
 #: fp32 is the default: a text's result does not depend on the other texts in its batch, so
 #: routing, the classification API and `loraroute classify` always agree. int8 classifies
-#: 2.3-2.9x as many texts per second on two CPU cores at the same held-out accuracy, but its
-#: dynamic activation scales are per batch: 2-4 % of decisions changed between a text alone
+#: 2-3x as many texts per second on two CPU cores at the same held-out accuracy, but its
+#: dynamic activation scales are per batch: 0.4-3 % of decisions changed between a text alone
 #: and in a batch of 32. Opt in with `inference.onnx_file: onnx/model_int8.onnx` (or build with
 #: `--default-variant int8`). Figures and commands: docs/benchmarks.md, "Classifier".
 DEFAULT_VARIANT = "fp32"
