@@ -24,4 +24,7 @@ loraroute model average runs/g runs/h --out runs/gh                         # no
 loraroute model train --split subject --threads 1 --mask-missing-labels --out runs/sm  # subject held-out, run M's recipe
 loraroute model train --split subject --threads 1 --epochs 4 --max-per-class 800 --mask-missing-labels --out runs/smb  # ... run MB's
 loraroute model average runs/sm runs/smb --out runs/smsmb                   # the shipped recipe on unseen subjects
+loraroute model train --threads 1 --mask-missing-labels --crop-prob 0.3 --out runs/mc  # run MC: run M + sentence crops
+loraroute model train --threads 1 --epochs 4 --max-per-class 800 --mask-missing-labels --crop-prob 0.3 --out runs/mbc  # run MBC
+loraroute model average runs/mc runs/mbc --out runs/mcmbc                   # not adopted
 python loadtest/accuracy_table.py shipped=services/classifier/model/weights  # a table row from meta.json

@@ -218,6 +218,7 @@ def _run_summaries(heads: dict[str, list[Head]]) -> list[dict[str, Any]]:
         "lr",
         "max_per_class",
         "typo_prob",
+        "crop_prob",
         "aux_subject_weight",
         "consistency_weight",
         "mask_missing_labels",

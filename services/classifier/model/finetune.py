@@ -5,7 +5,9 @@ Every batch mixes rows of all heads, so the adapter learns features that serve t
 and the 14-label task together. Rows are drawn per epoch with a per-label cap (large labels
 are subsampled, a fresh sample each epoch), weighted so each file has its share of its head
 (`HeadPlan.file_weights`) and each label counts equally within a file, and given keyboard
-typos with a fixed probability. With a consistency weight, a typo'd text is also pulled
+typos with a fixed probability (and, with `--crop-prob`, first cut down to a run of its
+sentences, so a head also learns from short texts in the style of a user's question). With a
+consistency weight, a typo'd text is also pulled
 towards what the model predicts for its clean original (a KL term against that prediction,
 taken without gradient and without dropout: "unsupervised data augmentation", Xie et al.,
 NeurIPS 2020), so a slip moves the whole predicted distribution less, not only the top label.
@@ -32,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .augment import DEFAULT_TYPO_RATE, add_typos
+from .augment import DEFAULT_TYPO_RATE, add_typos, crop_sentences
 from .calibration import fit_temperature, softmax
 from .data import Example, class_counts
 from .encoder import Encoder
@@ -306,14 +308,16 @@ def train_lora(plans: list[HeadPlan], enc: Encoder, args: argparse.Namespace, ou
     started = time.monotonic()
     for epoch in range(1, args.epochs + 1):
         enc.train()
-        rows: list[Sample] = [
-            (add_typos(t, rng, DEFAULT_TYPO_RATE), targets, t)
-            if rng.random() < args.typo_prob
-            else (t, targets, None)
-            for t, targets in _epoch_rows(
-                plans, args.max_per_class, rng, aux, args.aux_subject, mask_ids
-            )
-        ]
+        rows: list[Sample] = []
+        for t, targets in _epoch_rows(
+            plans, args.max_per_class, rng, aux, args.aux_subject, mask_ids
+        ):
+            if args.crop_prob > 0 and rng.random() < args.crop_prob:
+                t = crop_sentences(t, rng)
+            if rng.random() < args.typo_prob:
+                rows.append((add_typos(t, rng, DEFAULT_TYPO_RATE), targets, t))
+            else:
+                rows.append((t, targets, None))
         running = 0.0
         for i, batch in enumerate(_batches(rows, enc, args.batch_size, rng), start=1):
             emb = enc([r[0] for r in batch])
@@ -381,6 +385,7 @@ def train_lora(plans: list[HeadPlan], enc: Encoder, args: argparse.Namespace, ou
                 "batch_size": args.batch_size,
                 "max_per_class": args.max_per_class,
                 "typo_prob": args.typo_prob,
+                "crop_prob": args.crop_prob,
                 "aux_subject_weight": args.aux_subject,
                 "consistency_weight": args.consistency,
                 "mask_missing_labels": args.mask_missing_labels,

@@ -174,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="chance that a training text is given typos (LoRA; default 0.5)",
     )
     p.add_argument(
+        "--crop-prob",
+        type=float,
+        default=0.0,
+        help="LoRA: chance that a training text of several sentences is cut down to a run of "
+        "one or two of them (at least 8 words), before any typos; 0 turns it off (default 0)",
+    )
+    p.add_argument(
         "--consistency",
         type=float,
         default=0.0,
@@ -565,6 +572,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--consistency needs LoRA training (it is a loss on the encoder)")
     if args.consistency > 0 and args.typo_prob <= 0:
         parser.error("--consistency needs typo'd texts (--typo-prob above 0)")
+    if not 0 <= args.crop_prob <= 1:
+        parser.error("--crop-prob must be between 0 and 1")
+    if args.crop_prob > 0 and not args.lora:
+        parser.error("--crop-prob needs LoRA training")
     if args.mask_missing_labels and not args.lora:
         parser.error("--mask-missing-labels needs LoRA training")
     if args.run_seed is None:
