@@ -13,7 +13,7 @@ import torch
 from services.classifier.model import average, train
 from services.classifier.model.export import load_encoder
 from services.classifier.model.finetune import LORA_TARGETS
-from services.classifier.model.weights import load_head
+from services.classifier.model.weights import load_head, save_head
 from tests.services.classifier.model.test_train import _write_data
 
 pytestmark = pytest.mark.slow
@@ -79,6 +79,16 @@ def test_average_is_the_exact_mean_of_the_runs(
     assert set(training["averaged_runs"][0]["val_balanced_accuracy"]) == {"mine"}
     assert head.meta["evaluation"]["mine.jsonl"]["clean"]["n"] == 3 * 2
     assert head.meta["data"] == load_head(one / "mine").meta["data"]
+
+
+def test_a_run_records_its_temperature_unrounded(tmp_path: Path) -> None:
+    # Averaging unfolds each run's head with the temperature in its meta.json; a rounded one
+    # (4 places) put a small temperature's head off by up to 1 %.
+    plan = train.HeadPlan("mine", ["a", "b"])
+    args = train.build_parser().parse_args(["--data", "mine.jsonl", "--head", "mine"])
+    meta = train._meta(plan, args, 0.004871234567, {}, None, {})
+    save_head(tmp_path / "mine", plan.labels, np.eye(2, 3), np.zeros(2), meta)
+    assert load_head(tmp_path / "mine").meta["training"]["temperature"] == 0.004871234567
 
 
 def _refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
