@@ -27,4 +27,6 @@ loraroute model average runs/sm runs/smb --out runs/smsmb                   # th
 loraroute model train --threads 1 --mask-missing-labels --crop-prob 0.3 --out runs/mc  # run MC: run M + sentence crops
 loraroute model train --threads 1 --epochs 4 --max-per-class 800 --mask-missing-labels --crop-prob 0.3 --out runs/mbc  # run MBC
 loraroute model average runs/mc runs/mbc --out runs/mcmbc                   # not adopted
+loraroute model train --threads 1 --mask-missing-labels --probe-init --out runs/p  # run P: run M + probe init
+loraroute model train --split subject --threads 1 --mask-missing-labels --probe-init --out runs/sp  # ... on unseen subjects
 python loadtest/accuracy_table.py shipped=services/classifier/model/weights  # a table row from meta.json

@@ -222,6 +222,7 @@ def _run_summaries(heads: dict[str, list[Head]]) -> list[dict[str, Any]]:
         "aux_subject_weight",
         "consistency_weight",
         "mask_missing_labels",
+        "probe_init",
     )
     summaries = []
     for i, head in enumerate(next(iter(heads.values()))):

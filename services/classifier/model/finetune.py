@@ -35,9 +35,9 @@ import numpy as np
 import torch
 
 from .augment import DEFAULT_TYPO_RATE, add_typos, crop_sentences
-from .calibration import fit_temperature, softmax
+from .calibration import fit_linear_head, fit_temperature, softmax
 from .data import Example, class_counts
-from .encoder import Encoder
+from .encoder import Encoder, print_progress
 from .metrics import report
 from .weights import ADAPTER_DIR, save_head
 
@@ -52,6 +52,7 @@ __all__ = [
     "label_masks",
     "lora_meta",
     "masked_logits",
+    "probe_heads",
     "train_lora",
 ]
 
@@ -227,6 +228,54 @@ def consistency_loss(
     return total
 
 
+def probe_heads(
+    plans: list[HeadPlan],
+    enc: Encoder,
+    heads: list[torch.nn.Linear],
+    scale: float,
+    aux: list[dict[str, int]] | None,
+    aux_weight: float,
+    l2: float,
+) -> None:
+    """Set `heads` to linear probes fitted on `enc`'s embeddings of the training rows.
+
+    Fine-tuning from a head that already separates the labels changes the pretrained
+    features less than fine-tuning from zeros, whose first steps shape the encoder for an
+    untrained head ("linear probing, then fine-tuning", Kumar et al., ICLR 2022). Each plan's
+    head is fitted on all its training rows, clean and weighted as in training (each file
+    its share, each label equal within a file), without label masks; with `aux`, the
+    auxiliary subject heads after the plans' heads are fitted on the rows that carry a
+    subject, and `aux_weight` (0: no auxiliary heads) only says whether they exist.
+    """
+    from .train import balance_weights
+
+    texts = sorted({e.text for p in plans for f in p.files for e in f.train})
+    vectors = enc.embed(texts, progress=print_progress("embedding for the probe heads"))
+    at = {t: i for i, t in enumerate(texts)}
+    for h, plan in enumerate(plans):
+        parts = [f.train for f in plan.files]
+        rows = [e for part in parts for e in part]
+        w = balance_weights(parts, plan.file_weights())
+        x = vectors[[at[e.text] for e in rows]]
+        targets = [(heads[h], np.asarray([plan.index(e.label) for e in rows]), x, w)]
+        if aux is not None and aux_weight > 0:
+            own = [
+                (i, aux[h][f"{f.name}:{e.subject}"])
+                for i, (f, e) in enumerate((f, e) for f in plan.files for e in f.train)
+                if f"{f.name}:{e.subject}" in aux[h]
+            ]
+            if own:
+                idx = np.asarray([i for i, _ in own])
+                y_aux = np.asarray([s for _, s in own])
+                targets.append((heads[len(plans) + h], y_aux, x[idx], w[idx]))
+        for head, y, xs, ws in targets:
+            weight, bias = fit_linear_head(xs, y.astype(np.int64), ws, head.out_features, l2=l2)
+            with torch.no_grad():
+                head.weight.copy_(torch.from_numpy(weight / scale).float())
+                head.bias.copy_(torch.from_numpy(bias / scale).float())
+        print(f"probe head {plan.name}: fitted on {len(rows)} rows", file=sys.stderr)
+
+
 def _save_adapter(model: Any, dest: Path) -> None:
     if dest.exists():
         shutil.rmtree(dest)
@@ -276,6 +325,9 @@ def train_lora(plans: list[HeadPlan], enc: Encoder, args: argparse.Namespace, ou
     for head in heads:
         torch.nn.init.zeros_(head.weight)
         torch.nn.init.zeros_(head.bias)
+    if args.probe_init:
+        # The adapter's B matrices start at zero, so the encoder is still the pretrained one.
+        probe_heads(plans, enc, heads, scale, aux, args.aux_subject, args.l2)
     lora_params = [p for p in enc.model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(
         [
@@ -389,6 +441,7 @@ def train_lora(plans: list[HeadPlan], enc: Encoder, args: argparse.Namespace, ou
                 "aux_subject_weight": args.aux_subject,
                 "consistency_weight": args.consistency,
                 "mask_missing_labels": args.mask_missing_labels,
+                "probe_init": args.probe_init,
             },
         )
 

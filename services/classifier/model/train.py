@@ -196,6 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
         "chat-style text is never legal); default off",
     )
     p.add_argument(
+        "--probe-init",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="LoRA: start every head from a linear probe fitted on the frozen encoder "
+        "instead of zeros (linear probing, then fine-tuning); default off",
+    )
+    p.add_argument(
         "--aux-subject",
         type=float,
         default=0.5,
@@ -578,6 +585,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--crop-prob needs LoRA training")
     if args.mask_missing_labels and not args.lora:
         parser.error("--mask-missing-labels needs LoRA training")
+    if args.probe_init and not args.lora:
+        parser.error("--probe-init needs LoRA training (a linear head alone is a probe)")
     if args.run_seed is None:
         args.run_seed = args.seed
     random.seed(args.run_seed)

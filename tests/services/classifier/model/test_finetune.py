@@ -1,4 +1,5 @@
-"""The loss terms of LoRA training: label masks, and consistency on the real packaged encoder."""
+"""Parts of LoRA training on the real packaged encoder: label masks, heads started from a
+linear probe, and the consistency loss."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ import torch
 
 from services.classifier.model.data import Example
 from services.classifier.model.encoder import Encoder
-from services.classifier.model.finetune import consistency_loss, label_masks, masked_logits
+from services.classifier.model.finetune import (
+    consistency_loss,
+    label_masks,
+    masked_logits,
+    probe_heads,
+)
 from services.classifier.model.train import FileSplit, HeadPlan
 
 
@@ -113,3 +119,29 @@ def test_masked_logits_leave_out_the_labels_a_row_may_not_have() -> None:
     torch.nn.functional.cross_entropy(out, torch.tensor([0, 0])).backward()  # type: ignore[no-untyped-call]
     assert logits.grad is not None
     assert logits.grad[1, 1].item() == 0.0 and logits.grad[0, 1].item() > 0
+
+
+def test_probe_heads_start_from_a_fit_of_the_frozen_encoder(enc: Encoder) -> None:
+    rows = [
+        Example("my docker container cannot bind a port", "technical", "docker"),
+        Example("python raises an index error on my list", "technical", "python"),
+        Example("how much ibuprofen can I take for a fever", "medical", "dosing"),
+        Example("a rash appeared after my vaccine", "medical", "skin"),
+        Example("what will the weather be tomorrow", "general", "weather"),
+        Example("set an alarm for seven in the morning", "general", "alarm"),
+    ]
+    plan = HeadPlan("h", ["technical", "medical", "general"], [FileSplit("f", rows, [], [])])
+    subjects = {f"f:{e.subject}": i for i, e in enumerate(rows)}
+    heads = [torch.nn.Linear(enc.hidden_size, 3), torch.nn.Linear(enc.hidden_size, len(rows))]
+    for head in heads:
+        torch.nn.init.zeros_(head.weight)
+        torch.nn.init.zeros_(head.bias)
+    enc.train()
+    probe_heads([plan], enc, heads, 20.0, [subjects], 0.5, 1e-4)
+    assert enc.training  # embedding for the probe leaves the mode as it was
+    x = torch.from_numpy(enc.embed([e.text for e in rows]))
+    with torch.no_grad():
+        labels = (20.0 * heads[0](x)).argmax(dim=1).tolist()
+        subject = (20.0 * heads[1](x)).argmax(dim=1).tolist()
+    assert labels == [plan.index(e.label) for e in rows]  # the main head separates the labels
+    assert subject == list(range(len(rows)))  # and the auxiliary head the subjects

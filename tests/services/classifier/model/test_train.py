@@ -267,16 +267,17 @@ def test_run_seed_changes_the_run_but_not_the_split(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_consistency_and_crop_run_records_its_settings(tmp_path: Path) -> None:
+def test_consistency_crop_and_probe_run_records_its_settings(tmp_path: Path) -> None:
     data = _write_data(tmp_path / "mine.jsonl")
     out = tmp_path / "weights"
     argv = ["--data", str(data), "--head", "mine", "--epochs", "1", "--batch-size", "8"]
     argv += ["--typo-prob", "1", "--consistency", "1", "--out", str(out), "--threads", "1"]
-    argv += ["--crop-prob", "0.5"]
+    argv += ["--crop-prob", "0.5", "--probe-init"]
     assert main(argv) == 0
     head = load_head(out / "mine")
     assert head.meta["training"]["consistency_weight"] == 1.0
     assert head.meta["training"]["crop_prob"] == 0.5
+    assert head.meta["training"]["probe_init"] is True
     assert head.lora_dir is not None
 
 
@@ -307,6 +308,7 @@ def test_masked_run_trains_a_file_without_a_label_and_records_it(tmp_path: Path)
         (["--mask-missing-labels", "--no-lora"], "--mask-missing-labels needs LoRA training"),
         (["--crop-prob", "1.5"], "--crop-prob must be between 0 and 1"),
         (["--crop-prob", "0.5", "--no-lora"], "--crop-prob needs LoRA training"),
+        (["--probe-init", "--no-lora"], "--probe-init needs LoRA training"),
     ],
 )
 def test_settings_that_do_nothing_are_refused(
