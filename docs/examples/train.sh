@@ -29,4 +29,6 @@ loraroute model train --threads 1 --epochs 4 --max-per-class 800 --mask-missing-
 loraroute model average runs/mc runs/mbc --out runs/mcmbc                   # not adopted
 loraroute model train --threads 1 --mask-missing-labels --probe-init --out runs/p  # run P: run M + probe init
 loraroute model train --split subject --threads 1 --mask-missing-labels --probe-init --out runs/sp  # ... on unseen subjects
+loraroute model train --threads 2 --mask-missing-labels --epochs 2 --out runs/m2e  # run M's recipe, 2 epochs
+loraroute model train --split subject --threads 2 --mask-missing-labels --epochs 2 --out runs/sm2e  # ... on unseen subjects
 python loadtest/accuracy_table.py shipped=services/classifier/model/weights  # a table row from meta.json
