@@ -234,7 +234,6 @@ def probe_heads(
     heads: list[torch.nn.Linear],
     scale: float,
     aux: list[dict[str, int]] | None,
-    aux_weight: float,
     l2: float,
 ) -> None:
     """Set `heads` to linear probes fitted on `enc`'s embeddings of the training rows.
@@ -245,7 +244,7 @@ def probe_heads(
     head is fitted on all its training rows, clean and weighted as in training (each file
     its share, each label equal within a file), without label masks; with `aux`, the
     auxiliary subject heads after the plans' heads are fitted on the rows that carry a
-    subject, and `aux_weight` (0: no auxiliary heads) only says whether they exist.
+    subject in `aux[h]`.
     """
     from .train import balance_weights
 
@@ -257,19 +256,16 @@ def probe_heads(
         rows = [e for part in parts for e in part]
         w = balance_weights(parts, plan.file_weights())
         x = vectors[[at[e.text] for e in rows]]
-        targets = [(heads[h], np.asarray([plan.index(e.label) for e in rows]), x, w)]
-        if aux is not None and aux_weight > 0:
-            own = [
-                (i, aux[h][f"{f.name}:{e.subject}"])
-                for i, (f, e) in enumerate((f, e) for f in plan.files for e in f.train)
-                if f"{f.name}:{e.subject}" in aux[h]
-            ]
-            if own:
-                idx = np.asarray([i for i, _ in own])
-                y_aux = np.asarray([s for _, s in own])
-                targets.append((heads[len(plans) + h], y_aux, x[idx], w[idx]))
-        for head, y, xs, ws in targets:
-            weight, bias = fit_linear_head(xs, y.astype(np.int64), ws, head.out_features, l2=l2)
+        fits = [(heads[h], [plan.index(e.label) for e in rows], x, w)]
+        if aux is not None:
+            keys = [f"{f.name}:{e.subject}" for f in plan.files for e in f.train]
+            idx = [i for i, key in enumerate(keys) if key in aux[h]]
+            if idx:
+                subjects = [aux[h][keys[i]] for i in idx]
+                fits.append((heads[len(plans) + h], subjects, x[idx], w[idx]))
+        for head, y, xs, ws in fits:
+            y_arr = np.asarray(y, dtype=np.int64)
+            weight, bias = fit_linear_head(xs, y_arr, ws, head.out_features, l2=l2)
             with torch.no_grad():
                 head.weight.copy_(torch.from_numpy(weight / scale).float())
                 head.bias.copy_(torch.from_numpy(bias / scale).float())
@@ -327,7 +323,7 @@ def train_lora(plans: list[HeadPlan], enc: Encoder, args: argparse.Namespace, ou
         torch.nn.init.zeros_(head.bias)
     if args.probe_init:
         # The adapter's B matrices start at zero, so the encoder is still the pretrained one.
-        probe_heads(plans, enc, heads, scale, aux, args.aux_subject, args.l2)
+        probe_heads(plans, enc, heads, scale, aux, args.l2)
     lora_params = [p for p in enc.model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(
         [

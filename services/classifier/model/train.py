@@ -224,7 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="typo'd copies of the training rows added to a linear head's "
         "training set (--no-lora; default 1)",
     )
-    p.add_argument("--l2", type=float, default=1e-4, help="linear head L2 penalty (--no-lora)")
+    p.add_argument(
+        "--l2", type=float, default=1e-4, help="linear head L2 penalty (--no-lora, --probe-init)"
+    )
     p.add_argument(
         "--max-length",
         type=int,

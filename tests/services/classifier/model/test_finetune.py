@@ -137,7 +137,7 @@ def test_probe_heads_start_from_a_fit_of_the_frozen_encoder(enc: Encoder) -> Non
         torch.nn.init.zeros_(head.weight)
         torch.nn.init.zeros_(head.bias)
     enc.train()
-    probe_heads([plan], enc, heads, 20.0, [subjects], 0.5, 1e-4)
+    probe_heads([plan], enc, heads, 20.0, [subjects], 1e-4)
     assert enc.training  # embedding for the probe leaves the mode as it was
     x = torch.from_numpy(enc.embed([e.text for e in rows]))
     with torch.no_grad():
