@@ -31,4 +31,10 @@ loraroute model train --threads 1 --mask-missing-labels --probe-init --out runs/
 loraroute model train --split subject --threads 1 --mask-missing-labels --probe-init --out runs/sp  # ... on unseen subjects
 loraroute model train --threads 2 --mask-missing-labels --epochs 2 --out runs/m2e  # run M's recipe, 2 epochs
 loraroute model train --split subject --threads 2 --mask-missing-labels --epochs 2 --out runs/sm2e  # ... on unseen subjects
+loraroute model train --split subject --threads 1 --epochs 2 --max-per-class 800 --mask-missing-labels --out runs/smb2e  # run MB's recipe, 2 epochs, unseen subjects
+loraroute model average runs/sm2e runs/smb2e --out runs/sm2esmb2e          # not adopted
+loraroute model train --threads 1 --mask-missing-labels --epochs 2 --run-seed 2 --out runs/m2e2  # run M's recipe, 2 epochs, seed 2
+loraroute model train --split subject --threads 1 --mask-missing-labels --epochs 2 --run-seed 2 --out runs/sm2e2  # ... on unseen subjects
+loraroute model average runs/m2e runs/m2e2 --out runs/m2em2e2               # not adopted
+loraroute model average runs/sm2e runs/sm2e2 --out runs/sm2esm2e2           # ... on unseen subjects
 python loadtest/accuracy_table.py shipped=services/classifier/model/weights  # a table row from meta.json
