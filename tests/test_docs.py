@@ -18,6 +18,7 @@ import httpx
 import yaml
 
 from services.classifier.model.average import build_parser as average_parser
+from services.classifier.model.memory import build_parser as memory_parser
 from services.classifier.model.train import build_parser
 from tests.processes import REPO, Service, free_port
 
@@ -136,6 +137,8 @@ def test_training_examples_name_real_options(tmp_path: Path) -> None:
             build_parser().parse_args(words[3:])
         elif words[:3] == ["loraroute", "model", "average"]:
             average_parser().parse_args(words[3:])
+        elif words[:3] == ["loraroute", "model", "memory"]:
+            memory_parser().parse_args(words[3:])
         else:
             assert words[0] == "python"
             done = _run(shlex.join([sys.executable, *words[1:]]))

@@ -1,9 +1,10 @@
 loraroute model train --threads 1 --mask-missing-labels --out runs/m        # run M (about 60 min)
 loraroute model train --threads 1 --epochs 4 --max-per-class 800 --mask-missing-labels --out runs/mb  # run MB (about 90 min)
-loraroute model average runs/m runs/mb      # the shipped heads: their average, rewritten in place
+loraroute model average runs/m runs/mb      # the shipped heads: their average and its memory, in place
 loraroute model train --threads 1 --out runs/a                             # run A (about 70 min)
 loraroute model train --threads 1 --epochs 4 --max-per-class 800 --out runs/b  # run B (about 65 min)
 loraroute model average runs/a runs/b --out runs/ab                        # the heads shipped before
+loraroute model memory --weights runs/ab    # recompute their memory (or add one after --no-memory)
 loraroute model train --no-lora --out "$(mktemp -d)"                                # linear probe, balanced + typo copy
 loraroute model train --no-lora --no-balance --typo-copies 0 --out "$(mktemp -d)"   # plain linear probe
 loraroute model train --aux-subject 0 --out "$(mktemp -d)"                          # LoRA without the auxiliary loss

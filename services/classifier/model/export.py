@@ -2,8 +2,10 @@
 
 The graph takes int64 `input_ids` and `attention_mask` `[batch, sequence]` (both axes
 dynamic; no `token_type_ids`, which are all zeros for one segment) and returns `logits`
-`[batch, num_labels]`. It uses the TorchScript ("legacy") exporter at opset 17: the newer
-exporter cannot emit opset 17 and its graph ran 15-20% slower on CPU here.
+`[batch, num_labels]`; a head with a memory returns the logarithms of its mixed
+probabilities, divided by the memory's temperature (see `memory.MemoryVote`). It uses the
+TorchScript ("legacy") exporter at opset 17: the newer exporter cannot emit opset 17 and its
+graph ran 15-20% slower on CPU here.
 """
 
 from __future__ import annotations
@@ -18,19 +20,29 @@ import numpy.typing as npt
 import torch
 
 from services.classifier.model.encoder import encoder_path, mean_pool
+from services.classifier.model.memory import MemoryVote
 from services.classifier.model.weights import Head
 from services.classifier.tokens import Encoded
 
-__all__ = ["OPSET", "HeadModel", "export_onnx", "load_encoder", "torch_logits"]
+__all__ = [
+    "HEAD_NODE_PREFIXES",
+    "OPSET",
+    "HeadModel",
+    "export_onnx",
+    "load_encoder",
+    "torch_logits",
+]
 
 OPSET = 17
 
-#: Name prefix of the head's nodes in the exported graph (kept fp32 by quantization).
-HEAD_NODE_PREFIX = "/classifier/"
+#: Name prefixes of the head's and the memory's nodes in the exported graph (kept fp32 by
+#: quantization).
+HEAD_NODE_PREFIXES = ("/classifier/", "/memory/")
 
 
 class HeadModel(torch.nn.Module):
-    """BERT encoder -> masked mean pooling (optionally L2-normalised) -> linear head."""
+    """BERT encoder -> masked mean pooling (optionally L2-normalised) -> linear head, mixed
+    with the head's nearest-neighbour memory when it has one."""
 
     def __init__(self, encoder: Any, head: Head) -> None:
         super().__init__()
@@ -41,16 +53,21 @@ class HeadModel(torch.nn.Module):
                 f"{head.path}: head expects {hidden}-dim embeddings, "
                 f"the encoder produces {encoder.config.hidden_size}"
             )
-        # Named `classifier` so its graph nodes carry HEAD_NODE_PREFIX.
+        # Named `classifier` so its graph nodes carry one of HEAD_NODE_PREFIXES.
         self.classifier = torch.nn.Linear(hidden, num_labels)
         with torch.no_grad():
             self.classifier.weight.copy_(torch.from_numpy(head.weight))
             self.classifier.bias.copy_(torch.from_numpy(head.bias))
         self.normalize = head.normalize
+        # Named `memory` so its graph nodes carry one of HEAD_NODE_PREFIXES.
+        self.memory = MemoryVote(head.memory, num_labels) if head.memory is not None else None
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        logits: torch.Tensor = self.classifier(mean_pool(hidden, attention_mask, self.normalize))
+        pooled = mean_pool(hidden, attention_mask, self.normalize)
+        logits: torch.Tensor = self.classifier(pooled)
+        if self.memory is not None:
+            logits = self.memory(pooled, logits)
         return logits
 
 

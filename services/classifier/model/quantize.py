@@ -3,7 +3,7 @@
 Weights become signed int8 with one scale per output channel: per-tensor scales lost
 accuracy on this encoder (embedding cosine 0.966 against 0.993 per channel) at the same
 speed, unsigned weights ran 2.3x slower on this CPU, and `reduce_range` was worse still.
-The head's nodes stay fp32: they are tiny and sit right before the decision.
+The head's and the memory's nodes stay fp32: they are small and sit right before the decision.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 __all__ = ["quantize_int8"]
 
 
-def quantize_int8(src: Path, dst: Path, keep_fp32_prefix: str) -> int:
+def quantize_int8(src: Path, dst: Path, keep_fp32_prefix: str | tuple[str, ...]) -> int:
     """Write an int8 per-channel copy of `src` to `dst`; return how many nodes stayed fp32.
 
-    Nodes whose name starts with `keep_fp32_prefix` are not quantized.
+    Nodes whose name starts with `keep_fp32_prefix` (or one of several) are not quantized.
     """
     prepared = dst.with_name(dst.stem + ".prep.onnx")
     # Symbolic shape inference fails on these graphs ("unsupported broadcast between

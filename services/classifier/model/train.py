@@ -51,6 +51,7 @@ from .data import (
     text_key,
 )
 from .encoder import DEFAULT_MAX_LENGTH, Encoder, print_progress
+from .memory import add_memory_option, attach_memory
 from .metrics import report
 from .sources import DEFAULT_SOURCES
 from .weights import ADAPTER_DIR, default_weights_dir, save_head
@@ -217,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
         "subject always has one label in its own data (MMLU questions in the exam file "
         "teach the 14-label head; default on)",
     )
+    add_memory_option(p)
     p.add_argument(
         "--typo-copies",
         type=int,
@@ -589,6 +591,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--mask-missing-labels needs LoRA training")
     if args.probe_init and not args.lora:
         parser.error("--probe-init needs LoRA training (a linear head alone is a probe)")
+    if args.memory and not args.normalize:
+        parser.error("--no-normalize needs --no-memory (the memory compares unit-length vectors)")
     if args.run_seed is None:
         args.run_seed = args.seed
     random.seed(args.run_seed)
@@ -625,5 +629,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
                 shutil.rmtree(stale)
         _train_linear(plans, enc, args, out)
+    if args.memory:
+        for plan in plans:
+            attach_memory(plan, enc, out / plan.name, args.seed)
     print(f"done in {time.monotonic() - started:.0f} s; weights in {out}", file=sys.stderr)
     return 0

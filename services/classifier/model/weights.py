@@ -9,6 +9,8 @@ Format (written by `loraroute model train`, read by `loraroute model build`)::
                      plus free-form provenance: data sources and licences, metrics
     encoder_lora/    optional: a peft adapter (save_pretrained of the MiniLM BertModel),
                      merged into the encoder at build time
+    memory.npz       optional: the training rows' embeddings for a nearest-neighbour vote
+                     mixed with the head (see `Memory`), folded into the graph at build time
 
 This module needs only numpy and the standard library, so checking whether a build is
 current never imports torch.
@@ -27,13 +29,16 @@ import numpy.typing as npt
 
 __all__ = [
     "ADAPTER_DIR",
+    "MEMORY_FILE",
     "POOLINGS",
     "WEIGHTS_DIR",
     "Head",
+    "Memory",
     "default_weights_dir",
     "head_names",
     "load_head",
     "save_head",
+    "save_memory",
 ]
 
 #: Where the committed heads live (inside the package, so a wheel carries them).
@@ -42,12 +47,43 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: Name of the optional encoder adapter folder inside a head directory.
 ADAPTER_DIR = "encoder_lora"
 
+#: Name of the optional nearest-neighbour memory inside a head directory.
+MEMORY_FILE = "memory.npz"
+
 POOLINGS = ("mean",)
+
+#: Stored vectors are unit-length embeddings times this, rounded to int8.
+MEMORY_SCALE = 127.0
 
 
 def default_weights_dir() -> Path:
     """The folder `loraroute model train` writes to and `loraroute model build` reads."""
     return WEIGHTS_DIR
+
+
+@dataclass(frozen=True)
+class Memory:
+    """The training rows' embeddings and a rule that turns them into probabilities.
+
+    For an input with unit-length embedding `x`, the `k` stored rows most similar to `x`
+    (dot product) each vote for their label with `weights[i] * exp((s_i - s_max) / tau)`;
+    the normalised votes are mixed with the head's probabilities as
+    `(1 - mix) * head + mix * votes`, and the model's logits are `log(mixed) / temperature`.
+    `vectors` are int8, the embedding times `MEMORY_SCALE`; `labels` index the head's labels;
+    `weights` are the rows' training loss weights (each file its share, each label equal).
+    """
+
+    vectors: npt.NDArray[np.int8]
+    labels: npt.NDArray[np.int64]
+    weights: npt.NDArray[np.float32]
+    k: int
+    tau: float
+    mix: float
+    temperature: float
+
+    def unit_vectors(self) -> npt.NDArray[np.float32]:
+        """The stored embeddings as float32, back on the unit scale."""
+        return self.vectors.astype(np.float32) / MEMORY_SCALE
 
 
 @dataclass(frozen=True)
@@ -62,6 +98,7 @@ class Head:
     normalize: bool
     max_length: int
     meta: dict[str, Any] = field(default_factory=dict)
+    memory: Memory | None = None
 
     @property
     def lora_dir(self) -> Path | None:
@@ -124,7 +161,48 @@ def load_head(path: Path) -> Head:
         or not 2 <= max_length <= 512
     ):
         raise ValueError(f"{path / 'meta.json'}: 'max_length' must be an integer in 2..512")
-    return Head(path, tuple(labels), weight, bias, pooling, normalize, max_length, meta)
+    memory = _load_memory(path / MEMORY_FILE, len(labels), weight.shape[1], normalize)
+    return Head(path, tuple(labels), weight, bias, pooling, normalize, max_length, meta, memory)
+
+
+def _load_memory(path: Path, num_labels: int, hidden: int, normalize: bool) -> Memory | None:
+    if not path.is_file():
+        return None
+    with np.load(path) as npz:
+        missing = sorted(
+            {"vectors", "labels", "weights", "k", "tau", "mix", "temperature"} - set(npz.files)
+        )
+        if missing:
+            raise ValueError(f"{path}: missing arrays {missing}")
+        vectors, labels, weights = npz["vectors"], npz["labels"], npz["weights"]
+        k, tau, mix, temperature = (npz[n].item() for n in ("k", "tau", "mix", "temperature"))
+    n = len(labels)
+    if vectors.dtype != np.int8 or vectors.shape != (n, hidden) or weights.shape != (n,) or not n:
+        raise ValueError(
+            f"{path}: vectors {vectors.dtype} {list(vectors.shape)}, labels {list(labels.shape)} "
+            f"and weights {list(weights.shape)} do not fit (expected int8 [rows, {hidden}], "
+            "[rows], [rows], rows > 0)"
+        )
+    if labels.min() < 0 or labels.max() >= num_labels:
+        raise ValueError(f"{path}: a label index is outside 0..{num_labels - 1}")
+    if not (np.isfinite(weights).all() and (weights > 0).all()):
+        raise ValueError(f"{path}: weights must be positive and finite")
+    if not (isinstance(k, int) and 1 <= k <= n and tau > 0 and 0 <= mix <= 1 and temperature > 0):
+        raise ValueError(
+            f"{path}: k={k}, tau={tau}, mix={mix}, temperature={temperature} out of range "
+            f"(1 <= k <= {n}, tau > 0, 0 <= mix <= 1, temperature > 0)"
+        )
+    if not normalize:
+        raise ValueError(f"{path}: a memory needs normalised embeddings ('normalize': true)")
+    return Memory(
+        vectors,
+        labels.astype(np.int64),
+        weights.astype(np.float32),
+        int(k),
+        float(tau),
+        float(mix),
+        float(temperature),
+    )
 
 
 def save_head(
@@ -137,10 +215,27 @@ def save_head(
     """Write a head directory in the format above and return it as `load_head` reads it.
 
     `meta` must hold `pooling`, `normalize` and `max_length`. The adapter,
-    if any, is written separately with peft's `save_pretrained(path / ADAPTER_DIR)`.
+    if any, is written separately with peft's `save_pretrained(path / ADAPTER_DIR)`, and a
+    memory with `save_memory`; a memory left from an earlier head is removed, since it holds
+    embeddings of another encoder.
     """
     path.mkdir(parents=True, exist_ok=True)
+    (path / MEMORY_FILE).unlink(missing_ok=True)
     (path / "labels.json").write_text(json.dumps(list(labels), indent=1) + "\n", encoding="utf-8")
     np.savez(path / "head.npz", weight=weight.astype(np.float32), bias=bias.astype(np.float32))
     (path / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return load_head(path)
+
+
+def save_memory(path: Path, memory: Memory) -> None:
+    """Write `memory` into the head directory `path` (read back by `load_head`)."""
+    np.savez(
+        path / MEMORY_FILE,
+        vectors=memory.vectors.astype(np.int8),
+        labels=memory.labels.astype(np.int16 if memory.labels.max() < 2**15 else np.int64),
+        weights=memory.weights.astype(np.float32),
+        k=np.int64(memory.k),
+        tau=np.float64(memory.tau),
+        mix=np.float64(memory.mix),
+        temperature=np.float64(memory.temperature),
+    )

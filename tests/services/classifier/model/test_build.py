@@ -13,7 +13,7 @@ import pytest
 
 from services.classifier.model import build as build_mod
 from services.classifier.model.build import build, build_hash, prune_cache
-from services.classifier.model.weights import ADAPTER_DIR, save_head
+from services.classifier.model.weights import ADAPTER_DIR, Memory, save_head, save_memory
 
 LABELS = ["technical", "medical", "legal", "general"]
 
@@ -142,19 +142,33 @@ def test_real_build_with_a_lora_adapter(tmp_path: Path, cache: Path) -> None:
             if "lora_B" in name:
                 param.normal_(0, 0.05)
     peft_model.save_pretrained(str(head_dir / ADAPTER_DIR))
+    rng = np.random.default_rng(3)
+    stored = rng.normal(size=(50, 384))
+    stored /= np.linalg.norm(stored, axis=1, keepdims=True)
+    memory = Memory(
+        np.rint(stored * 127).astype(np.int8),
+        rng.integers(0, len(LABELS), 50),
+        rng.uniform(0.5, 2, 50).astype(np.float32),
+        k=5,
+        tau=0.05,
+        mix=0.5,
+        temperature=1.2,
+    )
+    save_memory(head_dir, memory)
 
     out = tmp_path / "models" / "loraroute-domain"
     result = build(head_dir, out, threads=1)
     assert result.status == "built"
     info = json.loads((out / "build_info.json").read_text())
     assert info["hash"] == result.hash and info["encoder_lora"] is True
+    assert info["memory_rows"] == 50
     assert info["variants"]["fp32"]["max_abs_logit_delta_vs_torch"] < 1e-3
     assert (cache / result.hash / "model.onnx").is_file()
     tokenizer = json.loads((out / "tokenizer.json").read_text())
     assert tokenizer["padding"]["strategy"] == "BatchLongest"
     assert tokenizer["truncation"]["max_length"] == 32
 
-    # The ONNX graph must compute what peft computes with the adapter unmerged.
+    # The ONNX graph must compute what peft computes with the adapter unmerged, memory included.
     engine = Engine.from_model_dir(out, onnx_file="onnx/model_fp32.onnx", intra_op_threads=1)
     texts = ["what is a mutex", "my head hurts", "x " * 100]
     batch = engine.tokenizer.encode(texts)
@@ -162,6 +176,9 @@ def test_real_build_with_a_lora_adapter(tmp_path: Path, cache: Path) -> None:
     expected = torch_logits(reference, batch)
     got = engine.backend.logits(batch)  # type: ignore[attr-defined]
     np.testing.assert_allclose(got, expected, atol=1e-3)
+    assert reference.memory is not None
+    # The head's node and the memory's nodes stay fp32 beside the quantized encoder.
+    assert info["variants"]["int8"]["fp32_nodes_kept"] > 1
 
     assert build(head_dir, out).status == "current"
     shutil.rmtree(out)

@@ -76,6 +76,10 @@ def test_linear_head_output_format(tmp_path: Path) -> None:
     assert figures["clean"]["n"] == 3 * 2  # a fifth of 12 rows per label, held out
     assert 0.0 <= figures["clean"]["balanced_accuracy"] <= 1.0
     assert meta["data"]["sources"] == "user-supplied files"
+    # The memory holds every training row, and the head's own figures stay on record.
+    assert head.memory is not None and len(head.memory.labels) == meta["data"]["files"][0]["train"]
+    assert meta["memory"]["k"] == head.memory.k <= len(head.memory.labels)
+    assert "mine.jsonl" in meta["memory"]["head_only_evaluation"]
 
 
 def test_default_head_keeps_its_label_order(tmp_path: Path) -> None:
@@ -95,11 +99,14 @@ def test_default_head_keeps_its_label_order(tmp_path: Path) -> None:
                 "0",
                 "--threads",
                 "1",
+                "--no-memory",
             ]
         )
         == 0
     )
-    assert load_head(out / "domain").labels == ("technical", "medical", "legal", "general")
+    head = load_head(out / "domain")
+    assert head.labels == ("technical", "medical", "legal", "general")
+    assert head.memory is None and "memory" not in head.meta
 
 
 def test_bad_data_is_an_error_not_a_traceback(
@@ -109,6 +116,9 @@ def test_bad_data_is_an_error_not_a_traceback(
     bad.write_text('{"text": "x"}\n', encoding="utf-8")
     assert main(["--data", str(bad), "--no-lora", "--out", str(tmp_path / "w")]) == 2
     assert "bad.jsonl:1: field 'label'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--data", str(bad), "--no-lora", "--no-normalize"])
+    assert "--no-normalize needs --no-memory" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -140,6 +150,7 @@ def test_lora_run_writes_a_portable_adapter(tmp_path: Path) -> None:
     assert config["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert head.meta["training"]["mode"] == "lora"
     assert head.meta["encoder_lora"]["shared_by"] == ["mine"]
+    assert head.memory is not None  # embedded with the trained encoder, after the last epoch
 
 
 def _plans(**kwargs: object) -> list[HeadPlan]:
