@@ -29,12 +29,20 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from .calibration import fit_temperature
+from .calibration import fit_temperature, softmax
 from .data import DataError
 from .encoder import Encoder, print_progress
 from .metrics import balanced_accuracy, confusion_matrix
-from .weights import MEMORY_FILE, MEMORY_SCALE, Head, Memory, default_weights_dir, load_head
-from .weights import save_memory as _write
+from .weights import (
+    MEMORY_FILE,
+    MEMORY_SCALE,
+    Head,
+    Memory,
+    default_weights_dir,
+    head_names,
+    load_head,
+    save_memory,
+)
 
 if TYPE_CHECKING:
     from .train import HeadPlan
@@ -178,14 +186,8 @@ def attach_memory(plan: HeadPlan, enc: Encoder, head_dir: Path, seed: int) -> Me
     wt = balance_weights(parts, plan.file_weights())
     wt = (wt / wt.mean()).astype(np.float32)
     val = [e for f in plan.files for e in f.val]
-    groups = []  # the validation rows of each file, in order
-    start = 0
-    for f in plan.files:
-        if f.val:
-            g = np.zeros(len(val), dtype=bool)
-            g[start : start + len(f.val)] = True
-            groups.append(g)
-            start += len(f.val)
+    owner = np.repeat(np.arange(len(plan.files)), [len(f.val) for f in plan.files])
+    groups = [owner == i for i, f in enumerate(plan.files) if f.val]  # each file's val rows
     xv = enc.embed([e.text for e in val])
     yv = np.asarray([plan.index(e.label) for e in val], dtype=np.int64)
     memory, measured = fit_memory(
@@ -194,12 +196,10 @@ def attach_memory(plan: HeadPlan, enc: Encoder, head_dir: Path, seed: int) -> Me
 
     def probs_of(texts: list[str]) -> Any:
         x = enc.embed(texts)
-        logits = memory_logits(memory, len(plan.labels), x, x @ head.weight.T + head.bias)
-        z = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return z / z.sum(axis=1, keepdims=True)
+        return softmax(memory_logits(memory, len(plan.labels), x, x @ head.weight.T + head.bias))
 
     figures = _evaluate(plan, probs_of, seed)
-    _write(head_dir, memory)
+    save_memory(head_dir, memory)
     meta = dict(head.meta)
     # Recomputing a memory: the head's own figures are the ones recorded with the last one.
     previous = meta.get("memory")
@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--weights",
         type=Path,
-        default=None,
+        default=default_weights_dir(),
         help="weights folder of the heads (default: the committed weights)",
     )
     p.add_argument(
@@ -270,12 +270,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run `loraroute model memory`; 0 on success, 2 when the heads or data do not fit."""
     from .average import AverageError, plan_again
     from .export import load_encoder
-    from .weights import head_names
 
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    weights = args.weights or default_weights_dir()
+    weights = args.weights
     try:
         names = head_names(weights)
         if not names:
