@@ -19,6 +19,7 @@ current never imports torch.
 from __future__ import annotations
 
 import json
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,10 +82,6 @@ class Memory:
     mix: float
     temperature: float
 
-    def unit_vectors(self) -> npt.NDArray[np.float32]:
-        """The stored embeddings as float32, back on the unit scale."""
-        return self.vectors.astype(np.float32) / MEMORY_SCALE
-
 
 @dataclass(frozen=True)
 class Head:
@@ -131,11 +128,9 @@ def load_head(path: Path) -> Head:
         raise ValueError(f"{path / 'labels.json'}: expected a non-empty list of strings")
     if len(set(labels)) != len(labels):
         raise ValueError(f"{path / 'labels.json'}: a label appears twice")
-    with np.load(path / "head.npz") as npz:
-        if "weight" not in npz or "bias" not in npz:
-            raise ValueError(f"{path / 'head.npz'}: needs arrays 'weight' and 'bias'")
-        weight = np.asarray(npz["weight"], dtype=np.float32)
-        bias = np.asarray(npz["bias"], dtype=np.float32)
+    arrays = _read_npz(path / "head.npz", ("weight", "bias"))
+    weight = np.asarray(arrays["weight"], dtype=np.float32)
+    bias = np.asarray(arrays["bias"], dtype=np.float32)
     if weight.ndim != 2 or weight.shape[0] != len(labels) or bias.shape != (len(labels),):
         raise ValueError(
             f"{path / 'head.npz'}: weight {list(weight.shape)} / bias {list(bias.shape)} do not "
@@ -165,23 +160,43 @@ def load_head(path: Path) -> Head:
     return Head(path, tuple(labels), weight, bias, pooling, normalize, max_length, meta, memory)
 
 
+def _read_npz(path: Path, names: Sequence[str]) -> dict[str, npt.NDArray[Any]]:
+    """The arrays `names` of the .npz file `path`; `ValueError` naming the file when it cannot
+    be read (not a zip, pickled objects, truncated, one bare array) or lacks one of them."""
+    try:
+        # Opened here so that the handle is closed even when numpy fails half-way.
+        with path.open("rb") as fh:
+            loaded = np.load(fh)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):
+                raise ValueError("one bare array")
+            with loaded:
+                arrays = {n: loaded[n] for n in loaded.files}
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path}: not a readable .npz file ({exc})") from exc
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise ValueError(f"{path}: missing arrays {missing}")
+    return {n: arrays[n] for n in names}
+
+
 def _load_memory(path: Path, num_labels: int, hidden: int, normalize: bool) -> Memory | None:
     if not path.is_file():
         return None
-    with np.load(path) as npz:
-        missing = sorted(
-            {"vectors", "labels", "weights", "k", "tau", "mix", "temperature"} - set(npz.files)
-        )
-        if missing:
-            raise ValueError(f"{path}: missing arrays {missing}")
-        vectors, labels, weights = npz["vectors"], npz["labels"], npz["weights"]
-        k, tau, mix, temperature = (npz[n].item() for n in ("k", "tau", "mix", "temperature"))
+    arrays = _read_npz(path, ("vectors", "labels", "weights", "k", "tau", "mix", "temperature"))
+    vectors, labels, weights = arrays["vectors"], arrays["labels"], arrays["weights"]
+    k, tau, mix, temperature = (arrays[n].item() for n in ("k", "tau", "mix", "temperature"))
     n = len(labels)
-    if vectors.dtype != np.int8 or vectors.shape != (n, hidden) or weights.shape != (n,) or not n:
+    if (
+        vectors.dtype != np.int8
+        or not np.issubdtype(labels.dtype, np.integer)
+        or vectors.shape != (n, hidden)
+        or weights.shape != (n,)
+        or not n
+    ):
         raise ValueError(
             f"{path}: vectors {vectors.dtype} {list(vectors.shape)}, labels {list(labels.shape)} "
             f"and weights {list(weights.shape)} do not fit (expected int8 [rows, {hidden}], "
-            "[rows], [rows], rows > 0)"
+            "integer [rows], [rows], rows > 0)"
         )
     if labels.min() < 0 or labels.max() >= num_labels:
         raise ValueError(f"{path}: a label index is outside 0..{num_labels - 1}")

@@ -79,6 +79,9 @@ def test_average_is_the_exact_mean_of_the_runs(
     assert set(training["averaged_runs"][0]["val_balanced_accuracy"]) == {"mine"}
     assert head.meta["evaluation"]["mine.jsonl"]["clean"]["n"] == 3 * 2
     assert head.meta["data"] == load_head(one / "mine").meta["data"]
+    # The memory is embedded last, from the averaged encoder's view of every training row.
+    assert head.memory is not None
+    assert len(head.memory.labels) == head.meta["data"]["files"][0]["train"]
 
 
 def test_a_run_records_its_temperature_unrounded(tmp_path: Path) -> None:

@@ -112,6 +112,25 @@ def test_memory_round_trip_and_bad_files(tmp_path: Path) -> None:
     np.savez(path / MEMORY_FILE, vectors=memory.vectors)
     with pytest.raises(ValueError, match="missing arrays"):
         load_head(path)
+    whole = {"vectors": memory.vectors, "labels": memory.labels, "weights": memory.weights}
+    whole |= {"k": 5, "tau": 0.05, "mix": 0.4, "temperature": 1.3}
+    np.savez(path / MEMORY_FILE, **(whole | {"labels": memory.labels * 0.5}))
+    with pytest.raises(ValueError, match="integer"):
+        load_head(path)
+    (path / MEMORY_FILE).write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match=r"memory\.npz: not a readable \.npz file"):
+        load_head(path)
+    np.savez(path / MEMORY_FILE, **(whole | {"vectors": np.array([object()], dtype=object)}))
+    with pytest.raises(ValueError, match="not a readable"):
+        load_head(path)
+    with (path / MEMORY_FILE).open("wb") as fh:
+        np.save(fh, memory.vectors)
+    with pytest.raises(ValueError, match="one bare array"):
+        load_head(path)
+    (path / MEMORY_FILE).unlink()
+    (path / "head.npz").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ValueError, match=r"head\.npz: not a readable \.npz file"):
+        load_head(path)
 
 
 def test_memory_verb_reports_missing_heads(
