@@ -36,8 +36,8 @@ import nats
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from loraroute.natsserver import NatsServer  # noqa: E402
 from schemas.wire import ReplyResponse, encoder  # noqa: E402
-from services.common.natsserver import NatsServer  # noqa: E402
 
 _TICK = os.sysconf("SC_CLK_TCK")
 SETUPS = {
@@ -143,7 +143,7 @@ def main() -> int:
             for name, flags in SETUPS.items():
                 port = free_port()
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "services.cli", "ingress", "--nats", server.url,
+                    [sys.executable, "-m", "loraroute", "ingress", "--nats", server.url,
                      "--config", str(REPO / "config" / "config.yaml"), "--port", str(port),
                      "--log-level", "warning", *flags],
                     cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -1,6 +1,6 @@
 """What one NATS hop costs the consuming process: raw nats-py (as the services use it) vs FastStream.
 
-Starts its own nats-server (`services.common.natsserver`) and, for each variant, a responder
+Starts its own nats-server (`loraroute.natsserver`) and, for each variant, a responder
 subprocess that subscribes to one subject in a queue group and answers each request on its reply
 subject, the way a classifier or dispatcher consumes and publishes:
 
@@ -34,10 +34,10 @@ from pathlib import Path
 
 import msgspec
 
+from loraroute.natsserver import NatsServer
 from schemas.wire import DispatchRequest, Route, encoder
 from services.common import bus
 from services.common.log import configure
-from services.common.natsserver import NatsServer
 
 SUBJECT = "bench.hop"
 BODY = msgspec.json.encode(

@@ -41,7 +41,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from services.common.natsserver import NatsServer  # noqa: E402
+from loraroute.natsserver import NatsServer  # noqa: E402
 
 QUERIES = [
     "Explain async/await in JavaScript",
@@ -130,7 +130,7 @@ class Bench:
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> Proc:
         log = (self.workdir / f"{name}.log").open("ab")
         process = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", *args],
+            [sys.executable, "-m", "loraroute", *args],
             cwd=REPO,
             env=env,
             stdin=subprocess.DEVNULL,

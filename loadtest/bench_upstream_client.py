@@ -61,7 +61,7 @@ def _start_mock(port: int) -> subprocess.Popen[bytes]:
     args = [
         sys.executable,
         "-m",
-        "services.cli",
+        "loraroute",
         "mock-vllm",
         "--port",
         str(port),

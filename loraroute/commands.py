@@ -1,8 +1,9 @@
 """The `loraroute` command: one sub-command per service or tool.
 
-Each sub-command lives in the module that owns it and exposes `main(argv) -> int`;
-this file only maps names to those modules, importing one lazily so that, for example,
-`loraroute config check` never loads onnxruntime and `loraroute mock-vllm` never loads torch.
+Each sub-command lives in the module that owns it and exposes `main(argv) -> int`: a service's
+runner is that service's `cli` module, the tools are modules of this package. This module only
+maps names to those modules, importing one lazily so that, for example, `loraroute config check`
+never loads onnxruntime and `loraroute mock-vllm` never loads torch.
 """
 
 from __future__ import annotations
@@ -16,16 +17,16 @@ __all__ = ["COMMANDS", "dispatch", "main"]
 #: sub-command -> (module, one-line help). The module's `main(argv)` gets the remaining arguments.
 COMMANDS: dict[str, tuple[str, str]] = {
     "up": (
-        "services.launcher",
+        "loraroute.launcher",
         "run the whole system: nats-server, mock vLLM, classifier, dispatcher, ingress",
     ),
     "ingress": ("services.ingress.cli", "run the HTTP ingress alone"),
-    "classifier": ("services.classifier.worker_cli", "run a classifier worker alone"),
+    "classifier": ("services.classifier.cli", "run a classifier worker alone"),
     "dispatcher": ("services.dispatcher.cli", "run a dispatcher alone"),
     "mock-vllm": ("services.mockvllm.cli", "run the vLLM stand-in"),
-    "config": ("services.config_cli", "check a config file: `loraroute config check FILE`"),
-    "model": ("services.classifier.model.cli", "build, train or evaluate the default classifier"),
-    "classify": ("services.classifier.cli", "classify one text with the configured model"),
+    "config": ("loraroute.config_check", "check a config file: `loraroute config check FILE`"),
+    "model": ("loraroute.model_verbs", "build, train or evaluate the default classifier"),
+    "classify": ("loraroute.classify", "classify one text with the configured model"),
 }
 
 
@@ -59,7 +60,3 @@ def dispatch(prog: str, commands: dict[str, tuple[str, str]], argv: Sequence[str
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the sub-command named by the first argument; return its exit status."""
     return dispatch("loraroute", COMMANDS, sys.argv[1:] if argv is None else argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -27,8 +27,8 @@ from types import FrameType
 
 import httpx
 
+from loraroute.natsserver import DEFAULT_MAX_PAYLOAD, NatsServer, NatsServerError
 from schemas.config import Config, ConfigError, load_config
-from services.common.natsserver import DEFAULT_MAX_PAYLOAD, NatsServer, NatsServerError
 
 __all__ = ["main", "mock_plan", "nats_max_payload"]
 
@@ -94,7 +94,7 @@ class _Child:
     def __init__(self, name: str, args: Sequence[str], env: dict[str, str]) -> None:
         self.name = name
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", *args],
+            [sys.executable, "-m", "loraroute", *args],
             env=env,
             stdin=subprocess.DEVNULL,
             # A session of its own: Ctrl-C reaches only the launcher, which then stops the
@@ -298,7 +298,3 @@ def main(argv: list[str]) -> int:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     return status
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))

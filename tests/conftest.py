@@ -1,19 +1,46 @@
-"""Fixtures shared by the whole suite: the repository root and one real nats-server per run."""
+"""Fixtures shared by the whole suite: the repository root, the built default models and one real
+nats-server per run.
+
+`make test` builds the models first (`make model`), so a missing model directory is a failure
+with the command to fix it, not a skip.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from services.common.natsserver import NatsServer
+from loraroute.natsserver import NatsServer
 
 
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     """The repository root (the folder holding pyproject.toml)."""
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def built_model_dir(repo_root: Path) -> Callable[[str], Path]:
+    """`models/loraroute-<head>` for a head; the test fails when that model is not built."""
+
+    def built(head: str) -> Path:
+        path = repo_root / "models" / f"loraroute-{head}"
+        if not (path / "build_info.json").is_file():
+            pytest.fail(
+                f"{path} is not built; run `make model` (or `loraroute model build`) "
+                "from the repository root first"
+            )
+        return path
+
+    return built
+
+
+@pytest.fixture(scope="session")
+def domain_model_dir(built_model_dir: Callable[[str], Path]) -> Path:
+    """`models/loraroute-domain`, the model the shipped config points at."""
+    return built_model_dir("domain")
 
 
 @pytest.fixture(scope="session")

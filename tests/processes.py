@@ -1,6 +1,6 @@
 """Starting loraroute services as real child processes in tests, and always stopping them.
 
-A `Service` runs `python -m services.cli <command> ...` with its output in a log file, waits until
+A `Service` runs `python -m loraroute <command> ...` with its output in a log file, waits until
 an HTTP health URL answers (or the process dies, whose log tail is then shown), and stops by pid:
 SIGTERM, then SIGKILL after a timeout. Fixtures call `stop()` in a finalizer.
 """
@@ -75,7 +75,7 @@ class Service:
         health_url: str | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
-        self.args = [sys.executable, "-m", "services.cli", *args]
+        self.args = [sys.executable, "-m", "loraroute", *args]
         self.name = args[0] if args else "service"
         self.log_path = log_path
         self.health_url = health_url

@@ -43,7 +43,7 @@ def _start_up(tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path, int]:
     log_path = tmp_path / "up.log"
     with log_path.open("wb") as log:
         up = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "up", "--config", str(config),
+            [sys.executable, "-m", "loraroute", "up", "--config", str(config),
              "--data-dir", str(tmp_path / "var"), "--mock-echo"],
             cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip

@@ -1,4 +1,4 @@
-"""services/classifier/cli.py: `loraroute classify` against the built default model."""
+"""loraroute/classify.py: `loraroute classify` against the built default model."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from services.classifier.cli import main
+from loraroute.classify import main
 
 MEDICAL = "What are the common side effects of metformin for type 2 diabetes?"
 

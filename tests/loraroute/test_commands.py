@@ -6,7 +6,7 @@ import importlib
 
 import pytest
 
-from services.cli import COMMANDS, dispatch, main
+from loraroute.commands import COMMANDS, dispatch, main
 
 
 def test_every_command_names_a_module_with_main() -> None:
@@ -26,6 +26,6 @@ def test_help_none_and_unknown(capsys: pytest.CaptureFixture[str]) -> None:
 def test_dispatch_passes_the_rest_and_returns_the_status(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    table = {"check": ("services.config_cli", "check a config")}
+    table = {"check": ("loraroute.config_check", "check a config")}
     assert dispatch("tool", table, ["check", "check", "/nonexistent.yaml"]) == 1
     assert "cannot read" in capsys.readouterr().err

@@ -12,7 +12,7 @@ from tests.schemas.test_config import GUIDE
 
 def _run(path: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", "config", "check", str(path)],
+        [sys.executable, "-m", "loraroute", "config", "check", str(path)],
         cwd=cwd,
         capture_output=True,
         text=True,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from loraroute.launcher import main, mock_plan, nats_max_payload
 from schemas.config import load_config
-from services.launcher import main, mock_plan, nats_max_payload
 from tests.processes import free_port, write_config
 
 

@@ -1,4 +1,4 @@
-"""`services.common.natsserver`: a real server starts on a free port and stops by its pid."""
+"""`loraroute.natsserver`: a real server starts on a free port and stops by its pid."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import nats
 import pytest
 
-from services.common.natsserver import NatsServer, NatsServerError, find_binary
+from loraroute.natsserver import NatsServer, NatsServerError, find_binary
 
 pytestmark = pytest.mark.integration
 

@@ -1,11 +1,10 @@
-"""Fixtures for the classifier tests: the built default model directories and engines on them.
-
-`make test` builds the models first (`make model`), so a missing directory is a failure
-with the command to fix it, not a skip.
+"""Fixtures for the classifier tests: the built mmlu-pro model directory and engines on the
+default model (`domain_model_dir` is the whole suite's, in tests/conftest.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,28 +15,12 @@ from services.classifier.model.weights import head_names
 DOMAIN_LABELS = ("technical", "medical", "legal", "general")
 
 
-def _built(repo_root: Path, head: str) -> Path:
-    path = repo_root / "models" / f"loraroute-{head}"
-    if not (path / "build_info.json").is_file():
-        pytest.fail(
-            f"{path} is not built; run `make model` (or `loraroute model build`) "
-            "from the repository root first"
-        )
-    return path
-
-
 @pytest.fixture(scope="session")
-def domain_model_dir(repo_root: Path) -> Path:
-    """`models/loraroute-domain`, the model the shipped config points at."""
-    return _built(repo_root, "domain")
-
-
-@pytest.fixture(scope="session")
-def mmlu_model_dir(repo_root: Path) -> Path:
+def mmlu_model_dir(built_model_dir: Callable[[str], Path]) -> Path:
     """`models/loraroute-mmlu-pro`; skipped only when no such head is committed."""
     if "mmlu-pro" not in head_names():
         pytest.skip("no mmlu-pro head is committed under services/classifier/model/weights")
-    return _built(repo_root, "mmlu-pro")
+    return built_model_dir("mmlu-pro")
 
 
 @pytest.fixture(scope="session")

@@ -210,7 +210,7 @@ def test_runtime_modules_import_no_build_library() -> None:
     # torch, transformers and onnx come with the `build` extra only; a runtime install
     # (engine, worker, `loraroute classify`) must work without them.
     code = (
-        "import sys, services.classifier.engine, services.classifier.cli;"
+        "import sys, services.classifier.engine, services.classifier.cli, loraroute.classify;"
         "print(sorted({'torch', 'transformers', 'onnx', 'peft'} & set(sys.modules)))"
     )
     out = subprocess.run(

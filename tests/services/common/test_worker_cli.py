@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[3]
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", *args],
+        [sys.executable, "-m", "loraroute", *args],
         cwd=cwd,
         capture_output=True,
         text=True,

@@ -461,7 +461,7 @@ def mock_vllm() -> Iterator[int]:
         [
             sys.executable,
             "-m",
-            "services.cli",
+            "loraroute",
             "mock-vllm",
             "--port",
             str(port),

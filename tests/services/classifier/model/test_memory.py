@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.classifier.model.cli import main as model_main
+from loraroute.model_verbs import main as model_main
 from services.classifier.model.memory import GRID, fit_memory, memory_logits
 from services.classifier.model.weights import (
     MEMORY_FILE,
