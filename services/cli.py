@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dispatcher": ("services.dispatcher.cli", "run a dispatcher alone"),
     "mock-vllm": ("services.mockvllm.cli", "run the vLLM stand-in"),
     "config": ("services.config_cli", "check a config file: `loraroute config check FILE`"),
-    "model": ("services.classifier.model.cli", "build, train or evaluate the default classifier"),
+    "model": ("services.model_verbs", "build, train or evaluate the default classifier"),
     "classify": ("services.classifier.cli", "classify one text with the configured model"),
 }
 

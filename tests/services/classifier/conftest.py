@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from services.classifier.engine import Engine
-from services.classifier.model.weights import head_names
+from modelkit.heads import head_names
 
 DOMAIN_LABELS = ("technical", "medical", "legal", "general")
 
@@ -36,7 +36,7 @@ def domain_model_dir(repo_root: Path) -> Path:
 def mmlu_model_dir(repo_root: Path) -> Path:
     """`models/loraroute-mmlu-pro`; skipped only when no such head is committed."""
     if "mmlu-pro" not in head_names():
-        pytest.skip("no mmlu-pro head is committed under services/classifier/model/weights")
+        pytest.skip("no mmlu-pro head is committed under modelkit/weights")
     return _built(repo_root, "mmlu-pro")
 
 

@@ -1,4 +1,4 @@
-"""services/classifier/model/cli.py: verb dispatch."""
+"""modelkit/cli.py: verb dispatch."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from services.classifier.model.cli import main
+from modelkit.cli import main
 
 
 def test_help_and_unknown_verbs(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,4 +1,4 @@
-"""services/classifier/model/memory.py and the memory file of weights.py."""
+"""modelkit/memory.py and the memory file of weights.py."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.classifier.model.cli import main as model_main
-from services.classifier.model.memory import GRID, fit_memory, memory_logits
-from services.classifier.model.weights import (
+from modelkit.cli import main as model_main
+from modelkit.memory import GRID, fit_memory, memory_logits
+from modelkit.heads import (
     MEMORY_FILE,
     MEMORY_SCALE,
     Memory,
@@ -157,7 +157,7 @@ def _write_data(path: Path) -> Path:
 
 @pytest.mark.slow
 def test_memory_verb_recomputes_and_retraining_without_one_removes_it(tmp_path: Path) -> None:
-    from services.classifier.model.train import main as train_main
+    from modelkit.train import main as train_main
 
     data = _write_data(tmp_path / "mine.jsonl")
     out = tmp_path / "weights"

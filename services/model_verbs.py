@@ -1,7 +1,7 @@
-"""`loraroute model build | train | average | memory | eval`: dispatch to the module that owns each verb.
+"""`loraroute model build | train | average | memory | eval`: dispatch to the toolkit's verbs.
 
-Each verb's module is imported only when used, so `build` on a current model directory
-never loads torch.
+Each verb's command-line module is imported only when used, so `build` on a current model
+directory never loads torch.
 """
 
 from __future__ import annotations
@@ -16,22 +16,19 @@ __all__ = ["VERBS", "main"]
 #: verb -> (module with `main(argv) -> int`, one-line help)
 VERBS: dict[str, tuple[str, str]] = {
     "build": (
-        "services.classifier.model.build",
+        "modelkit.cli.build",
         "build models/loraroute-<head>/ from the committed weights (cached by content hash)",
     ),
-    "train": ("services.classifier.model.train", "train the classifier heads (needs the data)"),
+    "train": ("modelkit.cli.train", "train the classifier heads (needs the data)"),
     "average": (
-        "services.classifier.model.average",
+        "modelkit.cli.average",
         "average the weights of several training runs into one set of heads",
     ),
     "memory": (
-        "services.classifier.model.memory",
+        "modelkit.cli.memory",
         "give trained heads a nearest-neighbour memory of their training rows",
     ),
-    "eval": (
-        "services.classifier.model.evaluate",
-        "measure a head or a built model on labelled data",
-    ),
+    "eval": ("modelkit.cli.evaluate", "measure a head or a built model on labelled data"),
 }
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.classifier.model.data import Example, class_counts, load_jsonl, subject_key
-from services.classifier.model.train import (
+from modelkit.data import Example, class_counts, load_jsonl, subject_key
+from modelkit.train import (
     FileSplit,
     HeadPlan,
     balance_weights,
@@ -19,7 +19,7 @@ from services.classifier.model.train import (
     plan_heads,
     split_file,
 )
-from services.classifier.model.weights import ADAPTER_DIR, load_head
+from modelkit.heads import ADAPTER_DIR, load_head
 
 TOPICS = {
     "technical": ["SQL join {i} rows", "python list index error {i}", "docker container port {i}"],

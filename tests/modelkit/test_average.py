@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from services.classifier.model import average, train
-from services.classifier.model.export import load_encoder
-from services.classifier.model.finetune import LORA_TARGETS
-from services.classifier.model.weights import load_head, save_head
-from tests.services.classifier.model.test_train import _write_data
+from modelkit.export import load_encoder
+from modelkit.finetune import LORA_TARGETS
+from modelkit.heads import load_head, save_head
+from tests.modelkit.test_train import _write_data
 
 pytestmark = pytest.mark.slow
 

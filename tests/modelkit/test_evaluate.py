@@ -1,4 +1,4 @@
-"""Tests for services/classifier/model/evaluate.py against the built default model."""
+"""Tests for modelkit/evaluate.py against the built default model."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from services.classifier.model.evaluate import main
+from modelkit.evaluate import main
 
 ROWS = [
     ("How do I write a SQL query that joins three tables?", "technical"),
