@@ -44,7 +44,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np
 
 from services.classifier.engine import Engine
-from services.classifier.model.augment import typo_copy
+from modelkit.augment import typo_copy
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCES = {

@@ -1,120 +1,67 @@
-"""Tests for modelkit/evaluate.py against the built default model."""
+"""modelkit/evaluate.py against the built default model."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from modelkit.evaluate import main
-
-ROWS = [
-    ("How do I write a SQL query that joins three tables?", "technical"),
-    ("Python raises KeyError when I read a dict, why?", "technical"),
-    ("What are the side effects of metformin?", "medical"),
-    ("My child has had a fever for three days, should I see a doctor?", "medical"),
-    ("Can my landlord keep the deposit if the lease says nothing about it?", "legal"),
-    ("Is a verbal contract enforceable in court?", "legal"),
-    ("Set an alarm for seven tomorrow morning", "general"),
-    ("What is the capital of Australia?", "general"),
-]
+from modelkit.data import DataError
+from modelkit.evaluate import EvalError, EvalOptions, evaluate
+from modelkit.options import OptionsError
+from services.classifier.engine import Engine
+from tests.modelkit.cli.test_evaluate import ROWS, write_rows
 
 
-def _data(path: Path, rows: list[tuple[str, str]]) -> Path:
-    path.write_text(
-        "".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in rows), encoding="utf-8"
-    )
-    return path
-
-
-def test_eval_prints_every_figure_and_writes_json(
-    domain_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    out = tmp_path / "figures.json"
-    rc = main(
-        [
-            "--data",
-            str(_data(tmp_path / "d.jsonl", ROWS)),
-            "--model",
-            str(domain_model_dir),
-            "--typos",
-            "--typo-copies",
-            "3",
-            "--json",
-            str(out),
-            "--threads",
-            "1",
-        ]
-    )
-    assert rc == 0
-    text = capsys.readouterr().out
-    for needle in ("balanced accuracy", "ECE", "precision", "confusion matrix", "typo copy"):
-        assert needle in text
-    figures = json.loads(out.read_text(encoding="utf-8"))
-    assert figures["clean"]["n"] == len(ROWS)
-    assert 0.0 <= figures["clean"]["balanced_accuracy"] <= 1.0
-    ratios = figures["typo_ratios"]
-    assert len(ratios) == 3
-    assert figures["typo_ratio"] == sorted(ratios)[1]
-    assert "median of 3 copies" in text
-
-
-@pytest.mark.parametrize(
-    ("extra", "message"),
-    [
-        (["--typos", "--typo-copies", "0"], "--typo-copies must be at least 1"),
-        (["--typo-copies", "5"], "--typo-copies needs --typos"),
-        (["--part", "validation"], "--part needs --held-out"),
-    ],
-)
-def test_eval_refuses_settings_that_do_nothing(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
-) -> None:
-    data = _data(tmp_path / "d.jsonl", ROWS)
-    with pytest.raises(SystemExit) as exc:
-        main(["--data", str(data), *extra])
-    assert exc.value.code == 2
-    assert message in capsys.readouterr().err
-
-
-def test_eval_rejects_labels_the_model_lacks(
-    domain_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    data = _data(tmp_path / "d.jsonl", [("hello", "astrology")])
-    assert main(["--data", str(data), "--model", str(domain_model_dir)]) == 2
-    assert "astrology" in capsys.readouterr().err
-
-
-def test_eval_reports_a_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    data = _data(tmp_path / "d.jsonl", ROWS)
-    assert main(["--data", str(data), "--model", str(tmp_path / "nothing")]) == 2
-    assert "cannot load" in capsys.readouterr().err
-
-
-def test_held_out_validation_part_scores_the_calibration_rows(
+def test_figures_match_a_count_of_the_engines_answers(
     domain_model_dir: Path, tmp_path: Path
 ) -> None:
-    rows = [(f"{text} ({i})", label) for i in range(10) for text, label in ROWS]
-    data = _data(tmp_path / "d.jsonl", rows)
-    out = tmp_path / "figures.json"
-    argv = ["--data", str(data), "--model", str(domain_model_dir), "--held-out", "balanced"]
-    assert main([*argv, "--part", "validation", "--json", str(out), "--threads", "1"]) == 0
-    # 20 rows per label: 4 test rows per label, and half as many validation rows.
-    assert json.loads(out.read_text(encoding="utf-8"))["clean"]["n"] == 4 * 2
-    assert main([*argv, "--json", str(out), "--threads", "1"]) == 0
-    assert json.loads(out.read_text(encoding="utf-8"))["clean"]["n"] == 4 * 4
+    # Two rows of each label, plus rows the model is meant to get wrong (a legal question
+    # labelled medical), so that balanced accuracy differs from accuracy and from 1.
+    rows = [*ROWS, ("Can my landlord keep the deposit after I moved out?", "medical")]
+    data = write_rows(tmp_path / "d.jsonl", rows)
+    options = EvalOptions(data=data, model=domain_model_dir, threads=1)
+    result = evaluate(options)
+
+    engine = Engine.from_model_dir(domain_model_dir, intra_op_threads=1)
+    predicted = np.asarray([c.label for c in engine.classify([t for t, _ in rows])])
+    truth = np.asarray([y for _, y in rows])
+    recalls = [np.mean(predicted[truth == label] == label) for label in sorted(set(truth))]
+    assert result.clean.n == len(rows)
+    assert result.clean.accuracy == pytest.approx(np.mean(predicted == truth))
+    assert result.clean.balanced_accuracy == pytest.approx(np.mean(recalls))
+    # The eight plain rows are all right; the mislabelled one is not.
+    assert list(predicted[: len(ROWS)]) == [y for _, y in ROWS]
+    assert result.clean.balanced_accuracy == pytest.approx((1 + 2 / 3 + 1 + 1) / 4)
+    assert result.typos == ()
+    assert result.figures()["clean"]["balanced_accuracy"] == round(np.mean(recalls), 4)
 
 
-def test_spelling_is_corrected_unless_asked_not_to(
-    domain_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_typo_copies_give_one_report_each_and_their_ratios(
+    domain_model_dir: Path, tmp_path: Path
 ) -> None:
-    data = _data(tmp_path / "d.jsonl", ROWS)
-    out = tmp_path / "figures.json"
-    argv = ["--data", str(data), "--model", str(domain_model_dir), "--json", str(out)]
-    assert main([*argv, "--threads", "1"]) == 0
-    assert json.loads(out.read_text(encoding="utf-8"))["correct_spelling"] is True
-    assert "spelling not corrected" not in capsys.readouterr().out
-    assert main([*argv, "--threads", "1", "--no-correct-spelling"]) == 0
-    assert json.loads(out.read_text(encoding="utf-8"))["correct_spelling"] is False
-    assert "spelling not corrected" in capsys.readouterr().out
+    data = write_rows(tmp_path / "d.jsonl", ROWS)
+    options = EvalOptions(data=data, model=domain_model_dir, typos=True, typo_copies=3, threads=1)
+    result = evaluate(options)
+    assert len(result.typos) == 3
+    clean = result.clean.balanced_accuracy
+    assert result.typo_ratios == [r.balanced_accuracy / clean for r in result.typos]
+    figures = result.figures()
+    assert figures["typo_ratio"] == round(sorted(result.typo_ratios)[1], 4)
+    assert figures["typos"] == result.typos[0].summary()
+
+
+def test_bad_options_data_labels_and_models_are_refused(
+    domain_model_dir: Path, tmp_path: Path
+) -> None:
+    data = write_rows(tmp_path / "d.jsonl", ROWS)
+    with pytest.raises(OptionsError, match="--part needs --held-out"):
+        evaluate(EvalOptions(data=data, part="validation"))
+    with pytest.raises(DataError):
+        evaluate(EvalOptions(data=tmp_path / "missing.jsonl", model=domain_model_dir))
+    odd = write_rows(tmp_path / "odd.jsonl", [("hello", "astrology")])
+    with pytest.raises(EvalError, match="astrology"):
+        evaluate(EvalOptions(data=odd, model=domain_model_dir))
+    with pytest.raises(EvalError, match="cannot load"):
+        evaluate(EvalOptions(data=data, model=tmp_path / "nothing"))

@@ -14,7 +14,7 @@ from modelkit.finetune import (
     masked_logits,
     probe_heads,
 )
-from modelkit.train import FileSplit, HeadPlan
+from modelkit.plan import FileSplit, HeadPlan
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from services.classifier.engine import Engine
 from modelkit.heads import head_names
+from services.classifier.engine import Engine
 
 DOMAIN_LABELS = ("technical", "medical", "legal", "general")
 
