@@ -183,7 +183,7 @@ def plan_heads(options: SplitOptions) -> list[HeadPlan]:
             plan.files.append(FileSplit(fname, train, val, test))
         plans.append(plan)
     # A held-out text must not train the shared encoder through another head's file; with
-    # `--split subject`, neither may any other question of a held-out subject.
+    # the subject split, neither may any other question of a held-out subject.
     held = {text_key(e.text) for p in plans for f in p.files for e in (*f.val, *f.test)}
     held_subjects = (
         {subject_key(e.subject) for p in plans for f in p.files for e in f.test if e.subject}
