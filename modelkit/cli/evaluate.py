@@ -16,7 +16,7 @@ from modelkit.evaluate import EvalError, EvalOptions, Evaluation, evaluate
 from modelkit.options import OptionsError
 from modelkit.scores import format_report
 
-__all__ = ["build_parser", "main", "print_evaluation"]
+__all__ = ["build_parser", "main", "options_from", "print_evaluation"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def options_from(args: argparse.Namespace) -> EvalOptions:
+    """The `EvalOptions` a parsed `loraroute model eval` command line asks for."""
+    return EvalOptions(**{name: getattr(args, name) for name in EvalOptions.__struct_fields__})
+
+
 def print_evaluation(result: Evaluation) -> None:
     """Print the reports of `result` to stdout, as `loraroute model eval` shows them."""
     o = result.options
@@ -110,8 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run `loraroute model eval`; 0 on success, 2 on bad data, a missing model or labels."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    given = {name: getattr(args, name) for name in EvalOptions.__struct_fields__}
-    options = EvalOptions(**given)
+    options = options_from(args)
     try:
         options.check()
     except OptionsError as exc:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from modelkit.cli.evaluate import main
+from modelkit.cli.evaluate import build_parser, main, options_from
+from modelkit.evaluate import EvalOptions
 
 ROWS = [
     ("How do I write a SQL query that joins three tables?", "technical"),
@@ -119,3 +120,20 @@ def test_spelling_is_corrected_unless_asked_not_to(
     assert main([*argv, "--threads", "1", "--no-correct-spelling"]) == 0
     assert json.loads(out.read_text(encoding="utf-8"))["correct_spelling"] is False
     assert "spelling not corrected" in capsys.readouterr().out
+
+
+def test_flags_become_options() -> None:
+    parse = build_parser().parse_args
+    assert options_from(parse(["--data", "d.jsonl"])) == EvalOptions(data=Path("d.jsonl"))
+    argv = ["--data", "d.jsonl", "--model", "m", "--typos", "--typo-copies", "3", "--seed", "2"]
+    argv += ["--held-out", "subject", "--part", "validation", "--no-correct-spelling"]
+    assert options_from(parse(argv)) == EvalOptions(
+        data=Path("d.jsonl"),
+        model=Path("m"),
+        typos=True,
+        typo_copies=3,
+        seed=2,
+        held_out="subject",
+        part="validation",
+        correct_spelling=False,
+    )
