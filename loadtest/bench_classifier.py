@@ -43,8 +43,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np
 
+from modelkit.augment import typo_copy
 from services.classifier.engine import Engine
-from services.classifier.model.augment import typo_copy
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCES = {

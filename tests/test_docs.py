@@ -17,9 +17,9 @@ from pathlib import Path
 import httpx
 import yaml
 
-from services.classifier.model.average import build_parser as average_parser
-from services.classifier.model.memory import build_parser as memory_parser
-from services.classifier.model.train import build_parser
+from modelkit.cli.average import build_parser as average_parser
+from modelkit.cli.memory import build_parser as memory_parser
+from modelkit.cli.train import build_parser
 from tests.processes import REPO, Service, free_port
 
 EXAMPLES = REPO / "docs" / "examples"

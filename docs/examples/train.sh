@@ -38,4 +38,4 @@ loraroute model train --threads 1 --mask-missing-labels --epochs 2 --run-seed 2 
 loraroute model train --split subject --threads 1 --mask-missing-labels --epochs 2 --run-seed 2 --out runs/sm2e2  # ... on unseen subjects
 loraroute model average runs/m2e runs/m2e2 --out runs/m2em2e2               # not adopted
 loraroute model average runs/sm2e runs/sm2e2 --out runs/sm2esm2e2           # ... on unseen subjects
-python loadtest/accuracy_table.py shipped=services/classifier/model/weights  # a table row from meta.json
+python loadtest/accuracy_table.py shipped=modelkit/weights  # a table row from meta.json

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from modelkit.heads import head_names
 from services.classifier.engine import Engine
-from services.classifier.model.weights import head_names
 
 DOMAIN_LABELS = ("technical", "medical", "legal", "general")
 
@@ -19,7 +19,7 @@ DOMAIN_LABELS = ("technical", "medical", "legal", "general")
 def mmlu_model_dir(built_model_dir: Callable[[str], Path]) -> Path:
     """`models/loraroute-mmlu-pro`; skipped only when no such head is committed."""
     if "mmlu-pro" not in head_names():
-        pytest.skip("no mmlu-pro head is committed under services/classifier/model/weights")
+        pytest.skip("no mmlu-pro head is committed under modelkit/weights")
     return built_model_dir("mmlu-pro")
 
 

@@ -1,4 +1,4 @@
-"""services/classifier/model/build.py: content hash, the build cache, and one real build."""
+"""modelkit/build.py: content hash, the build cache, and one real build."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.classifier.model import build as build_mod
-from services.classifier.model.build import build, build_hash, prune_cache
-from services.classifier.model.weights import ADAPTER_DIR, Memory, save_head, save_memory
+from modelkit import build as build_mod
+from modelkit.build import build, build_hash, prune_cache
+from modelkit.heads import ADAPTER_DIR, Memory, save_head, save_memory
 
 LABELS = ["technical", "medical", "legal", "general"]
 
@@ -125,9 +125,10 @@ def test_real_build_with_a_lora_adapter(tmp_path: Path, cache: Path) -> None:
     import torch
     from peft import LoraConfig, get_peft_model
 
+    from modelkit.encoder import load_encoder
+    from modelkit.export import HeadModel, torch_logits
+    from modelkit.heads import load_head
     from services.classifier.engine import Engine
-    from services.classifier.model.export import HeadModel, load_encoder, torch_logits
-    from services.classifier.model.weights import load_head
 
     head_dir = _head(tmp_path / "domain", max_length=32)
     torch.manual_seed(0)

@@ -1,16 +1,16 @@
-"""services/classifier/model/memory.py and the memory file of weights.py."""
+"""modelkit/memory.py and the memory file of heads.py."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 
 from loraroute.model_verbs import main as model_main
-from services.classifier.model.memory import GRID, fit_memory, memory_logits
-from services.classifier.model.weights import (
+from modelkit.heads import (
     MEMORY_FILE,
     MEMORY_SCALE,
     Memory,
@@ -18,6 +18,11 @@ from services.classifier.model.weights import (
     save_head,
     save_memory,
 )
+from modelkit.memory import GRID, add_memory, fit_memory, memory_logits
+from modelkit.options import TrainOptions
+from modelkit.runs import RunError
+from modelkit.train import train
+from tests.modelkit.toydata import write_data
 
 
 def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -133,50 +138,30 @@ def test_memory_round_trip_and_bad_files(tmp_path: Path) -> None:
         load_head(path)
 
 
-def test_memory_verb_reports_missing_heads(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert model_main(["memory", "--weights", str(tmp_path)]) == 2
-    assert "no heads under" in capsys.readouterr().err
-
-
-def _write_data(path: Path) -> Path:
-    topics = {
-        "technical": "python list index error {i}",
-        "medical": "fever and headache for {i} days",
-        "general": "weather tomorrow in city {i}",
-    }
-    lines = [
-        json.dumps({"text": t.format(i=i), "label": label, "subject": f"{label}-{i % 3}"})
-        for label, t in topics.items()
-        for i in range(12)
-    ]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+def test_add_memory_refuses_a_folder_without_heads(tmp_path: Path) -> None:
+    with pytest.raises(RunError, match="no heads under"):
+        add_memory(tmp_path)
 
 
 @pytest.mark.slow
-def test_memory_verb_recomputes_and_retraining_without_one_removes_it(tmp_path: Path) -> None:
-    from services.classifier.model.train import main as train_main
-
-    data = _write_data(tmp_path / "mine.jsonl")
+def test_add_memory_recomputes_and_retraining_without_one_removes_it(tmp_path: Path) -> None:
+    data = write_data(tmp_path / "mine.jsonl")
     out = tmp_path / "weights"
-    common = ["--data", str(data), "--head", "mine", "--no-lora", "--typo-copies", "0"]
-    assert train_main([*common, "--out", str(out), "--threads", "1"]) == 0
+    options = TrainOptions(data=(data,), head="mine", lora=False, typo_copies=0, out=out, threads=1)
+    train(options)
     first = load_head(out / "mine")
     assert first.memory is not None
     head_only = first.meta["memory"]["head_only_evaluation"]
     assert head_only["mine.jsonl"]["clean"]["n"] == 6
 
     (out / "mine" / MEMORY_FILE).unlink()
-    rc = model_main(["memory", "--weights", str(out), "--data", str(data), "--threads", "1"])
-    assert rc == 0
+    add_memory(out, [data], threads=1)
     again = load_head(out / "mine")
     assert again.memory is not None
     np.testing.assert_array_equal(again.memory.vectors, first.memory.vectors)
     # The head's own figures survive a second memory; they are not the first memory's.
     assert again.meta["memory"]["head_only_evaluation"] == head_only
 
-    assert train_main([*common, "--out", str(out), "--threads", "1", "--no-memory"]) == 0
+    train(msgspec.structs.replace(options, memory=False))
     assert load_head(out / "mine").memory is None
     assert not (out / "mine" / MEMORY_FILE).exists()

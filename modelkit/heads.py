@@ -6,7 +6,7 @@ Format (written by `loraroute model train`, read by `loraroute model build`)::
     head.npz         weight float32 [num_labels, hidden], bias float32 [num_labels]
                      (temperature calibration, if any, already folded in)
     meta.json        {"pooling": "mean", "normalize": bool, "max_length": int, ...}
-                     plus free-form provenance: data sources and licences, metrics
+                     plus free-form provenance: data sources and licences, scores
     encoder_lora/    optional: a peft adapter (save_pretrained of the MiniLM BertModel),
                      merged into the encoder at build time
     memory.npz       optional: the training rows' embeddings for a nearest-neighbour vote

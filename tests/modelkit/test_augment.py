@@ -1,11 +1,11 @@
-"""Tests for services/classifier/model/augment.py: typo rate, determinism, what is left alone;
+"""Tests for modelkit/augment.py: typo rate, determinism, what is left alone;
 sentence crops."""
 
 from __future__ import annotations
 
 import random
 
-from services.classifier.model.augment import (
+from modelkit.augment import (
     DEFAULT_TYPO_RATE,
     MIN_CROP_WORDS,
     add_typos,

@@ -17,45 +17,40 @@ memory` adds a memory to heads that have none (or recomputes it).
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
-from .calibration import fit_temperature, softmax
-from .data import DataError
-from .encoder import Encoder, print_progress
-from .metrics import balanced_accuracy, confusion_matrix
-from .weights import (
+from modelkit.calibration import fit_temperature, softmax
+from modelkit.encoder import Encoder, load_encoder, print_progress
+from modelkit.heads import (
     MEMORY_FILE,
     MEMORY_SCALE,
     Head,
     Memory,
-    default_weights_dir,
     head_names,
     load_head,
     save_memory,
 )
-
-if TYPE_CHECKING:
-    from .train import HeadPlan
+from modelkit.plan import HeadPlan, balance_weights, evaluate_plan
+from modelkit.runs import RunError, plan_again
+from modelkit.scores import balanced_accuracy, confusion_matrix
 
 __all__ = [
     "CHOICES",
     "GRID",
     "MemoryVote",
-    "add_memory_option",
+    "add_memory",
     "attach_memory",
-    "build_parser",
     "fit_memory",
-    "main",
+    "memory_logits",
 ]
 
 #: Candidates for (k, tau, mix). The head always keeps a share: votes alone jump between
@@ -173,8 +168,6 @@ def attach_memory(plan: HeadPlan, enc: Encoder, head_dir: Path, seed: int) -> Me
     The head's own test figures move to `memory.head_only_evaluation`; `evaluation` then
     holds those of the head with its memory, which is what `loraroute model build` exports.
     """
-    from .train import _evaluate, balance_weights
-
     head = load_head(head_dir)
     if not head.normalize:
         raise ValueError(f"{head_dir}: a memory needs normalised embeddings")
@@ -198,7 +191,7 @@ def attach_memory(plan: HeadPlan, enc: Encoder, head_dir: Path, seed: int) -> Me
         x = enc.embed(texts)
         return softmax(memory_logits(memory, len(plan.labels), x, x @ head.weight.T + head.bias))
 
-    figures = _evaluate(plan, probs_of, seed)
+    figures = evaluate_plan(plan, probs_of, seed)
     save_memory(head_dir, memory)
     meta = dict(head.meta)
     # Recomputing a memory: the head's own figures are the ones recorded with the last one.
@@ -229,65 +222,27 @@ def attach_memory(plan: HeadPlan, enc: Encoder, head_dir: Path, seed: int) -> Me
     return memory
 
 
-def add_memory_option(p: argparse.ArgumentParser) -> None:
-    """The `--memory/--no-memory` option of `loraroute model train` and `average`."""
-    p.add_argument(
-        "--memory",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="finally give each head a nearest-neighbour memory of its training rows, mixed "
-        "with the head and chosen on the validation rows (`loraroute model memory`; "
-        "default on)",
-    )
+def add_memory(weights: Path, data: Sequence[Path] = (), threads: int = 0) -> list[Memory]:
+    """Give every head under `weights` a memory (or recompute it), chosen on the validation
+    rows of the split the heads were trained on; return the memories, one per head.
 
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of `loraroute model memory`."""
-    p = argparse.ArgumentParser(
-        prog="loraroute model memory",
-        description="Give trained heads a nearest-neighbour memory of their training rows "
-        "(or recompute it), chosen on the validation rows of the split they were trained on.",
-    )
-    p.add_argument(
-        "--weights",
-        type=Path,
-        default=default_weights_dir(),
-        help="weights folder of the heads (default: the committed weights)",
-    )
-    p.add_argument(
-        "--data",
-        type=Path,
-        action="append",
-        default=None,
-        metavar="FILE.jsonl",
-        help="the files the heads were trained on, when they were user-supplied (repeat)",
-    )
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's choice)")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run `loraroute model memory`; 0 on success, 2 when the heads or data do not fit."""
-    from .average import AverageError, plan_again
-    from .export import load_encoder
-
-    args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    weights = args.weights
-    try:
-        names = head_names(weights)
-        if not names:
-            raise AverageError(f"no heads under {weights}")
-        heads: dict[str, list[Head]] = {n: [load_head(weights / n)] for n in names}
-        targs, plans = plan_again(heads, args.data, [weights])
-    except (AverageError, DataError, FileNotFoundError, ValueError) as exc:
-        print(f"loraroute model memory: {exc}", file=sys.stderr)
-        return 2
-    enc = Encoder(max_length=targs.max_length, normalize=targs.normalize)
+    `data` names the files of heads trained on user-supplied files. Raises `RunError` when
+    there are no heads or the data does not give the recorded split, `DataError` for bad
+    data, and `FileNotFoundError` / `ValueError` for a bad head. `threads` 0 leaves torch's
+    choice.
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    names = head_names(weights)
+    if not names:
+        raise RunError(f"no heads under {weights}")
+    heads: dict[str, list[Head]] = {n: [load_head(weights / n)] for n in names}
+    options, plans = plan_again(heads, data, [weights])
+    enc = Encoder(max_length=options.max_length, normalize=options.normalize)
     for p in enc.parameters():
         p.requires_grad_(False)
+    memories = []
     for plan in plans:
         enc.model = load_encoder(heads[plan.name][0].lora_dir)  # each head's own copy
-        attach_memory(plan, enc, weights / plan.name, targs.seed)
-    return 0
+        memories.append(attach_memory(plan, enc, weights / plan.name, options.seed))
+    return memories

@@ -1,4 +1,4 @@
-"""Tests for services/classifier/model/data.py: loading errors and split properties."""
+"""Tests for modelkit/data.py: loading errors and split properties."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from services.classifier.model.data import (
+from modelkit.data import (
     DataError,
     Example,
     balanced_split,

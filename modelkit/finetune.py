@@ -20,7 +20,6 @@ and saved, so a run that is stopped early still leaves usable weights.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import shutil
@@ -29,20 +28,19 @@ import time
 import warnings
 from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from .augment import DEFAULT_TYPO_RATE, add_typos, crop_sentences
-from .calibration import fit_linear_head, fit_temperature, softmax
-from .data import Example, class_counts
-from .encoder import Encoder, print_progress
-from .metrics import report
-from .weights import ADAPTER_DIR, save_head
-
-if TYPE_CHECKING:
-    from .train import HeadPlan
+from modelkit.augment import DEFAULT_TYPO_RATE, add_typos, crop_sentences
+from modelkit.calibration import fit_linear_head, fit_temperature, softmax
+from modelkit.data import Example, class_counts
+from modelkit.encoder import Encoder, print_progress
+from modelkit.heads import ADAPTER_DIR, save_head
+from modelkit.options import TrainOptions
+from modelkit.plan import HeadPlan, balance_weights, evaluate_plan, head_meta
+from modelkit.scores import report
 
 __all__ = [
     "LOGIT_SCALE",
@@ -246,8 +244,6 @@ def probe_heads(
     auxiliary subject heads after the plans' heads are fitted on the rows that carry a
     subject in `aux[h]`.
     """
-    from .train import balance_weights
-
     texts = sorted({e.text for p in plans for f in p.files for e in f.train})
     vectors = enc.embed(texts, progress=print_progress("embedding for the probe heads"))
     at = {t: i for i, t in enumerate(texts)}
@@ -289,7 +285,7 @@ def _save_adapter(model: Any, dest: Path) -> None:
         readme.unlink()
 
 
-def train_lora(plans: list[HeadPlan], enc: Encoder, args: argparse.Namespace, out: Path) -> None:
+def train_lora(plans: list[HeadPlan], enc: Encoder, options: TrainOptions, out: Path) -> None:
     """Fine-tune `enc` with a LoRA adapter and one linear head per plan; save after each epoch.
 
     Writes `out/<head>/{labels.json, head.npz, meta.json, encoder_lora/}`; the adapter is the
@@ -300,8 +296,8 @@ def train_lora(plans: list[HeadPlan], enc: Encoder, args: argparse.Namespace, ou
     for p in enc.model.parameters():
         p.requires_grad_(False)
     config = LoraConfig(
-        r=args.lora_r,
-        lora_alpha=args.lora_alpha,
+        r=options.lora_r,
+        lora_alpha=options.lora_alpha,
         lora_dropout=0.05,
         target_modules=LORA_TARGETS,
         bias="none",
@@ -311,63 +307,65 @@ def train_lora(plans: list[HeadPlan], enc: Encoder, args: argparse.Namespace, ou
         # with warnings as errors.
         warnings.simplefilter("ignore", FutureWarning)
         enc.model = get_peft_model(enc.model, config)
-    scale = LOGIT_SCALE if args.normalize else 1.0
+    scale = LOGIT_SCALE if options.normalize else 1.0
     heads = [torch.nn.Linear(enc.hidden_size, len(p.labels)) for p in plans]
     # Auxiliary heads predict each row's subject (the finer source label: MMLU subject,
     # MMLU-Pro source, CLINC intent); they shape the shared encoder and are not saved.
-    aux = [_subject_vocab(p) for p in plans] if args.aux_subject > 0 else None
+    aux = [_subject_vocab(p) for p in plans] if options.aux_subject > 0 else None
     if aux is not None:
         heads += [torch.nn.Linear(enc.hidden_size, max(1, len(v))) for v in aux]
     for head in heads:
         torch.nn.init.zeros_(head.weight)
         torch.nn.init.zeros_(head.bias)
-    if args.probe_init:
+    if options.probe_init:
         # The adapter's B matrices start at zero, so the encoder is still the pretrained one.
-        probe_heads(plans, enc, heads, scale, aux, args.l2)
+        probe_heads(plans, enc, heads, scale, aux, options.l2)
     lora_params = [p for p in enc.model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(
         [
-            {"params": lora_params, "lr": args.lr, "weight_decay": 0.01},
+            {"params": lora_params, "lr": options.lr, "weight_decay": 0.01},
             {
                 "params": [q for head in heads for q in head.parameters()],
-                "lr": max(args.lr, 2e-3),
+                "lr": max(options.lr, 2e-3),
                 "weight_decay": 0.0,
             },
         ]
     )
-    masks, mask_ids = label_masks(plans) if args.mask_missing_labels else ([[]], None)
-    rng = random.Random(args.run_seed)
+    masks, mask_ids = label_masks(plans) if options.mask_missing_labels else ([[]], None)
+    rng = random.Random(options.seed_of_run)
     epoch_size = len(
-        _epoch_rows(plans, args.max_per_class, random.Random(0), aux, args.aux_subject, mask_ids)
+        _epoch_rows(
+            plans, options.max_per_class, random.Random(0), aux, options.aux_subject, mask_ids
+        )
     )
-    steps_per_epoch = -(-epoch_size // args.batch_size)
-    total = steps_per_epoch * args.epochs
+    steps_per_epoch = -(-epoch_size // options.batch_size)
+    total = steps_per_epoch * options.epochs
     warmup = max(1, total // 16)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup)))
     )
     n_params = sum(p.numel() for p in lora_params)
     print(
-        f"LoRA r={args.lora_r}: {n_params} trainable encoder parameters; {args.epochs} "
-        f"epochs x {steps_per_epoch} steps of {args.batch_size}",
+        f"LoRA r={options.lora_r}: {n_params} trainable encoder parameters; {options.epochs} "
+        f"epochs x {steps_per_epoch} steps of {options.batch_size}",
         file=sys.stderr,
     )
     step = 0
     started = time.monotonic()
-    for epoch in range(1, args.epochs + 1):
+    for epoch in range(1, options.epochs + 1):
         enc.train()
         rows: list[Sample] = []
         for t, targets in _epoch_rows(
-            plans, args.max_per_class, rng, aux, args.aux_subject, mask_ids
+            plans, options.max_per_class, rng, aux, options.aux_subject, mask_ids
         ):
-            if args.crop_prob > 0 and rng.random() < args.crop_prob:
+            if options.crop_prob > 0 and rng.random() < options.crop_prob:
                 t = crop_sentences(t, rng)
-            if rng.random() < args.typo_prob:
+            if rng.random() < options.typo_prob:
                 rows.append((add_typos(t, rng, DEFAULT_TYPO_RATE), targets, t))
             else:
                 rows.append((t, targets, None))
         running = 0.0
-        for i, batch in enumerate(_batches(rows, enc, args.batch_size, rng), start=1):
+        for i, batch in enumerate(_batches(rows, enc, options.batch_size, rng), start=1):
             emb = enc([r[0] for r in batch])
             flat = [(j, *t) for j, (_, targets, _) in enumerate(batch) for t in targets]
             row_idx = torch.tensor([t[0] for t in flat])
@@ -385,10 +383,10 @@ def train_lora(plans: list[HeadPlan], enc: Encoder, args: argparse.Namespace, ou
                     )
                     ce = torch.nn.functional.cross_entropy(logits, target[sel], reduction="none")
                     loss = loss + (ce * weight[sel]).sum()
-            if args.consistency > 0:
+            if options.consistency > 0:
                 # Ramped in with the learning rate: at first the heads predict nothing.
                 ramp = min(1.0, (step + 1) / warmup)
-                loss = loss + ramp * args.consistency * consistency_loss(
+                loss = loss + ramp * options.consistency * consistency_loss(
                     enc,
                     heads[: len(plans)],
                     scale,
@@ -411,8 +409,8 @@ def train_lora(plans: list[HeadPlan], enc: Encoder, args: argparse.Namespace, ou
                 elapsed = time.monotonic() - started
                 eta = elapsed / step * (total - step)
                 print(
-                    f"epoch {epoch}/{args.epochs} step {i}/{steps_per_epoch} "
-                    f"loss {running / 20:.4f} {step * args.batch_size / elapsed:.1f} rows/s "
+                    f"epoch {epoch}/{options.epochs} step {i}/{steps_per_epoch} "
+                    f"loss {running / 20:.4f} {step * options.batch_size / elapsed:.1f} rows/s "
                     f"eta {eta / 60:.0f} min",
                     file=sys.stderr,
                     flush=True,
@@ -423,21 +421,21 @@ def train_lora(plans: list[HeadPlan], enc: Encoder, args: argparse.Namespace, ou
             enc,
             heads[: len(plans)],
             scale,
-            args,
+            options,
             out,
-            lora_meta(plans, args.lora_r, args.lora_alpha),
+            lora_meta(plans, options.lora_r, options.lora_alpha),
             {
                 "epochs_done": epoch,
-                "epochs": args.epochs,
-                "lr": args.lr,
-                "batch_size": args.batch_size,
-                "max_per_class": args.max_per_class,
-                "typo_prob": args.typo_prob,
-                "crop_prob": args.crop_prob,
-                "aux_subject_weight": args.aux_subject,
-                "consistency_weight": args.consistency,
-                "mask_missing_labels": args.mask_missing_labels,
-                "probe_init": args.probe_init,
+                "epochs": options.epochs,
+                "lr": options.lr,
+                "batch_size": options.batch_size,
+                "max_per_class": options.max_per_class,
+                "typo_prob": options.typo_prob,
+                "crop_prob": options.crop_prob,
+                "aux_subject_weight": options.aux_subject,
+                "consistency_weight": options.consistency,
+                "mask_missing_labels": options.mask_missing_labels,
+                "probe_init": options.probe_init,
             },
         )
 
@@ -461,7 +459,7 @@ def calibrate_and_save(
     enc: Encoder,
     heads: list[torch.nn.Linear],
     scale: float,
-    args: argparse.Namespace,
+    options: TrainOptions,
     out: Path,
     lora: dict[str, Any],
     training: dict[str, Any],
@@ -471,8 +469,6 @@ def calibrate_and_save(
 
     `heads[i]` gives logits for `plans[i]` as `scale * head(embedding)`.
     """
-    from .train import _evaluate, _meta
-
     enc.eval()
     for plan, head in zip(plans, heads, strict=True):
         weight = scale * head.weight.detach().numpy().astype(np.float64)
@@ -487,7 +483,7 @@ def calibrate_and_save(
         def probs_of(texts: list[str], w: Any = weight, b: Any = bias) -> Any:
             return softmax(enc.embed(texts) @ w.T + b)
 
-        figures = _evaluate(plan, probs_of, args.seed)
+        figures = evaluate_plan(plan, probs_of, options.seed)
         extra = {
             **training,
             "val_balanced_accuracy": round(val_report.balanced_accuracy, 4),
@@ -498,7 +494,7 @@ def calibrate_and_save(
             plan.labels,
             weight,
             bias,
-            _meta(plan, args, temperature, figures, lora, extra),
+            head_meta(plan, options, temperature, figures, lora, extra),
         )
         _save_adapter(enc.model, out / plan.name / ADAPTER_DIR)
         done = f"epoch {training['epochs_done']} " if "epochs_done" in training else ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,17 +18,15 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
+from modelkit.options import DEFAULT_MAX_LENGTH
+
 __all__ = [
-    "DEFAULT_MAX_LENGTH",
     "Encoder",
     "encoder_path",
+    "load_encoder",
     "mean_pool",
     "print_progress",
 ]
-
-#: Tokens kept per text. Chat queries are 8-40 tokens; longer exam stems keep their first
-#: 128 tokens, which name the subject, while training and inference stay fast on a CPU.
-DEFAULT_MAX_LENGTH = 128
 
 
 def encoder_path() -> Path:
@@ -115,6 +114,41 @@ class Encoder(torch.nn.Module):
                 progress(done, len(texts))
         self.train(was_training)
         return out
+
+
+def load_encoder(lora_dir: Path | None) -> Any:
+    """Load the packaged MiniLM encoder offline, merging the adapter in `lora_dir` if given.
+
+    Raises `ValueError` when the adapter changes no weight (it was saved for other modules).
+    """
+    # The package carries every file; a hub lookup would be a bug, so forbid it.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # build shows progress
+
+    # Eager attention traces into plain MatMul/Softmax that onnxruntime fuses and quantizes.
+    encoder = AutoModel.from_pretrained(str(encoder_path()), attn_implementation="eager")
+    encoder.eval()
+    if lora_dir is None:
+        return encoder
+    from peft import PeftModel
+
+    before = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
+    with warnings.catch_warnings():
+        # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` alias.
+        warnings.filterwarnings(
+            "ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning
+        )
+        merged = PeftModel.from_pretrained(encoder, str(lora_dir)).merge_and_unload()
+    merged.eval()
+    after = merged.state_dict()
+    changed = [k for k, v in before.items() if k in after and not torch.equal(v, after[k])]
+    if not changed:
+        raise ValueError(f"{lora_dir}: merging the adapter changed no encoder weight")
+    return merged
 
 
 def print_progress(label: str) -> Callable[[int, int], None]:

@@ -10,7 +10,6 @@ graph ran 15-20% slower on CPU here.
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,9 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from services.classifier.model.encoder import encoder_path, mean_pool
-from services.classifier.model.memory import MemoryVote
-from services.classifier.model.weights import Head
+from modelkit.encoder import mean_pool
+from modelkit.heads import Head
+from modelkit.memory import MemoryVote
 from services.classifier.tokens import Encoded
 
 __all__ = [
@@ -29,7 +28,6 @@ __all__ = [
     "OPSET",
     "HeadModel",
     "export_onnx",
-    "load_encoder",
     "torch_logits",
 ]
 
@@ -69,41 +67,6 @@ class HeadModel(torch.nn.Module):
         if self.memory is not None:
             logits = self.memory(pooled, logits)
         return logits
-
-
-def load_encoder(lora_dir: Path | None) -> Any:
-    """Load the packaged MiniLM encoder offline, merging the adapter in `lora_dir` if given.
-
-    Raises `ValueError` when the adapter changes no weight (it was saved for other modules).
-    """
-    # The package carries every file; a hub lookup would be a bug, so forbid it.
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    from transformers import AutoModel
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # build shows progress
-
-    # Eager attention traces into plain MatMul/Softmax that onnxruntime fuses and quantizes.
-    encoder = AutoModel.from_pretrained(str(encoder_path()), attn_implementation="eager")
-    encoder.eval()
-    if lora_dir is None:
-        return encoder
-    from peft import PeftModel
-
-    before = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
-    with warnings.catch_warnings():
-        # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` alias.
-        warnings.filterwarnings(
-            "ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning
-        )
-        merged = PeftModel.from_pretrained(encoder, str(lora_dir)).merge_and_unload()
-    merged.eval()
-    after = merged.state_dict()
-    changed = [k for k, v in before.items() if k in after and not torch.equal(v, after[k])]
-    if not changed:
-        raise ValueError(f"{lora_dir}: merging the adapter changed no encoder weight")
-    return merged
 
 
 @torch.inference_mode()

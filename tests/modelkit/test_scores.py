@@ -1,11 +1,11 @@
-"""Tests for services/classifier/model/metrics.py on hand-computed cases."""
+"""Tests for modelkit/scores.py on hand-computed cases."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from services.classifier.model.metrics import (
+from modelkit.scores import (
     accuracy,
     balanced_accuracy,
     confusion_matrix,

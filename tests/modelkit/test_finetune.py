@@ -6,15 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from services.classifier.model.data import Example
-from services.classifier.model.encoder import Encoder
-from services.classifier.model.finetune import (
+from modelkit.data import Example
+from modelkit.encoder import Encoder
+from modelkit.finetune import (
     consistency_loss,
     label_masks,
     masked_logits,
     probe_heads,
 )
-from services.classifier.model.train import FileSplit, HeadPlan
+from modelkit.plan import FileSplit, HeadPlan
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tests for services/classifier/model/evaluate.py against the built default model."""
+"""modelkit/cli/evaluate.py: `loraroute model eval` against the built default model."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from services.classifier.model.evaluate import main
+from modelkit.cli.evaluate import build_parser, main, options_from
+from modelkit.evaluate import EvalOptions
 
 ROWS = [
     ("How do I write a SQL query that joins three tables?", "technical"),
@@ -21,7 +22,8 @@ ROWS = [
 ]
 
 
-def _data(path: Path, rows: list[tuple[str, str]]) -> Path:
+def write_rows(path: Path, rows: list[tuple[str, str]]) -> Path:
+    """Write `(text, label)` rows as labelled JSONL to `path`."""
     path.write_text(
         "".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in rows), encoding="utf-8"
     )
@@ -35,7 +37,7 @@ def test_eval_prints_every_figure_and_writes_json(
     rc = main(
         [
             "--data",
-            str(_data(tmp_path / "d.jsonl", ROWS)),
+            str(write_rows(tmp_path / "d.jsonl", ROWS)),
             "--model",
             str(domain_model_dir),
             "--typos",
@@ -53,7 +55,7 @@ def test_eval_prints_every_figure_and_writes_json(
         assert needle in text
     figures = json.loads(out.read_text(encoding="utf-8"))
     assert figures["clean"]["n"] == len(ROWS)
-    assert 0.0 <= figures["clean"]["balanced_accuracy"] <= 1.0
+    assert figures["clean"]["balanced_accuracy"] == 1.0  # eight plain questions, all right
     ratios = figures["typo_ratios"]
     assert len(ratios) == 3
     assert figures["typo_ratio"] == sorted(ratios)[1]
@@ -71,7 +73,7 @@ def test_eval_prints_every_figure_and_writes_json(
 def test_eval_refuses_settings_that_do_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
 ) -> None:
-    data = _data(tmp_path / "d.jsonl", ROWS)
+    data = write_rows(tmp_path / "d.jsonl", ROWS)
     with pytest.raises(SystemExit) as exc:
         main(["--data", str(data), *extra])
     assert exc.value.code == 2
@@ -81,13 +83,13 @@ def test_eval_refuses_settings_that_do_nothing(
 def test_eval_rejects_labels_the_model_lacks(
     domain_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    data = _data(tmp_path / "d.jsonl", [("hello", "astrology")])
+    data = write_rows(tmp_path / "d.jsonl", [("hello", "astrology")])
     assert main(["--data", str(data), "--model", str(domain_model_dir)]) == 2
     assert "astrology" in capsys.readouterr().err
 
 
 def test_eval_reports_a_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    data = _data(tmp_path / "d.jsonl", ROWS)
+    data = write_rows(tmp_path / "d.jsonl", ROWS)
     assert main(["--data", str(data), "--model", str(tmp_path / "nothing")]) == 2
     assert "cannot load" in capsys.readouterr().err
 
@@ -96,7 +98,7 @@ def test_held_out_validation_part_scores_the_calibration_rows(
     domain_model_dir: Path, tmp_path: Path
 ) -> None:
     rows = [(f"{text} ({i})", label) for i in range(10) for text, label in ROWS]
-    data = _data(tmp_path / "d.jsonl", rows)
+    data = write_rows(tmp_path / "d.jsonl", rows)
     out = tmp_path / "figures.json"
     argv = ["--data", str(data), "--model", str(domain_model_dir), "--held-out", "balanced"]
     assert main([*argv, "--part", "validation", "--json", str(out), "--threads", "1"]) == 0
@@ -109,7 +111,7 @@ def test_held_out_validation_part_scores_the_calibration_rows(
 def test_spelling_is_corrected_unless_asked_not_to(
     domain_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    data = _data(tmp_path / "d.jsonl", ROWS)
+    data = write_rows(tmp_path / "d.jsonl", ROWS)
     out = tmp_path / "figures.json"
     argv = ["--data", str(data), "--model", str(domain_model_dir), "--json", str(out)]
     assert main([*argv, "--threads", "1"]) == 0
@@ -118,3 +120,20 @@ def test_spelling_is_corrected_unless_asked_not_to(
     assert main([*argv, "--threads", "1", "--no-correct-spelling"]) == 0
     assert json.loads(out.read_text(encoding="utf-8"))["correct_spelling"] is False
     assert "spelling not corrected" in capsys.readouterr().out
+
+
+def test_flags_become_options() -> None:
+    parse = build_parser().parse_args
+    assert options_from(parse(["--data", "d.jsonl"])) == EvalOptions(data=Path("d.jsonl"))
+    argv = ["--data", "d.jsonl", "--model", "m", "--typos", "--typo-copies", "3", "--seed", "2"]
+    argv += ["--held-out", "subject", "--part", "validation", "--no-correct-spelling"]
+    assert options_from(parse(argv)) == EvalOptions(
+        data=Path("d.jsonl"),
+        model=Path("m"),
+        typos=True,
+        typo_copies=3,
+        seed=2,
+        held_out="subject",
+        part="validation",
+        correct_spelling=False,
+    )

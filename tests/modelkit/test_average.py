@@ -1,4 +1,4 @@
-"""`loraroute model average` on two small LoRA runs trained here from a few dozen rows."""
+"""modelkit/average.py on two small LoRA runs trained here from a few dozen rows."""
 
 from __future__ import annotations
 
@@ -6,32 +6,36 @@ import json
 import shutil
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 import torch
 
-from services.classifier.model import average, train
-from services.classifier.model.export import load_encoder
-from services.classifier.model.finetune import LORA_TARGETS
-from services.classifier.model.weights import load_head, save_head
-from tests.services.classifier.model.test_train import _write_data
+from modelkit.average import average
+from modelkit.encoder import load_encoder
+from modelkit.finetune import LORA_TARGETS
+from modelkit.heads import load_head, save_head
+from modelkit.options import TrainOptions
+from modelkit.plan import HeadPlan, head_meta
+from modelkit.runs import RunError
+from modelkit.train import train
+from tests.modelkit.toydata import write_data
 
 pytestmark = pytest.mark.slow
 
 
-def _train(data: Path, out: Path, *extra: str) -> Path:
-    argv = ["--data", str(data), "--head", "mine", "--batch-size", "8", "--threads", "1"]
-    assert train.main([*argv, "--out", str(out), *extra]) == 0
-    return out
+def _train(data: Path, out: Path, **changes: object) -> Path:
+    options = TrainOptions(data=(data,), head="mine", batch_size=8, threads=1, out=out)
+    return train(msgspec.structs.replace(options, **changes))
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """(data file, run with 1 epoch, run with 2 epochs, another row cap and run seed)."""
     root = tmp_path_factory.mktemp("runs")
-    data = _write_data(root / "mine.jsonl")
-    one = _train(data, root / "one", "--epochs", "1")
-    two = _train(data, root / "two", "--epochs", "2", "--max-per-class", "6", "--run-seed", "1")
+    data = write_data(root / "mine.jsonl")
+    one = _train(data, root / "one", epochs=1)
+    two = _train(data, root / "two", epochs=2, max_per_class=6, run_seed=1)
     return data, one, two
 
 
@@ -50,7 +54,7 @@ def test_average_is_the_exact_mean_of_the_runs(
 ) -> None:
     data, one, two = runs
     out = tmp_path / "avg"
-    assert average.main([str(one), str(two), "--data", str(data), "--out", str(out)]) == 0
+    assert average([one, two], data=[data], out=out) == out
     head = load_head(out / "mine")
     assert head.lora_dir is not None
     config = json.loads((head.lora_dir / "adapter_config.json").read_text(encoding="utf-8"))
@@ -76,6 +80,7 @@ def test_average_is_the_exact_mean_of_the_runs(
     assert [r["epochs_done"] for r in training["averaged_runs"]] == [1, 2]
     assert [r["max_per_class"] for r in training["averaged_runs"]] == [500, 6]
     assert [r["run_seed"] for r in training["averaged_runs"]] == [0, 1]
+    assert training["run_seed"] is None  # the average is no single run
     assert set(training["averaged_runs"][0]["val_balanced_accuracy"]) == {"mine"}
     assert head.meta["evaluation"]["mine.jsonl"]["clean"]["n"] == 3 * 2
     assert head.meta["data"] == load_head(one / "mine").meta["data"]
@@ -87,47 +92,40 @@ def test_average_is_the_exact_mean_of_the_runs(
 def test_a_run_records_its_temperature_unrounded(tmp_path: Path) -> None:
     # Averaging unfolds each run's head with the temperature in its meta.json; a rounded one
     # (4 places) put a small temperature's head off by up to 1 %.
-    plan = train.HeadPlan("mine", ["a", "b"])
-    args = train.build_parser().parse_args(["--data", "mine.jsonl", "--head", "mine"])
-    meta = train._meta(plan, args, 0.004871234567, {}, None, {})
+    plan = HeadPlan("mine", ["a", "b"])
+    options = TrainOptions(data=(Path("mine.jsonl"),), head="mine")
+    meta = head_meta(plan, options, 0.004871234567, {}, None, {})
     save_head(tmp_path / "mine", plan.labels, np.eye(2, 3), np.zeros(2), meta)
     assert load_head(tmp_path / "mine").meta["training"]["temperature"] == 0.004871234567
 
 
-def _refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    assert average.main(argv) == 2
-    return capsys.readouterr().err
+def _refused(runs: list[Path], data: list[Path] | None = None, out: Path | None = None) -> str:
+    with pytest.raises(RunError) as exc:
+        average(runs, data=data or [], out=out)
+    return str(exc.value)
 
 
-def test_one_run_is_refused(
-    runs: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_one_run_is_refused(runs: tuple[Path, Path, Path]) -> None:
     data, one, _ = runs
-    assert "at least two runs" in _refused([str(one), "--data", str(data)], capsys)
+    assert "at least two runs" in _refused([one], [data])
 
 
-def test_runs_of_user_files_need_the_files(
-    runs: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
+def test_runs_of_user_files_need_the_files(runs: tuple[Path, Path, Path], tmp_path: Path) -> None:
     _, one, two = runs
-    err = _refused([str(one), str(two), "--out", str(tmp_path / "x")], capsys)
+    err = _refused([one, two], out=tmp_path / "x")
     assert "name them with --data" in err
     assert not (tmp_path / "x").exists()
 
 
-def test_runs_of_other_rows_are_refused(
-    runs: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
+def test_runs_of_other_rows_are_refused(runs: tuple[Path, Path, Path], tmp_path: Path) -> None:
     # The same file name with more rows: the runs' test rows would not be held out.
     _, one, two = runs
-    bigger = _write_data(tmp_path / "mine.jsonl", per_label=20)
-    err = _refused([str(one), str(two), "--data", str(bigger)], capsys)
+    bigger = write_data(tmp_path / "mine.jsonl", per_label=20)
+    err = _refused([one, two], [bigger])
     assert f"{one / 'mine'}: trained on other rows than the data gives now" in err
 
 
-def test_runs_of_another_split_are_refused(
-    runs: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
+def test_runs_of_another_split_are_refused(runs: tuple[Path, Path, Path], tmp_path: Path) -> None:
     data, one, two = runs
     other = tmp_path / "other"
     shutil.copytree(two, other)
@@ -135,23 +133,21 @@ def test_runs_of_another_split_are_refused(
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     meta["training"]["seed"] = 1
     meta_path.write_text(json.dumps(meta), encoding="utf-8")
-    err = _refused([str(one), str(other), "--data", str(data)], capsys)
+    err = _refused([one, other], [data])
     assert "training.seed differs" in err and "runs must share one split" in err
 
 
 def test_runs_with_other_labels_or_no_adapter_are_refused(
-    runs: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+    runs: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
     data, one, two = runs
     relabelled = tmp_path / "relabelled"
     shutil.copytree(two, relabelled)
     labels = relabelled / "mine" / "labels.json"
     labels.write_text(json.dumps(["general", "technical", "medical"]), encoding="utf-8")
-    assert "labels differ" in _refused([str(one), str(relabelled), "--data", str(data)], capsys)
+    assert "labels differ" in _refused([one, relabelled], [data])
 
     linear = tmp_path / "linear"
     shutil.copytree(two, linear)
     shutil.rmtree(linear / "mine" / "encoder_lora")
-    assert "only LoRA runs are averaged" in _refused(
-        [str(one), str(linear), "--data", str(data)], capsys
-    )
+    assert "only LoRA runs are averaged" in _refused([one, linear], [data])
