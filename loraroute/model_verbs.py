@@ -1,15 +1,8 @@
-<<<<<<<< HEAD:loraroute/model_verbs.py
 """`loraroute model build | train | average | memory | eval`: the model toolkit's verbs.
 
 Each verb is a command-line module of the toolkit (`modelkit.cli.<module>`, exposing
 `main(argv) -> int`), imported only when used, so `build` on a current model directory
 never loads torch.
-========
-"""`loraroute model build | train | average | memory | eval`: dispatch to the toolkit's verbs.
-
-Each verb's command-line module is imported only when used, so `build` on a current model
-directory never loads torch.
->>>>>>>> t-toolkit:services/model_verbs.py
 """
 
 from __future__ import annotations
