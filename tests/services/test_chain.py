@@ -22,7 +22,6 @@ from schemas.wire import ReplyEnd, ReplyHead, ReplyResponse, StreamChunk, reply_
 from services.classifier.app import ClassifierWorker
 from services.classifier.engine import Engine
 from services.classifier.labels import LabelMap
-from services.common import bus
 from services.dispatcher.app import DispatcherWorker
 from tests.services.classifier.fakes import LABELS, Caller, KeywordBackend, chat, keyword_tokenizer
 
@@ -84,15 +83,6 @@ async def chain(
     finally:
         await classifier.stop(5)
         await dispatcher.stop(5)
-
-
-@pytest.fixture
-async def client(nats_url: str) -> AsyncIterator[Client]:
-    nc = await bus.connect(nats_url, name="chain-client")
-    try:
-        yield nc
-    finally:
-        await bus.close(nc)
 
 
 async def test_routed_request_is_answered_by_the_dispatcher(
