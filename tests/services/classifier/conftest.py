@@ -7,9 +7,12 @@ with the command to fix it, not a skip.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
+from schemas.config import Config, decode_config
 from services.classifier.engine import Engine
 from services.classifier.model.weights import head_names
 
@@ -52,3 +55,11 @@ def domain_engine_fp32(domain_model_dir: Path) -> Engine:
     return Engine.from_model_dir(
         domain_model_dir, onnx_file="onnx/model_fp32.onnx", intra_op_threads=1
     )
+
+
+@pytest.fixture
+def shipped_config(repo_root: Path) -> Config:
+    """`config/config.yaml` as shipped, with a batch queue of four entries."""
+    data: dict[str, Any] = yaml.safe_load((repo_root / "config" / "config.yaml").read_text())
+    data["batching"] = {"max_batch_size": 8, "max_wait_ms": 2, "max_queue": 4}
+    return decode_config(data)
