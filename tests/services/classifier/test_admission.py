@@ -34,8 +34,8 @@ def test_read_decodes_both_kinds() -> None:
     ("data", "start"),
     [
         (b"{not json", "invalid JSON: "),
-        (b'{"kind": "nope"}', "invalid message: "),
-        (b'{"kind": "texts", "texts": "one"}', "invalid message: "),
+        (b'{"type": "nope"}', "invalid message: Invalid value 'nope'"),
+        (b'{"type": "texts", "texts": "one"}', "invalid message: Expected `array`"),
     ],
 )
 def test_read_refuses_what_does_not_decode(data: bytes, start: str) -> None:
