@@ -24,7 +24,11 @@ STRUCTS: dict[str, type[msgspec.Struct]] = {
     if isinstance(obj := getattr(wire, name), type) and issubclass(obj, msgspec.Struct)
 }
 #: The decoders of the subjects; a message kind is read by the one whose type names it.
-DECODERS = [wire.classify_decoder, wire.dispatch_decoder, wire.reply_decoder]
+DECODERS: list[msgspec.json.Decoder[Any]] = [
+    wire.classify_decoder,
+    wire.dispatch_decoder,
+    wire.reply_decoder,
+]
 
 #: The fields of the first version of the contract (`WIRE_VERSION` 1), in their order. A field
 #: added since then must have a default and come after these, so that a message from an older
