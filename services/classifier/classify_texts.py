@@ -1,8 +1,8 @@
 """The classification API's bookkeeping: one call, several texts, one answer or one error.
 
-`take_texts` answers a call whose texts are all empty at once, else returns one queue `Item`
-per non-empty text; `record` stores each text's result as its batch finishes and returns the
-answer once the last one is in. A call is answered at most once: after its first error
+`take_texts` sets up a call's bookkeeping and says which of its texts need the model (a call
+with none is answered at once); `record` stores each text's result as its batch finishes and
+returns the answer once the last one is in. A call is answered at most once: after its first error
 (`fail_once`), the results of its other texts are dropped.
 """
 
@@ -12,32 +12,24 @@ import time
 from typing import TYPE_CHECKING
 
 from schemas.wire import ClassifyTexts, ClassifyTextsResult
-from services.classifier.work import ChatWork, Item, TextsWork, empty_result, text_result
+from services.classifier.work import ChatWork, TextsWork, empty_result, text_result
 
 if TYPE_CHECKING:
     from services.classifier.engine import Classification
     from services.classifier.metrics import WorkerMetrics
-    from services.classifier.route import Router
-    from services.classifier.tokens import Tokenizer
+    from services.classifier.route import ClassifyText, Router
     from services.common.bus import RequestMeta
 
 __all__ = ["answer", "fail_once", "record", "take_texts"]
 
 
 def take_texts(
-    message: ClassifyTexts,
-    meta: RequestMeta,
-    reply: str,
-    received: float,
-    *,
-    router: Router,
-    tokenizer: Tokenizer,
-    metrics: WorkerMetrics,
-) -> ClassifyTextsResult | list[Item]:
-    """The answer now when no text needs the model, else one `Item` per text to classify
-    (answered later at `reply`). `received` is the call's `time.perf_counter()`."""
+    message: ClassifyTexts, meta: RequestMeta, reply: str, received: float, router: Router
+) -> tuple[TextsWork, dict[int, ClassifyText]]:
+    """The call's bookkeeping (answered at `reply`; `received` is its `time.perf_counter()`),
+    and its texts to classify by index: each cut to the routing window, the empty ones left
+    out (their results are filled in already)."""
     bounded = [router.bound(t) for t in message.texts]
-    metrics.truncations.labels("chars").inc(sum(b.truncated for b in bounded))
     work = TextsWork(
         meta=meta,
         reply=reply,
@@ -46,12 +38,7 @@ def take_texts(
         results=[None if b.text else empty_result(message.return_probabilities) for b in bounded],
         truncated_chars=[b.truncated for b in bounded],
     )
-    if work.remaining == 0:
-        return answer(work, metrics)
-    rows = [i for i, b in enumerate(bounded) if b.text]
-    encoded = tokenizer.encode([bounded[i].text for i in rows])
-    metrics.stage_seconds.labels("tokenize").observe(time.perf_counter() - received)
-    return [Item(work, i, encoded.take([k])) for k, i in enumerate(rows)]
+    return work, {i: b for i, b in enumerate(bounded) if b.text}
 
 
 def record(

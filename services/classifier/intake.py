@@ -10,6 +10,7 @@ Nothing here publishes: `handlers.py` sends what these return.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -18,6 +19,7 @@ from schemas.errors import ErrorKind
 from schemas.wire import ClassifyTextsResult, RouteChat
 from services.classifier import classify_texts, route_chat
 from services.classifier.admission import OVERLOADED, Refusal, admit, read
+from services.classifier.route import ClassifyText, Router
 from services.classifier.route_chat import Forward
 from services.classifier.work import ChatWork, Item, TextsWork
 from services.common.subjects import model_token
@@ -27,7 +29,6 @@ if TYPE_CHECKING:
     from services.classifier.batcher import Batcher
     from services.classifier.engine import Classification
     from services.classifier.metrics import WorkerMetrics
-    from services.classifier.route import Router
     from services.classifier.tokens import Tokenizer
     from services.common.bus import RequestMeta
 
@@ -43,21 +44,14 @@ Outcome = Forward | ClassifyTextsResult | Refusal | None
 Answer = tuple[ChatWork | TextsWork, Forward | ClassifyTextsResult | Refusal]
 
 
+@dataclass(kw_only=True, slots=True)
 class Intake:
     """The classify subject's logic around one router, tokenizer and batcher."""
 
-    def __init__(
-        self,
-        *,
-        router: Router,
-        tokenizer: Tokenizer,
-        batcher: Batcher[Item, Any, BatchResult],
-        metrics: WorkerMetrics,
-    ) -> None:
-        self.router = router
-        self.tokenizer = tokenizer
-        self.batcher = batcher
-        self.metrics = metrics
+    router: Router
+    tokenizer: Tokenizer
+    batcher: Batcher[Item, Any, BatchResult]
+    metrics: WorkerMetrics
 
     def take(self, data: bytes, meta: RequestMeta, reply: str, received: float) -> Outcome:
         """What to send for the message `data` (answered at `reply`); None when it was queued.
@@ -65,30 +59,25 @@ class Intake:
         message = read(data, meta)
         if isinstance(message, Refusal):
             return message
-        taken: Forward | ClassifyTextsResult | Refusal | list[Item]
+        work: ChatWork | TextsWork
         if isinstance(message, RouteChat):
-            taken = route_chat.take_chat(
-                message,
-                meta,
-                reply,
-                received,
-                router=self.router,
-                tokenizer=self.tokenizer,
-                metrics=self.metrics,
-            )
+            taken = route_chat.take_chat(message, self.router)
+            if not isinstance(taken, ClassifyText):
+                return taken
+            work = ChatWork(meta, reply, message.body, taken.truncated, received)
+            texts = {0: taken}
         else:
-            taken = classify_texts.take_texts(
-                message,
-                meta,
-                reply,
-                received,
-                router=self.router,
-                tokenizer=self.tokenizer,
-                metrics=self.metrics,
-            )
-        if not isinstance(taken, list):
-            return taken
-        if not admit(self.batcher, taken, meta):
+            work, texts = classify_texts.take_texts(message, meta, reply, received, self.router)
+            if not texts:  # every text was empty: nothing for the model
+                return classify_texts.answer(work, self.metrics)
+        self.metrics.truncations.labels("chars").inc(sum(t.truncated for t in texts.values()))
+        encoded = self.tokenizer.encode([t.text for t in texts.values()])
+        self.metrics.stage_seconds.labels("tokenize").observe(time.perf_counter() - received)
+        items = [
+            Item(work, index, encoded if len(texts) == 1 else encoded.take([row]))
+            for row, index in enumerate(texts)
+        ]
+        if not admit(self.batcher, items, meta):
             return OVERLOADED
         self.metrics.queue_depth.set(len(self.batcher.queue))
         return None

@@ -2,13 +2,12 @@
 
 `take_chat` reads the model and the text from the client's body. A configured model name passes
 through, and a request with nothing to classify takes the empty-text route: both are forwarded
-at once. An auto model's text is tokenized and queued; `classified` turns its classification
-into the route it is forwarded with. The body itself is forwarded byte for byte.
+at once. Otherwise it returns the text to classify, and `classified` later turns the
+classification into the route. The body itself is forwarded byte for byte.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -18,14 +17,11 @@ from schemas.errors import ErrorKind
 from schemas.openai import ChatRequestView
 from schemas.wire import Route, RouteChat
 from services.classifier.admission import Refusal
-from services.classifier.route import Router, UnknownModelError
-from services.classifier.work import ChatWork, Item
+from services.classifier.route import ClassifyText, Router, UnknownModelError
 
 if TYPE_CHECKING:
     from services.classifier.engine import Classification
-    from services.classifier.metrics import WorkerMetrics
-    from services.classifier.tokens import Tokenizer
-    from services.common.bus import RequestMeta
+    from services.classifier.work import ChatWork
 
 __all__ = ["Forward", "classified", "take_chat"]
 
@@ -40,18 +36,8 @@ class Forward:
     body: msgspec.Raw
 
 
-def take_chat(
-    message: RouteChat,
-    meta: RequestMeta,
-    reply: str,
-    received: float,
-    *,
-    router: Router,
-    tokenizer: Tokenizer,
-    metrics: WorkerMetrics,
-) -> Forward | Refusal | list[Item]:
-    """What `message` needs: a `Forward` now, a `Refusal`, or the one `Item` to queue for
-    classification (answered later at `reply`). `received` is its `time.perf_counter()`."""
+def take_chat(message: RouteChat, router: Router) -> Forward | Refusal | ClassifyText:
+    """What `message` needs: a `Forward` now, a `Refusal`, or the text to classify first."""
     try:
         view = _view_decoder.decode(message.body)
     except (msgspec.ValidationError, msgspec.DecodeError) as error:
@@ -63,14 +49,9 @@ def take_chat(
     if route is not None:
         return Forward(route, message.body)
     text = router.text_of(view)
-    if text.truncated:
-        metrics.truncations.labels("chars").inc()
     if not text.text:
         return Forward(router.decide(None, 0.0, empty=True), message.body)
-    encoded = tokenizer.encode([text.text])
-    metrics.stage_seconds.labels("tokenize").observe(time.perf_counter() - received)
-    work = ChatWork(meta, reply, message.body, text.truncated, received)
-    return [Item(work, 0, encoded)]
+    return text
 
 
 def classified(work: ChatWork, classification: Classification, router: Router) -> Forward:

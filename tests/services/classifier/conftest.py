@@ -11,10 +11,13 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 
 from schemas.config import Config, decode_config
 from services.classifier.engine import Engine
+from services.classifier.metrics import WorkerMetrics
 from services.classifier.model.weights import head_names
+from services.classifier.route import Router
 
 DOMAIN_LABELS = ("technical", "medical", "legal", "general")
 
@@ -63,3 +66,15 @@ def shipped_config(repo_root: Path) -> Config:
     data: dict[str, Any] = yaml.safe_load((repo_root / "config" / "config.yaml").read_text())
     data["batching"] = {"max_batch_size": 8, "max_wait_ms": 2, "max_queue": 4}
     return decode_config(data)
+
+
+@pytest.fixture
+def router(shipped_config: Config) -> Router:
+    """The router of the shipped config."""
+    return Router(shipped_config)
+
+
+@pytest.fixture
+def worker_metrics() -> WorkerMetrics:
+    """Worker metrics on a registry of their own."""
+    return WorkerMetrics(CollectorRegistry())

@@ -6,9 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
 
-from schemas.config import Config
 from schemas.errors import ErrorKind
 from schemas.wire import ClassifyTexts, ClassifyTextsResult, Route, RouteChat, encoder
 from services.classifier.admission import OVERLOADED, Refusal
@@ -34,12 +32,11 @@ async def batcher() -> AsyncIterator[Batcher[Item, Any, Any]]:
 
 
 @pytest.fixture
-def intake(shipped_config: Config, batcher: Batcher[Item, Any, Any]) -> Intake:
+def intake(
+    router: Router, worker_metrics: WorkerMetrics, batcher: Batcher[Item, Any, Any]
+) -> Intake:
     return Intake(
-        router=Router(shipped_config),
-        tokenizer=keyword_tokenizer(),
-        batcher=batcher,
-        metrics=WorkerMetrics(CollectorRegistry()),
+        router=router, tokenizer=keyword_tokenizer(), batcher=batcher, metrics=worker_metrics
     )
 
 
@@ -68,12 +65,29 @@ def test_take_answers_refusals_and_passthroughs_at_once(intake: Intake) -> None:
 
 def test_take_queues_what_needs_the_model(intake: Intake) -> None:
     assert intake.take(_chat("code"), meta("c"), "inbox.c", 0.0) is None
-    texts = encoder.encode(ClassifyTexts(texts=["blood", "", "law"]))
+    texts = encoder.encode(ClassifyTexts(texts=["blood code", "", "law"]))
     assert intake.take(texts, meta("t"), "inbox.t", 0.0) is None
     entries = _queued(intake)
     assert [type(e.payload.work) for e in entries] == [ChatWork, TextsWork, TextsWork]
     assert [e.payload.work.reply for e in entries] == ["inbox.c", "inbox.t", "inbox.t"]
+    # One row of tokens per text, each padded to its own length; the empty text needs none.
+    assert [e.payload.index for e in entries] == [0, 0, 2]
+    assert [e.payload.encoded.input_ids.shape for e in entries] == [(1, 1), (1, 2), (1, 1)]
+    assert [e.tokens for e in entries] == [1, 2, 1]
     assert _sample(intake, "loraroute_classifier_queue_depth") == 3.0
+    tokenized = {"stage": "tokenize"}
+    assert _sample(intake, "loraroute_classifier_stage_seconds_count", tokenized) == 2.0
+
+
+def test_take_counts_texts_cut_to_the_window(intake: Intake) -> None:
+    long = "law " * 10_000
+    assert intake.take(_chat(long), meta("c"), "inbox.c", 0.0) is None
+    texts = encoder.encode(ClassifyTexts(texts=[long, "code", long]))
+    assert intake.take(texts, meta("t"), "inbox.t", 0.0) is None
+    chars = {"kind": "chars"}
+    assert _sample(intake, "loraroute_classifier_truncations_total", chars) == 3.0
+    chat = _queued(intake)[0]
+    assert isinstance(chat.payload.work, ChatWork) and chat.payload.work.truncated_chars
 
 
 def test_take_refuses_a_request_the_queue_cannot_hold_whole(intake: Intake) -> None:

@@ -1,62 +1,31 @@
-"""`services.classifier.route_chat`: a chat request forwarded at once, refused, or queued."""
+"""`services.classifier.route_chat`: a chat request forwarded at once, refused, or classified."""
 
 from __future__ import annotations
 
 import msgspec
 import pytest
-from prometheus_client import CollectorRegistry
 
 from schemas.config import Config
 from schemas.errors import ErrorKind
 from schemas.wire import RouteChat
 from services.classifier.admission import Refusal
-from services.classifier.metrics import WorkerMetrics
-from services.classifier.route import Router
+from services.classifier.route import ClassifyText, Router
 from services.classifier.route_chat import Forward, classified, take_chat
-from services.classifier.work import ChatWork, Item
-from tests.services.classifier.fakes import keyword_tokenizer
+from services.classifier.work import ChatWork
 from tests.services.classifier.plain import body, classification, meta
 
 
-@pytest.fixture
-def router(shipped_config: Config) -> Router:
-    return Router(shipped_config)
-
-
-@pytest.fixture
-def metrics() -> WorkerMetrics:
-    return WorkerMetrics(CollectorRegistry())
-
-
-def _take(
-    raw: msgspec.Raw, router: Router, metrics: WorkerMetrics
-) -> Forward | Refusal | list[Item]:
-    return take_chat(
-        RouteChat(body=raw),
-        meta(),
-        "inbox.1",
-        0.0,
-        router=router,
-        tokenizer=keyword_tokenizer(),
-        metrics=metrics,
-    )
-
-
-def test_a_configured_model_passes_through_with_its_body(
-    router: Router, metrics: WorkerMetrics
-) -> None:
+def test_a_configured_model_passes_through_with_its_body(router: Router) -> None:
     raw = body("code", model="medical-lora", temperature=0.1)
-    forward = _take(raw, router, metrics)
+    forward = take_chat(RouteChat(body=raw), router)
     assert isinstance(forward, Forward)
     assert forward.body is raw
     assert (forward.route.model, forward.route.reason) == ("medical-lora", "passthrough")
     assert forward.route.category is None
 
 
-def test_an_unknown_model_is_refused_naming_the_parameter(
-    router: Router, metrics: WorkerMetrics
-) -> None:
-    refusal = _take(body("code", model="no-such-model"), router, metrics)
+def test_an_unknown_model_is_refused_naming_the_parameter(router: Router) -> None:
+    refusal = take_chat(RouteChat(body=body("code", model="no-such-model")), router)
     assert isinstance(refusal, Refusal)
     assert (refusal.kind, refusal.reason, refusal.param) == (
         ErrorKind.NOT_FOUND,
@@ -67,36 +36,23 @@ def test_an_unknown_model_is_refused_naming_the_parameter(
 
 
 @pytest.mark.parametrize("raw", [b"[1, 2]", b'{"model": 3, "messages": []}'])
-def test_a_body_that_is_no_chat_request_is_refused(
-    raw: bytes, router: Router, metrics: WorkerMetrics
-) -> None:
-    refusal = _take(msgspec.Raw(raw), router, metrics)
+def test_a_body_that_is_no_chat_request_is_refused(raw: bytes, router: Router) -> None:
+    refusal = take_chat(RouteChat(body=msgspec.Raw(raw)), router)
     assert isinstance(refusal, Refusal)
     assert (refusal.kind, refusal.reason) == (ErrorKind.VALIDATION, "invalid")
     assert refusal.message.startswith("invalid chat request: ")
 
 
-def test_nothing_to_classify_takes_the_empty_route(
-    router: Router, metrics: WorkerMetrics, shipped_config: Config
-) -> None:
-    forward = _take(body(None), router, metrics)
+def test_nothing_to_classify_takes_the_empty_route(router: Router, shipped_config: Config) -> None:
+    forward = take_chat(RouteChat(body=body(None)), router)
     assert isinstance(forward, Forward)
     assert (forward.route.model, forward.route.reason) == (shipped_config.default_model, "empty")
 
 
-def test_an_auto_model_queues_its_tokenized_text(router: Router, metrics: WorkerMetrics) -> None:
-    raw = body("code blood")
-    items = _take(raw, router, metrics)
-    assert isinstance(items, list) and len(items) == 1
-    (item,) = items
-    work = item.work
-    assert isinstance(work, ChatWork)
-    assert (work.reply, work.body, work.truncated_chars) == ("inbox.1", raw, False)
-    assert item.encoded.lengths.tolist() == [2]
-    tokenized = metrics.registry.get_sample_value(
-        "loraroute_classifier_stage_seconds_count", {"stage": "tokenize"}
-    )
-    assert tokenized == 1.0
+def test_an_auto_model_asks_for_its_text_to_be_classified(router: Router) -> None:
+    assert take_chat(RouteChat(body=body("code blood")), router) == ClassifyText("code blood")
+    long = take_chat(RouteChat(body=body("law " * 10_000)), router)
+    assert isinstance(long, ClassifyText) and long.truncated
 
 
 def test_a_classification_becomes_its_category_route(router: Router) -> None:
