@@ -22,7 +22,8 @@ from prometheus_client import CollectorRegistry
 from schemas.config import Config, ConfigError, check
 from services.classifier.batch_queue import Batch, BatchQueue
 from services.classifier.batcher import Batcher
-from services.classifier.handlers import BatchResult, ClassifierHandlers
+from services.classifier.handlers import ClassifierHandlers
+from services.classifier.intake import BatchResult, Intake
 from services.classifier.metrics import WorkerMetrics
 from services.classifier.route import Router
 from services.classifier.work import Item
@@ -136,14 +137,14 @@ class ClassifierWorker:
             complete=lambda batch, result, error: handlers.complete(batch, result, error),
             expire=lambda entries: handlers.expire(entries),
         )
-        handlers = ClassifierHandlers(
-            nc=self.nc,
-            subjects=self.subjects,
-            bounce=bounce,
+        intake = Intake(
             router=self.router,
             tokenizer=self.engine.tokenizer,
             batcher=self.batcher,
             metrics=self.metrics,
+        )
+        handlers = ClassifierHandlers(
+            nc=self.nc, subjects=self.subjects, bounce=bounce, intake=intake, metrics=self.metrics
         )
         self.batcher.start()
         # The bounce subscription first: a forward must never race its own "no responders".

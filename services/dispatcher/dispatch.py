@@ -101,6 +101,22 @@ def _error(
     return ReplyError(status=STATUS[kind], error=body, route=route)
 
 
+def _kind(error: UpstreamError) -> ErrorKind:
+    """A failed call to vLLM as the client sees it: 504 for a timeout, else 502."""
+    return ErrorKind.TIMEOUT if error.stage == "timeout" else ErrorKind.BAD_GATEWAY
+
+
+def _retry(error: UpstreamError, endpoint: VllmEndpoint, route: Route) -> _Retry:
+    """A failed call to `endpoint` as a retry whose error answers if no other endpoint does.
+
+    A failed connect marks the endpoint down and is not retried there; a broken connection or
+    a slow answer may be tried once more on the same endpoint.
+    """
+    connect = error.stage == "connect"
+    reply = _error(_kind(error), f"vLLM endpoint {endpoint.name}: {error}", route)
+    return _Retry(reply, mark_down=connect, same_endpoint_ok=not connect)
+
+
 def _upstream_error(status: int, body: bytes, route: Route) -> ReplyError:
     """vLLM's error as the client's: both envelope shapes become the current one.
 
@@ -231,12 +247,7 @@ class Dispatch:
         try:
             response = await self.upstream.post(url, body, headers, meta.remaining_s())
         except UpstreamError as error:
-            kind = ErrorKind.TIMEOUT if error.stage == "timeout" else ErrorKind.BAD_GATEWAY
-            raise _Retry(
-                _error(kind, f"vLLM endpoint {endpoint.name}: {error}", route),
-                mark_down=error.stage == "connect",
-                same_endpoint_ok=error.stage != "connect",
-            ) from error
+            raise _retry(error, endpoint, route) from error
         try:
             if response.status != 200:
                 await self._refused(response, endpoint, route, meta)
@@ -276,8 +287,7 @@ class Dispatch:
         try:
             data = await response.read(meta.remaining_s())
         except UpstreamError as error:
-            kind = ErrorKind.TIMEOUT if error.stage == "timeout" else ErrorKind.BAD_GATEWAY
-            raise _Retry(_error(kind, f"vLLM endpoint {endpoint.name}: {error}", route)) from error
+            raise _retry(error, endpoint, route) from error
         self._check_model(data, endpoint, route)
         outcome.status = 200
         await send(ReplyResponse(status=200, body=msgspec.Raw(data), route=route))
@@ -295,8 +305,7 @@ class Dispatch:
         try:
             first = await anext(chunks, b"")
         except UpstreamError as error:
-            kind = ErrorKind.TIMEOUT if error.stage == "timeout" else ErrorKind.BAD_GATEWAY
-            raise _Retry(_error(kind, f"vLLM endpoint {endpoint.name}: {error}", route)) from error
+            raise _retry(error, endpoint, route) from error
         if not first:
             raise _Retry(
                 _error(
@@ -320,9 +329,8 @@ class Dispatch:
                 seq += 1
                 tail = (tail + chunk)[-64:]
         except UpstreamError as failure:
-            kind = ErrorKind.TIMEOUT if failure.stage == "timeout" else ErrorKind.BAD_GATEWAY
             broken = error_response(
-                kind, f"the stream from vLLM endpoint {endpoint.name} broke: {failure}"
+                _kind(failure), f"the stream from vLLM endpoint {endpoint.name} broke: {failure}"
             )
         if broken is None and _DONE not in tail:
             broken = error_response(

@@ -3,18 +3,13 @@
 Replies go to the ingress inbox: the `Lr-Reply-To` header when the classifier forwarded the
 request, else the NATS reply subject (a passthrough published by the ingress itself). Each
 request runs in its own task, because calls to vLLM last seconds and nats-py delivers a
-subscription's messages one at a time.
-
-A cancellation can overtake its request: the client may leave while the request still waits in
-the classifier's queue. A cancel for a request not running here is remembered until the
-request's deadline (at most `REMEMBERED_CANCELS` of them), and such a request is answered with
-an error when it arrives instead of being sent to vLLM.
+subscription's messages one at a time. Which requests a cancellation stops is kept by
+`cancels.Cancels`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 
 import msgspec
 import structlog
@@ -25,15 +20,11 @@ from schemas.errors import ErrorKind
 from schemas.wire import DispatchRequest, ReplyMessage, dispatch_decoder, encoder
 from services.common import bus
 from services.common.subjects import model_token
+from services.dispatcher.cancels import Cancels
 from services.dispatcher.dispatch import Dispatch
 from services.dispatcher.metrics import DispatcherMetrics
 
-__all__ = ["REMEMBERED_CANCELS", "DispatcherHandlers"]
-
-#: At most this many cancellations of requests not (yet) running here are remembered.
-REMEMBERED_CANCELS = 10_000
-#: How long a cancellation without a deadline header is remembered.
-_CANCEL_MEMORY_S = 300.0
+__all__ = ["DispatcherHandlers"]
 
 _log = structlog.get_logger("loraroute.dispatcher")
 
@@ -46,10 +37,7 @@ class DispatcherHandlers:
         self.dispatch = dispatch
         self.metrics = metrics
         self.tasks: set[asyncio.Task[None]] = set()
-        # Subject token of the request id -> its running task, for `on_cancel`.
-        self._running: dict[str, asyncio.Task[None]] = {}
-        # Subject token -> Unix time until which a cancel that overtook its request counts.
-        self._cancelled: dict[str, float] = {}
+        self.cancels = Cancels()
 
     async def on_dispatch(self, msg: Msg) -> None:
         """One message on a dispatch subject (never raises: failures are answered)."""
@@ -73,7 +61,7 @@ class DispatcherHandlers:
             )
             return
         token = model_token(meta.request_id)
-        if self._cancelled.pop(token, 0.0) > time.time():
+        if self.cancels.overtaken(token):
             self.metrics.requests.labels("cancelled", "unknown").inc()
             _log.info("dispatch_cancelled_before_start", request_id=meta.request_id)
             await bus.reply_error(
@@ -86,32 +74,14 @@ class DispatcherHandlers:
             return
         task = asyncio.create_task(self._run(request, meta, reply))
         self.tasks.add(task)
-        self._running[token] = task
-
-        def done(finished: asyncio.Task[None]) -> None:
-            self.tasks.discard(finished)
-            if self._running.get(token) is finished:
-                del self._running[token]
-
-        task.add_done_callback(done)
+        task.add_done_callback(self.tasks.discard)
+        self.cancels.running(token, task)
 
     async def on_cancel(self, msg: Msg) -> None:
         """A cancellation on `<prefix>.cancel.<request id>`: stop that request if it runs here,
         else remember it until the request's deadline in case the request is still on its way."""
         token = msg.subject.rpartition(".")[2]
-        task = self._running.get(token)
-        if task is not None:
-            if not task.done():
-                task.cancel()
-            return
-        deadline_ms = bus.RequestMeta.from_headers(msg.headers).deadline_ms
-        now = time.time()
-        self._cancelled[token] = deadline_ms / 1000 if deadline_ms else now + _CANCEL_MEMORY_S
-        if len(self._cancelled) > REMEMBERED_CANCELS:
-            for key in [k for k, until in self._cancelled.items() if until <= now]:
-                del self._cancelled[key]
-            while len(self._cancelled) > REMEMBERED_CANCELS:  # the oldest go first
-                del self._cancelled[next(iter(self._cancelled))]
+        self.cancels.cancel(token, bus.RequestMeta.from_headers(msg.headers).deadline_ms)
 
     async def _run(self, request: DispatchRequest, meta: bus.RequestMeta, reply: str) -> None:
         async def send(message: ReplyMessage) -> None:

@@ -7,6 +7,8 @@ the tests assert exactly what reached vLLM (model, system prompt, reasoning fiel
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
 import time
@@ -216,8 +218,9 @@ def test_deadline_is_504(pipeline: Pipeline, client: openai.OpenAI) -> None:
                 messages=_user(MEDICAL),
                 extra_headers={"x-loraroute-timeout": "1.0"},
             )
+        # vLLM never answers: the 504 is the deadline's, after at least its second.
         assert timeout.value.status_code == 504
-        assert time.monotonic() - start < 5.0
+        assert time.monotonic() - start >= 1.0
     finally:
         httpx.post(f"{pipeline.mock_url}/mock/faults", json={"faults": []}).raise_for_status()
 
@@ -281,12 +284,13 @@ def test_no_classifier_or_no_dispatcher_is_503_at_once(
             while not httpx.get(f"{partial.ingress_url}/ready").json().get("classifier"):
                 assert time.monotonic() < deadline, "classifier never became ready"
                 time.sleep(0.2)
+        # A timeout would be a 504 (or the client's own): a 503 is the "no responders" status.
+        missing = "dispatcher" if workers else "classifier"
         with partial.openai(timeout=30.0) as c:
-            start = time.monotonic()
             with pytest.raises(openai.InternalServerError) as unavailable:
                 c.chat.completions.create(model="MoM", messages=_user(MEDICAL))
             assert unavailable.value.status_code == 503
-            assert time.monotonic() - start < 2.0, "503 must come at once, not after a timeout"
+            assert missing in unavailable.value.message
         assert httpx.get(f"{partial.ingress_url}/ready").status_code == 503
 
 
@@ -307,14 +311,36 @@ def test_classification_api_through_the_real_classifier(pipeline: Pipeline) -> N
     assert body["results"][0]["recommended_model"] == "medical-lora"
 
 
-def _running(mock_url: str) -> float:
+def _sample(mock_url: str, series: str) -> float:
+    """The value of one series of the mock's `/metrics`, labels matched loosely."""
     metrics = httpx.get(f"{mock_url}/metrics", timeout=5).text
-    match = re.search(r"^vllm:num_requests_running(?:\{[^}]*\})? (\S+)$", metrics, re.M)
-    assert match, "the mock exposes vllm:num_requests_running"
-    return float(match.group(1))
+    name, _, labels = series.partition("{")
+    pattern = rf"^{re.escape(name)}(?:\{{([^}}]*)\}})? (\S+)$"
+    for match in re.finditer(pattern, metrics, re.M):
+        if all(label in (match.group(1) or "") for label in labels.rstrip("}").split(",") if label):
+            return float(match.group(2))
+    raise AssertionError(f"the mock exposes no {series}")
 
 
-def test_client_leaving_before_a_whole_answer_stops_generation_upstream(
+def _running(mock_url: str) -> float:
+    return _sample(mock_url, "vllm:num_requests_running")
+
+
+def _aborted(mock_url: str) -> float:
+    return _sample(mock_url, 'vllm:request_success_total{finished_reason="abort"}')
+
+
+async def _until(condition: Callable[[], bool], timeout_s: float = 30.0) -> bool:
+    """Poll `condition` until it holds; False if it never did within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+async def test_client_leaving_before_a_whole_answer_stops_generation_upstream(
     pipeline_factory: Callable[..., Pipeline], e2e_folder: Path
 ) -> None:
     # Not streamed: 200 tokens at 50 ms each keep vLLM busy for 10 s before any byte returns.
@@ -325,21 +351,25 @@ def test_client_leaving_before_a_whole_answer_stops_generation_upstream(
         mock_url = f"http://127.0.0.1:{port}"
         slow = pipeline_factory(endpoints=[_endpoint("vllm-slow", port)], mock_url=mock_url)
         body = {"model": "MoM", "messages": _user(MEDICAL)}
-        with pytest.raises(httpx.ReadTimeout):  # the client gives up after a second
-            httpx.post(
-                f"{slow.ingress_url}/v1/chat/completions",
-                json=body,
-                timeout=httpx.Timeout(30.0, read=1.0),
+        async with httpx.AsyncClient(timeout=60) as http:
+            call = asyncio.create_task(
+                http.post(f"{slow.ingress_url}/v1/chat/completions", json=body)
             )
-        deadline = time.monotonic() + 5.0
-        while _running(mock_url) != 0 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert _running(mock_url) == 0, "vLLM still generates for a client that left"
+            started = await _until(lambda: call.done() or _running(mock_url) == 1)
+            assert started and not call.done(), "the request never reached vLLM"
+            assert _running(mock_url) == 1 and _aborted(mock_url) == 0
+            call.cancel()  # the client leaves, its connection closes
+            with contextlib.suppress(asyncio.CancelledError):
+                await call
+        # The ingress cancels, the dispatcher drops its call to vLLM, vLLM aborts the request.
+        stopped = await _until(lambda: _running(mock_url) == 0)
+        assert stopped, "vLLM still generates for a client that left"
+        assert _aborted(mock_url) == 1
     finally:
         service.stop()
 
 
-def test_client_leaving_a_stream_stops_generation_upstream(
+async def test_client_leaving_a_stream_stops_generation_upstream(
     pipeline_factory: Callable[..., Pipeline], e2e_folder: Path
 ) -> None:
     # A slow stream: 200 tokens at 50 ms each would keep vLLM busy for 10 s.
@@ -350,18 +380,18 @@ def test_client_leaving_a_stream_stops_generation_upstream(
         mock_url = f"http://127.0.0.1:{port}"
         slow = pipeline_factory(endpoints=[_endpoint("vllm-slow", port)], mock_url=mock_url)
         body = {"model": "medical-lora", "messages": _user(MEDICAL), "stream": True}
-        with (
-            httpx.Client(timeout=30) as http,
-            http.stream("POST", f"{slow.ingress_url}/v1/chat/completions", json=body) as response,
+        url = f"{slow.ingress_url}/v1/chat/completions"
+        async with (
+            httpx.AsyncClient(timeout=30) as http,
+            http.stream("POST", url, json=body) as response,
         ):
             assert response.status_code == 200
-            chunks = response.iter_raw()  # kept: a dropped iterator closes the response
-            next(chunks)  # the stream has started upstream
-            assert _running(mock_url) == 1
+            chunks = response.aiter_raw()  # kept: a dropped iterator closes the response
+            await anext(chunks)  # the stream has started upstream
+            assert _running(mock_url) == 1 and _aborted(mock_url) == 0
         # The client has gone: the ingress cancels, the dispatcher drops its call to vLLM.
-        deadline = time.monotonic() + 5.0
-        while _running(mock_url) != 0 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert _running(mock_url) == 0, "vLLM still generates for a client that left"
+        stopped = await _until(lambda: _running(mock_url) == 0)
+        assert stopped, "vLLM still generates for a client that left"
+        assert _aborted(mock_url) == 1
     finally:
         service.stop()

