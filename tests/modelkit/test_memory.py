@@ -9,7 +9,6 @@ import msgspec
 import numpy as np
 import pytest
 
-from loraroute.model_verbs import main as model_main
 from modelkit.heads import (
     MEMORY_FILE,
     MEMORY_SCALE,
