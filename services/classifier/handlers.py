@@ -230,7 +230,7 @@ class ClassifierHandlers:
     async def _answer_texts(self, work: TextsWork) -> None:
         results = [r for r in work.results if r is not None]
         elapsed = time.perf_counter() - work.received
-        reply = ClassifyTextsResult(results=results, processing_time_ms=elapsed * 1000.0)
+        reply = ClassifyTextsResult(results=results, processing_time_ms=bus.to_ms(elapsed))
         self.metrics.classified_texts.inc(len(results))
         await self.nc.publish(work.reply, encoder.encode(reply))
 

@@ -14,7 +14,6 @@ an error when it arrives instead of being sent to vLLM.
 from __future__ import annotations
 
 import asyncio
-import time
 
 import msgspec
 import structlog
@@ -48,8 +47,8 @@ class DispatcherHandlers:
         self.tasks: set[asyncio.Task[None]] = set()
         # Subject token of the request id -> its running task, for `on_cancel`.
         self._running: dict[str, asyncio.Task[None]] = {}
-        # Subject token -> Unix time until which a cancel that overtook its request counts.
-        self._cancelled: dict[str, float] = {}
+        # Subject token -> Unix ms until which a cancel that overtook its request counts.
+        self._cancelled: dict[str, int] = {}
 
     async def on_dispatch(self, msg: Msg) -> None:
         """One message on a dispatch subject (never raises: failures are answered)."""
@@ -73,7 +72,7 @@ class DispatcherHandlers:
             )
             return
         token = model_token(meta.request_id)
-        if self._cancelled.pop(token, 0.0) > time.time():
+        if self._cancelled.pop(token, 0) > bus.now_ms():
             self.metrics.requests.labels("cancelled", "unknown").inc()
             _log.info("dispatch_cancelled_before_start", request_id=meta.request_id)
             await bus.reply_error(
@@ -105,8 +104,8 @@ class DispatcherHandlers:
                 task.cancel()
             return
         deadline_ms = bus.RequestMeta.from_headers(msg.headers).deadline_ms
-        now = time.time()
-        self._cancelled[token] = deadline_ms / 1000 if deadline_ms else now + _CANCEL_MEMORY_S
+        now = bus.now_ms()
+        self._cancelled[token] = deadline_ms or bus.deadline_after(_CANCEL_MEMORY_S)
         if len(self._cancelled) > REMEMBERED_CANCELS:
             for key in [k for k, until in self._cancelled.items() if until <= now]:
                 del self._cancelled[key]
@@ -149,6 +148,6 @@ class DispatcherHandlers:
             attempts=outcome.attempts,
             stream=outcome.stream,
             chunks=outcome.chunks,
-            elapsed_ms=round(outcome.elapsed_s * 1000, 2),
+            elapsed_ms=round(bus.to_ms(outcome.elapsed_s), 2),
             error=outcome.error,
         )

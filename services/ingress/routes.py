@@ -24,9 +24,10 @@ from schemas.classify import ClassifyBatchRequest
 from schemas.config import Config
 from schemas.errors import ErrorKind, ErrorResponse
 from schemas.wire import ClassifyTextsResult
+from services.common.bus import RequestMeta, deadline_after
 from services.common.log import get_logger
 from services.ingress import classify_api, headers, sse
-from services.ingress.exchange import Exchange, RequestMeta
+from services.ingress.exchange import Exchange
 from services.ingress.metrics import IngressMetrics
 from services.ingress.models import resolve_model, unknown_model
 from services.ingress.outcomes import (
@@ -126,11 +127,11 @@ async def _read_json_body(request: Request, limit: int) -> bytes | ErrorResponse
 
 
 def _meta(request: Request, rid: str, timeout_s: float) -> RequestMeta:
-    deadline, timeout = headers.deadline_ms(
-        int(time.time() * 1000), timeout_s, request.headers.get(headers.TIMEOUT)
-    )
+    timeout = headers.timeout_s(timeout_s, request.headers.get(headers.TIMEOUT))
     return RequestMeta(
-        rid, deadline, timeout, headers.traceparent(request.headers.get("traceparent"))
+        request_id=rid,
+        deadline_ms=deadline_after(timeout),
+        traceparent=headers.traceparent(request.headers.get("traceparent")),
     )
 
 
