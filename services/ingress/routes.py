@@ -29,7 +29,7 @@ from services.common.log import get_logger
 from services.ingress import classify_api, headers, sse
 from services.ingress.exchange import Exchange
 from services.ingress.metrics import IngressMetrics
-from services.ingress.models import resolve_model, unknown_model
+from services.ingress.models import unknown_model
 from services.ingress.outcomes import (
     ErrorAnswer,
     JsonAnswer,
@@ -152,7 +152,7 @@ async def _chat(request: Request) -> Response:
     view = parse_chat(body)
     if isinstance(view, ErrorResponse):
         return _error(view, rid)
-    if resolve_model(state.config, view.model) is None:
+    if state.config.target_of(view.model) is None:
         return _error(unknown_model(view.model or ""), rid)
     meta = _meta(request, rid, state.config.ingress.request_timeout_s)
     outcome = await _unless_client_leaves(
