@@ -12,7 +12,10 @@ Request id, absolute deadline and trace context travel in NATS headers (`service
 names them), not in these bodies.
 
     ingress ──ClassifyMessage──► classifier ──DispatchRequest──► dispatcher ──ReplyMessage──► ingress
-    ingress ──DispatchRequest (passthrough)─────────────────────► dispatcher
+
+Every chat request takes that one path. A passthrough request (an explicit base model or
+adapter) goes to the classifier too, which forwards it at once with a `passthrough` route and
+runs no model on it; the ingress never publishes a `DispatchRequest` itself.
 """
 
 from __future__ import annotations

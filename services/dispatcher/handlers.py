@@ -1,8 +1,10 @@
 """The dispatcher's NATS entry point: decode a `DispatchRequest`, run it, publish the replies.
 
-Replies go to the ingress inbox: the `Lr-Reply-To` header when the classifier forwarded the
-request, else the NATS reply subject (a passthrough published by the ingress itself). Each
-request runs in its own task, because calls to vLLM last seconds and nats-py delivers a
+Replies go to the ingress inbox named by the `Lr-Reply-To` header, which the classifier sets on
+every request it forwards, passthrough ones included (the ingress sends every chat request to
+the classifier; the NATS reply subject is then the classifier's bounce subject). A message
+without that header is answered on its NATS reply subject, for a requester that publishes to the
+dispatch subject itself and listens there. Each request runs in its own task, because calls to vLLM last seconds and nats-py delivers a
 subscription's messages one at a time.
 
 A cancellation can overtake its request: the client may leave while the request still waits in
