@@ -11,6 +11,12 @@ untouched, and no field a client sent is dropped because loraroute does not know
 Request id, absolute deadline and trace context travel in NATS headers (`services.common.subjects`
 names them), not in these bodies.
 
+One message is not JSON: a `StreamChunk` travels as its SSE bytes, the NATS payload untouched, with
+its small metadata (`v`, `seq`) as JSON in the `Lr-Chunk` header (`CHUNK_HEADER`), so a streamed
+answer is not base64-encoded into JSON and decoded again per chunk. Replies are written with
+`encode_reply` and read with `decode_reply`, which accepts a chunk in either form, so an ingress
+reads dispatchers of this and of the previous (all-JSON) version alike; upgrade the ingress first.
+
     ingress ──ClassifyMessage──► classifier ──DispatchRequest──► dispatcher ──ReplyMessage──► ingress
 
 Every chat request takes that one path. A passthrough request (an explicit base model or
@@ -20,6 +26,7 @@ runs no model on it; the ingress never publishes a `DispatchRequest` itself.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 import msgspec
@@ -27,7 +34,9 @@ import msgspec
 from schemas.errors import ErrorResponse
 
 __all__ = [
+    "CHUNK_HEADER",
     "WIRE_VERSION",
+    "ChunkHeader",
     "ClassifyMessage",
     "ClassifyTexts",
     "ClassifyTextsResult",
@@ -42,12 +51,16 @@ __all__ = [
     "StreamChunk",
     "TextClassification",
     "classify_decoder",
+    "decode_reply",
     "dispatch_decoder",
+    "encode_reply",
     "encoder",
     "reply_decoder",
 ]
 
 WIRE_VERSION = 1
+#: NATS header of a `StreamChunk` sent as raw bytes; its value is a JSON `ChunkHeader`.
+CHUNK_HEADER = "Lr-Chunk"
 
 
 class Route(msgspec.Struct, kw_only=True):
@@ -155,11 +168,23 @@ class ReplyHead(msgspec.Struct, tag="head", kw_only=True):
 
 class StreamChunk(msgspec.Struct, tag="chunk", kw_only=True):
     """Bytes of the SSE stream exactly as vLLM produced them. `seq` starts at 0 after the head;
-    the ingress checks it so a lost message is an error, never a silently corrupted stream."""
+    the ingress checks it so a lost message is an error, never a silently corrupted stream.
+
+    On the wire `data` is the NATS payload and `v` and `seq` are the `CHUNK_HEADER` header
+    (`encode_reply`); the JSON form (`data` in base64) is what the previous version sent, still
+    read by `decode_reply`."""
 
     v: int = WIRE_VERSION
     seq: int
     data: bytes
+
+
+class ChunkHeader(msgspec.Struct, kw_only=True):
+    """The value of `CHUNK_HEADER`: a raw chunk's fields other than its bytes. It evolves like
+    every message here (new fields with defaults, unknown fields ignored)."""
+
+    v: int = WIRE_VERSION
+    seq: int
 
 
 class ReplyEnd(msgspec.Struct, tag="end", kw_only=True):
@@ -186,3 +211,28 @@ encoder = msgspec.json.Encoder()
 classify_decoder = msgspec.json.Decoder(ClassifyMessage)
 dispatch_decoder = msgspec.json.Decoder(DispatchRequest)
 reply_decoder = msgspec.json.Decoder(ReplyMessage)
+"""Reads the JSON replies; use `decode_reply` for a received message, which may be a raw chunk."""
+_chunk_header_decoder = msgspec.json.Decoder(ChunkHeader)
+
+
+def encode_reply(message: ReplyMessage) -> tuple[bytes, dict[str, str] | None]:
+    """The NATS payload and headers (None: no headers) to publish `message` with."""
+    if isinstance(message, StreamChunk):
+        header = encoder.encode(ChunkHeader(v=message.v, seq=message.seq))
+        return message.data, {CHUNK_HEADER: header.decode()}
+    return encoder.encode(message), None
+
+
+def decode_reply(headers: Mapping[str, str] | None, data: bytes) -> ReplyMessage:
+    """The reply a received NATS message carries (`encode_reply`'s inverse).
+
+    Raises `msgspec.DecodeError` or `msgspec.ValidationError` for a payload or chunk header that
+    is no valid reply.
+    """
+    if headers:
+        header = headers.get(CHUNK_HEADER)
+        if header is not None:
+            chunk = _chunk_header_decoder.decode(header)
+            return StreamChunk(v=chunk.v, seq=chunk.seq, data=data)
+    message: ReplyMessage = reply_decoder.decode(data)
+    return message

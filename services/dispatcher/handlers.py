@@ -23,7 +23,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from schemas.errors import ErrorKind
-from schemas.wire import DispatchRequest, ReplyMessage, dispatch_decoder, encoder
+from schemas.wire import DispatchRequest, ReplyMessage, dispatch_decoder, encode_reply
 from services.common import bus
 from services.common.subjects import model_token
 from services.dispatcher.dispatch import Dispatch
@@ -116,7 +116,8 @@ class DispatcherHandlers:
 
     async def _run(self, request: DispatchRequest, meta: bus.RequestMeta, reply: str) -> None:
         async def send(message: ReplyMessage) -> None:
-            await self.nc.publish(reply, encoder.encode(message))
+            payload, headers = encode_reply(message)
+            await self.nc.publish(reply, payload, headers=headers)
 
         try:
             outcome = await self.dispatch.run(request, meta, send)

@@ -19,6 +19,7 @@ from nats.aio.msg import Msg
 
 from schemas.config import Config, decode_config
 from schemas.wire import (
+    CHUNK_HEADER,
     DispatchRequest,
     ReplyEnd,
     ReplyError,
@@ -26,6 +27,7 @@ from schemas.wire import (
     ReplyResponse,
     Route,
     StreamChunk,
+    decode_reply,
     encoder,
     reply_decoder,
 )
@@ -151,8 +153,13 @@ async def test_stream_goes_to_the_reply_to_header(worker: DispatcherWorker, clie
     )
     kinds = []
     while True:
-        message = reply_decoder.decode((await asyncio.wait_for(replies.get(), 5)).data)
+        msg = await asyncio.wait_for(replies.get(), 5)
+        message = decode_reply(msg.headers, msg.data)
         kinds.append(type(message))
+        if isinstance(message, StreamChunk):
+            # The chunk's bytes are the payload itself, its sequence number in a header.
+            assert msg.data == message.data and msg.data.startswith(b"data: ")
+            assert msg.headers[CHUNK_HEADER] == f'{{"v":1,"seq":{message.seq}}}'
         if isinstance(message, ReplyEnd):
             break
     assert kinds[0] is ReplyHead and kinds[-1] is ReplyEnd
