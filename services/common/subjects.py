@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import re
 
-from schemas.wire import CHUNK_HEADER
-
 __all__ = [
     "CLASSIFIERS_QUEUE",
     "DISPATCHERS_QUEUE",
-    "HEADER_CHUNK",
     "HEADER_DEADLINE",
     "HEADER_PING",
     "HEADER_REPLY_TO",
@@ -38,9 +35,6 @@ HEADER_TRACEPARENT = "traceparent"
 HEADER_REPLY_TO = "Lr-Reply-To"
 #: A liveness probe: a service answers at once with an empty body and does no work.
 HEADER_PING = "Lr-Ping"
-#: On a stream chunk sent as raw bytes: its sequence number and version (`schemas.wire`, where the
-#: reply format is defined, names it).
-HEADER_CHUNK = CHUNK_HEADER
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 

@@ -116,8 +116,7 @@ class DispatcherHandlers:
 
     async def _run(self, request: DispatchRequest, meta: bus.RequestMeta, reply: str) -> None:
         async def send(message: ReplyMessage) -> None:
-            payload, headers = encode_reply(message)
-            await self.nc.publish(reply, payload, headers=headers)
+            await self.nc.publish(reply, encode_reply(message))
 
         try:
             outcome = await self.dispatch.run(request, meta, send)

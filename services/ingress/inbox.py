@@ -72,7 +72,7 @@ class Mailbox:
         if headers is not None and headers.get(_STATUS) == "503" and not data:
             return NO_RESPONDERS
         try:
-            return decode_reply(headers, data)
+            return decode_reply(data)
         except (msgspec.DecodeError, msgspec.ValidationError) as error:
             return ReplyError(
                 status=502,

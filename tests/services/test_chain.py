@@ -128,7 +128,7 @@ async def test_stream_through_both(
     kinds: list[type] = []
     while not kinds or kinds[-1] is not ReplyEnd:
         msg = await caller.reply(reply_subject)
-        kinds.append(type(decode_reply(msg.headers, msg.data)))
+        kinds.append(type(decode_reply(msg.data)))
     assert kinds[0] is ReplyHead and set(kinds[1:-1]) == {StreamChunk}
 
 

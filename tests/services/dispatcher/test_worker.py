@@ -19,7 +19,6 @@ from nats.aio.msg import Msg
 
 from schemas.config import Config, decode_config
 from schemas.wire import (
-    CHUNK_HEADER,
     DispatchRequest,
     ReplyEnd,
     ReplyError,
@@ -154,12 +153,12 @@ async def test_stream_goes_to_the_reply_to_header(worker: DispatcherWorker, clie
     kinds = []
     while True:
         msg = await asyncio.wait_for(replies.get(), 5)
-        message = decode_reply(msg.headers, msg.data)
+        message = decode_reply(msg.data)
         kinds.append(type(message))
         if isinstance(message, StreamChunk):
-            # The chunk's bytes are the payload itself, its sequence number in a header.
-            assert msg.data == message.data and msg.data.startswith(b"data: ")
-            assert msg.headers[CHUNK_HEADER] == f'{{"v":1,"seq":{message.seq}}}'
+            # One header line, then vLLM's bytes as they came (no base64 inside JSON).
+            head = f'{{"type":"chunk","v":1,"seq":{message.seq}}}\n'.encode()
+            assert msg.data == head + message.data and message.data.startswith(b"data: ")
         if isinstance(message, ReplyEnd):
             break
     assert kinds[0] is ReplyHead and kinds[-1] is ReplyEnd

@@ -23,14 +23,14 @@ async def test_messages_reach_their_mailbox_in_order() -> None:
 async def test_raw_chunks_and_json_chunks_are_both_read() -> None:
     inbox = Inbox("_INBOX.test")
     with inbox.open() as box:
-        payload, headers = encode_reply(StreamChunk(seq=0, data=b"data: {}\n\n"))
-        assert payload == b"data: {}\n\n" and headers is not None
-        inbox.deliver(box.reply, headers, payload)
+        payload = encode_reply(StreamChunk(seq=0, data=b"data: {}\n\n"))
+        assert payload.endswith(b"\ndata: {}\n\n")
+        inbox.deliver(box.reply, None, payload)
         # The previous version's form: the whole chunk as JSON, its bytes in base64.
         inbox.deliver(box.reply, None, encoder.encode(StreamChunk(seq=1, data=b"data: x\n\n")))
         assert await box.receive(1.0) == StreamChunk(seq=0, data=b"data: {}\n\n")
         assert await box.receive(1.0) == StreamChunk(seq=1, data=b"data: x\n\n")
-        inbox.deliver(box.reply, {"Lr-Chunk": "seven"}, b"data: {}\n\n")
+        inbox.deliver(box.reply, None, b'{"type":"chunk","seq":"seven"}\ndata: {}\n\n')
         broken = await box.receive(1.0)
         assert isinstance(broken, ReplyError) and broken.status == 502
 

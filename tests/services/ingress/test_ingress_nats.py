@@ -155,8 +155,7 @@ class Responder:
             )
             return
         for reply in self.replies(msg):
-            payload, reply_headers = encode_reply(reply)
-            await msg._client.publish(msg.reply, payload, headers=reply_headers)
+            await msg._client.publish(msg.reply, encode_reply(reply))
 
 
 @pytest.fixture
