@@ -6,38 +6,28 @@ from __future__ import annotations
 import msgspec
 import pytest
 
+from schemas import wire
 from schemas.errors import ErrorKind, error_response
-from schemas.wire import (
-    ReplyEnd,
-    ReplyError,
-    ReplyHead,
-    ReplyMessage,
-    ReplyResponse,
-    Route,
-    StreamChunk,
-    decode_reply,
-    encode_reply,
-    encoder,
-)
+from schemas.wire import StreamChunk, decode_reply, encode_reply, encoder
 
-ROUTE = Route(model="medical-lora", base_model="llama2-7b", category="medical")
+ROUTE = wire.Route(model="medical-lora", base_model="llama2-7b", category="medical")
 FRAME = 'data: {"choices":[{"delta":{"content":"Grüße ☃\\n"}}]}\n\ndata: [DONE]\n\n'.encode()
 
 
 @pytest.mark.parametrize(
     "message",
     [
-        ReplyHead(route=ROUTE),
+        wire.ReplyHead(route=ROUTE),
         StreamChunk(seq=0, data=FRAME),
         StreamChunk(seq=41, data=b""),
         StreamChunk(seq=2, data=b"\n\n{\n"),
-        ReplyEnd(chunks=42, error=error_response(ErrorKind.BAD_GATEWAY, "cut\nshort")),
-        ReplyResponse(status=200, body=msgspec.Raw(b'{"id":"x"}'), route=ROUTE),
-        ReplyError(status=503, error=error_response(ErrorKind.UNAVAILABLE, "none")),
+        wire.ReplyEnd(chunks=42, error=error_response(ErrorKind.BAD_GATEWAY, "cut\nshort")),
+        wire.ReplyResponse(status=200, body=msgspec.Raw(b'{"id":"x"}'), route=ROUTE),
+        wire.ReplyError(status=503, error=error_response(ErrorKind.UNAVAILABLE, "none")),
     ],
     ids=lambda m: type(m).__name__,
 )
-def test_round_trip(message: ReplyMessage) -> None:
+def test_round_trip(message: wire.ReplyMessage) -> None:
     got = decode_reply(encode_reply(message))
     assert type(got) is type(message)
     assert encoder.encode(got) == encoder.encode(message)
@@ -50,7 +40,7 @@ def test_a_chunk_is_a_header_line_then_its_bytes() -> None:
 
 
 def test_other_replies_are_their_json() -> None:
-    message = ReplyEnd(chunks=3)
+    message = wire.ReplyEnd(chunks=3)
     assert encode_reply(message) == encoder.encode(message)
 
 
