@@ -42,7 +42,7 @@ def _free_port() -> int:
 
 def _start(args: argparse.Namespace, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
-    command = [sys.executable, "-m", "services.cli", "mock-vllm", "--port", str(port)]
+    command = [sys.executable, "-m", "loraroute", "mock-vllm", "--port", str(port)]
     command += ["--ttft-ms", str(args.ttft_ms), "--itl-ms", str(args.itl_ms)]
     command += ["--output-tokens", f"{args.tokens}:{args.tokens}"]
     command += ["--lora-modules", "a=/a", "--max-loras", "2"]

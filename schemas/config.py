@@ -36,6 +36,7 @@ __all__ = [
     "Lora",
     "ModelConfig",
     "ModelScore",
+    "ModelTarget",
     "Nats",
     "ReasoningFamily",
     "Routing",
@@ -295,6 +296,34 @@ class Config(_Strict):
             if any(lora.name == name for lora in model.loras):
                 return base
         return None
+
+    def target_of(self, model: str | None) -> ModelTarget | None:
+        """What a request's `model` asks for, or None when the name is unknown (vLLM's 404).
+
+        An auto name (`routing.auto_model_names`) asks for classification; a configured base
+        model or adapter passes through unchanged. A missing or empty `model` means
+        `default_model`, passed through, as vLLM takes it to mean its base model. The ingress
+        (404 at the door) and the classifier (the passthrough route) both decide by this.
+        """
+        if model is not None and model in self.routing.auto_model_names:
+            return _AUTO
+        name = model or self.default_model
+        base = self.base_model_of(name)
+        if base is None:
+            return None
+        return ModelTarget(kind="passthrough", model=name, base_model=base)
+
+
+class ModelTarget(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a request goes (`Config.target_of`): `auto` (classify; `model` and `base_model`
+    empty), or `passthrough` to `model` (a base model or an adapter) served by `base_model`."""
+
+    kind: Literal["auto", "passthrough"]
+    model: str = ""
+    base_model: str = ""
+
+
+_AUTO = ModelTarget(kind="auto")
 
 
 # --------------------------------------------------------------------------- errors

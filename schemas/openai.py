@@ -56,10 +56,15 @@ class ChatMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class ChatRequestView(msgspec.Struct, kw_only=True):
-    """The few fields of a chat request that routing reads; everything else is skipped unparsed."""
+    """The few fields of a chat request that loraroute reads; everything else is skipped unparsed.
+
+    The ingress validates a body with it (each message's role and content types, so a malformed
+    conversation is refused before the pipeline); the classifier reads the text to classify.
+    ``messages`` is ``UNSET`` when the key is missing, which the ingress answers like vLLM.
+    """
 
     model: str | None = None
-    messages: list[ChatMessage] = msgspec.field(default_factory=list)
+    messages: list[ChatMessage] | UnsetType = UNSET
     stream: bool | None = False
 
 

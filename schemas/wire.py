@@ -11,8 +11,19 @@ untouched, and no field a client sent is dropped because loraroute does not know
 Request id, absolute deadline and trace context travel in NATS headers (`services.common.subjects`
 names them), not in these bodies.
 
+One message is not all JSON: a `StreamChunk` travels as one JSON line of its other fields
+(`ChunkHeader`), a newline, then its SSE bytes untouched, so a streamed answer is not
+base64-encoded into JSON and decoded again per chunk (`loadtest/bench_stream_chunks.py`). The
+header line rides in the payload rather than in NATS headers, which cost nats-py more per
+message than the JSON line does. Replies are written with `encode_reply` and read with
+`decode_reply`, which also reads a chunk in the previous all-JSON form, so an ingress reads
+dispatchers of this and of the previous version alike; upgrade the ingress first.
+
     ingress ──ClassifyMessage──► classifier ──DispatchRequest──► dispatcher ──ReplyMessage──► ingress
-    ingress ──DispatchRequest (passthrough)─────────────────────► dispatcher
+
+Every chat request takes that one path. A passthrough request (an explicit base model or
+adapter) goes to the classifier too, which forwards it at once with a `passthrough` route and
+runs no model on it; the ingress never publishes a `DispatchRequest` itself.
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ from schemas.errors import ErrorResponse
 
 __all__ = [
     "WIRE_VERSION",
+    "ChunkHeader",
     "ClassifyMessage",
     "ClassifyTexts",
     "ClassifyTextsResult",
@@ -39,7 +51,9 @@ __all__ = [
     "StreamChunk",
     "TextClassification",
     "classify_decoder",
+    "decode_reply",
     "dispatch_decoder",
+    "encode_reply",
     "encoder",
     "reply_decoder",
 ]
@@ -152,11 +166,22 @@ class ReplyHead(msgspec.Struct, tag="head", kw_only=True):
 
 class StreamChunk(msgspec.Struct, tag="chunk", kw_only=True):
     """Bytes of the SSE stream exactly as vLLM produced them. `seq` starts at 0 after the head;
-    the ingress checks it so a lost message is an error, never a silently corrupted stream."""
+    the ingress checks it so a lost message is an error, never a silently corrupted stream.
+
+    On the wire: a `ChunkHeader` line, `\\n`, then `data` as it is (`encode_reply`); the JSON
+    form (`data` in base64) is what the previous version sent, still read by `decode_reply`."""
 
     v: int = WIRE_VERSION
     seq: int
     data: bytes
+
+
+class ChunkHeader(msgspec.Struct, tag="chunk", kw_only=True):
+    """The first line of a chunk's payload: its fields other than its bytes. It evolves like
+    every message here (new fields with defaults, unknown fields ignored)."""
+
+    v: int = WIRE_VERSION
+    seq: int
 
 
 class ReplyEnd(msgspec.Struct, tag="end", kw_only=True):
@@ -183,3 +208,30 @@ encoder = msgspec.json.Encoder()
 classify_decoder = msgspec.json.Decoder(ClassifyMessage)
 dispatch_decoder = msgspec.json.Decoder(DispatchRequest)
 reply_decoder = msgspec.json.Decoder(ReplyMessage)
+"""Reads the JSON replies; use `decode_reply` for a received message, which may be a raw chunk."""
+_chunk_header_decoder = msgspec.json.Decoder(ChunkHeader)
+#: How a chunk's payload starts: `encoder` writes a tagged Struct's tag first. A JSON reply holds
+#: no raw newline (msgspec escapes them), so the first one ends the header line.
+_CHUNK_START = b'{"type":"chunk",'
+
+
+def encode_reply(message: ReplyMessage) -> bytes:
+    """The NATS payload to publish `message` with."""
+    if isinstance(message, StreamChunk):
+        header = encoder.encode(ChunkHeader(v=message.v, seq=message.seq))
+        return header + b"\n" + message.data
+    return encoder.encode(message)
+
+
+def decode_reply(data: bytes) -> ReplyMessage:
+    """The reply a received NATS payload carries (`encode_reply`'s inverse).
+
+    Raises `msgspec.DecodeError` or `msgspec.ValidationError` for a payload that is no reply.
+    """
+    if data.startswith(_CHUNK_START):
+        end = data.find(b"\n")
+        if end != -1:  # else the previous version's all-JSON chunk
+            header = _chunk_header_decoder.decode(data[:end])
+            return StreamChunk(v=header.v, seq=header.seq, data=data[end + 1 :])
+    message: ReplyMessage = reply_decoder.decode(data)
+    return message

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from schemas.wire import ClassifyTexts, ClassifyTextsResult
 from services.classifier.work import ChatWork, TextsWork, empty_result, text_result
+from services.common import bus
 
 if TYPE_CHECKING:
     from services.classifier.engine import Classification
@@ -70,7 +71,7 @@ def answer(work: TextsWork, metrics: WorkerMetrics) -> ClassifyTextsResult:
     results = [r for r in work.results if r is not None]
     elapsed = time.perf_counter() - work.received
     metrics.classified_texts.inc(len(results))
-    return ClassifyTextsResult(results=results, processing_time_ms=elapsed * 1000.0)
+    return ClassifyTextsResult(results=results, processing_time_ms=bus.to_ms(elapsed))
 
 
 def fail_once(work: ChatWork | TextsWork) -> bool:

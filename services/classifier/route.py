@@ -7,7 +7,8 @@ answers three questions for each request:
   turns), bounded to `routing.max_text_chars` with head and tail kept; a cut is flagged, never
   silent. The classification API uses the same window (`bound_text`), so both paths agree.
 - `passthrough(model)`: a request naming a configured base model or adapter goes through
-  unchanged (no classification); an unknown name is an error; an auto name returns None.
+  unchanged (no classification); an unknown name is an error; an auto name returns None. What
+  a name means is `Config.target_of`'s decision, the same the ingress makes.
 - `decide(...)`: the route for a classification: below the threshold (or no category) ->
   `default_model`; otherwise the category's highest-scoring candidate, whose `lora_name`
   becomes the model name and which inherits its base model's endpoints and reasoning family.
@@ -18,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from msgspec import UnsetType
 
 from schemas.config import Category, Config, ModelScore
 from schemas.openai import ChatMessage, ChatRequestView
@@ -102,7 +105,6 @@ class Router:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.threshold = config.classifier.category_model.threshold
-        self.auto_names = frozenset(config.routing.auto_model_names)
         self._choices: dict[str, _Choice] = {}
         for category in config.categories:
             if category.model_scores:
@@ -128,9 +130,10 @@ class Router:
         the last message is cut. Without any user turn, the last message with text is used.
         """
         limit = self.config.routing.max_text_chars
-        user_texts = [t for m in view.messages if m.role == "user" and (t := message_text(m))]
+        messages = [] if isinstance(view.messages, UnsetType) else view.messages
+        user_texts = [t for m in messages if m.role == "user" and (t := message_text(m))]
         if not user_texts:
-            other = [t for m in view.messages if (t := message_text(m))]
+            other = [t for m in messages if (t := message_text(m))]
             return bound_text(other[-1], limit) if other else ClassifyText("")
         turns = user_texts[-(self.config.routing.history_user_turns + 1) :]
         dropped = False
@@ -146,22 +149,18 @@ class Router:
 
     # ------------------------------------------------------------------ decisions
 
-    def is_auto(self, model: str | None) -> bool:
-        """True when `model` asks for classification."""
-        return model is not None and model in self.auto_names
-
     def passthrough(self, model: str | None) -> Route | None:
         """The route for an explicit model, or None when `model` is an auto name.
 
         A missing or empty `model` means the default model, as vLLM takes it to mean its base
         model. Raises `UnknownModelError` for a name the config does not know.
         """
-        if self.is_auto(model):
+        target = self.config.target_of(model)
+        if target is None:
+            raise UnknownModelError(model or self.config.default_model)
+        if target.kind == "auto":
             return None
-        name = model or self.config.default_model
-        base = self.config.base_model_of(name)
-        if base is None:
-            raise UnknownModelError(name)
+        name, base = target.model, target.base_model
         return Route(
             model=name,
             base_model=base,

@@ -50,6 +50,7 @@ __all__ = [
     "ping",
     "reply_error",
     "reply_subject",
+    "to_ms",
 ]
 
 _log = structlog.get_logger("loraroute.bus")
@@ -63,9 +64,14 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def to_ms(seconds: float) -> float:
+    """`seconds` in milliseconds, the unit of every `*_ms` field, header and log key."""
+    return seconds * 1000.0
+
+
 def deadline_after(seconds: float) -> int:
     """The absolute deadline (Unix ms) `seconds` from now."""
-    return now_ms() + int(seconds * 1000)
+    return now_ms() + int(to_ms(seconds))
 
 
 def new_request_id() -> str:

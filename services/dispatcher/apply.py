@@ -1,7 +1,16 @@
 """Apply a `Route` to a client's chat body: the model name, the system prompt, the reasoning fields.
 
-Plain bytes in, bytes out. Every field the client sent and the route does not concern is kept
-exactly (values and key order; msgspec re-encodes numbers in their shortest exact form).
+Plain bytes in, bytes out; every field the client sent and the route does not concern is kept,
+in the client's key order. A key the route writes keeps its place when the client sent it, else
+it is appended.
+
+Two ways to edit, by the route. Without a system prompt (passthrough, below the threshold, a
+category without one) only the top level is split into keys, each value kept as the client's
+bytes (`msgspec.Raw`): the model and reasoning values are written, the rest, messages included,
+passes byte for byte, so a long conversation costs one scan instead of a decode into Python
+objects and a re-encode. With a system prompt the messages must be read, and reading them
+costs as much as decoding the body whole, so the body is decoded and re-encoded (values the
+same; numbers and escapes in msgspec's compact form). `loadtest/bench_apply.py` measures both.
 
 Reasoning, by the base model's family type (DESIGN section 4.6):
 
@@ -25,8 +34,13 @@ from schemas.wire import Route
 
 __all__ = ["BodyError", "apply_route"]
 
-_decoder = msgspec.json.Decoder(dict[str, Any])
+# Both give `dict[str, Any]`: the edits put Python values beside the raw ones, and the encoder
+# writes `msgspec.Raw` values as they are.
+_split_decoder: msgspec.json.Decoder[dict[str, Any]] = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_whole_decoder = msgspec.json.Decoder(dict[str, Any])
+_any_decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
+_TRUE = b"true"
 
 
 class BodyError(ValueError):
@@ -38,19 +52,28 @@ def apply_route(body: bytes | msgspec.Raw, route: Route) -> tuple[bytes, bool]:
 
     Raises `BodyError` when `body` is not a chat request object.
     """
+    decoder = _whole_decoder if route.system_prompt else _split_decoder
     try:
-        data = _decoder.decode(body)
+        data = decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as error:
         raise BodyError(f"request body is not a JSON object: {error}") from error
     messages = data.get("messages")
-    if not isinstance(messages, list):
+    if not isinstance(messages, list) and not _is_array(messages):
         raise BodyError("request body has no `messages` list")
     data["model"] = route.model
-    if route.system_prompt:
+    if route.system_prompt and isinstance(messages, list):  # decoded whole for a prompt
         _apply_system_prompt(messages, route.system_prompt, route.system_prompt_mode)
     if route.use_reasoning is not None and route.reasoning_type and route.reasoning_parameter:
         _apply_reasoning(data, route)
-    return _encoder.encode(data), data.get("stream") is True
+    stream = data.get("stream")
+    if isinstance(stream, msgspec.Raw):
+        stream = memoryview(stream) == _TRUE
+    return _encoder.encode(data), stream is True
+
+
+def _is_array(value: object) -> bool:
+    """True for the raw bytes of a JSON array (a `Raw` value starts at its first byte)."""
+    return isinstance(value, msgspec.Raw) and memoryview(value)[:1].tobytes() == b"["
 
 
 def _apply_system_prompt(messages: list[Any], prompt: str, mode: str) -> None:
@@ -78,10 +101,12 @@ def _apply_reasoning(data: dict[str, Any], route: Route) -> None:
     data.pop("reasoning_effort", None)
     if route.reasoning_type == "chat_template_kwargs":
         kwargs = data.get("chat_template_kwargs")
+        if isinstance(kwargs, msgspec.Raw):
+            kwargs = _any_decoder.decode(kwargs)
         if not isinstance(kwargs, dict):
             kwargs = {}
-            data["chat_template_kwargs"] = kwargs
         kwargs[param] = bool(route.use_reasoning)
+        data["chat_template_kwargs"] = kwargs
     elif route.use_reasoning:
         data[param] = route.reasoning_effort or "medium"
     else:

@@ -12,36 +12,37 @@ the last token of `<prefix>.cancel.<request id>`.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
+
+from services.common import bus
 
 __all__ = ["REMEMBERED_CANCELS", "Cancels"]
 
 #: At most this many cancellations of requests not (yet) running here are remembered.
 REMEMBERED_CANCELS = 10_000
 #: How long a cancellation without a deadline header is remembered.
-_CANCEL_MEMORY_S = 300.0
+_CANCEL_MEMORY_MS = 300_000
 
 
 class Cancels:
     """The running requests' tasks by token, and the cancels that overtook their request.
 
-    `clock` is Unix time in seconds (deadlines are Unix milliseconds); `limit` defaults to
+    `clock` is Unix time in milliseconds, the unit of deadlines; `limit` defaults to
     `REMEMBERED_CANCELS` as it is when the instance is built.
     """
 
-    def __init__(self, *, limit: int | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, *, limit: int | None = None, clock: Callable[[], int] = bus.now_ms) -> None:
         self.limit = REMEMBERED_CANCELS if limit is None else limit
         self.clock = clock
         # Subject token of the request id -> its running task.
         self._running: dict[str, asyncio.Task[None]] = {}
-        # Subject token -> Unix time until which a cancel that overtook its request counts.
-        self._cancelled: dict[str, float] = {}
+        # Subject token -> Unix ms until which a cancel that overtook its request counts.
+        self._cancelled: dict[str, int] = {}
 
     def overtaken(self, token: str) -> bool:
         """True when a cancel for `token` arrived before its request and still counts; the
         cancel is then used up, so a later request that reuses the id runs."""
-        return self._cancelled.pop(token, 0.0) > self.clock()
+        return self._cancelled.pop(token, 0) > self.clock()
 
     def running(self, token: str, task: asyncio.Task[None]) -> None:
         """Track `task` as the request `token` until it finishes."""
@@ -63,7 +64,7 @@ class Cancels:
                 task.cancel()
             return True
         now = self.clock()
-        self._cancelled[token] = deadline_ms / 1000 if deadline_ms else now + _CANCEL_MEMORY_S
+        self._cancelled[token] = deadline_ms or now + _CANCEL_MEMORY_MS
         if len(self._cancelled) > self.limit:
             for key in [k for k, until in self._cancelled.items() if until <= now]:
                 del self._cancelled[key]

@@ -1,10 +1,12 @@
 """The dispatcher's NATS entry point: decode a `DispatchRequest`, run it, publish the replies.
 
-Replies go to the ingress inbox: the `Lr-Reply-To` header when the classifier forwarded the
-request, else the NATS reply subject (a passthrough published by the ingress itself). Each
-request runs in its own task, because calls to vLLM last seconds and nats-py delivers a
-subscription's messages one at a time. Which requests a cancellation stops is kept by
-`cancels.Cancels`.
+Replies go to the ingress inbox named by the `Lr-Reply-To` header, which the classifier sets on
+every request it forwards, passthrough ones included (the ingress sends every chat request to
+the classifier; the NATS reply subject is then the classifier's bounce subject). A message
+without that header is answered on its NATS reply subject, for a requester that publishes to the
+dispatch subject itself and listens there. Each request runs in its own task, because calls to
+vLLM last seconds and nats-py delivers a subscription's messages one at a time. Which requests a
+cancellation stops is kept by `cancels.Cancels`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from schemas.errors import ErrorKind
-from schemas.wire import DispatchRequest, ReplyMessage, dispatch_decoder, encoder
+from schemas.wire import DispatchRequest, ReplyMessage, dispatch_decoder, encode_reply
 from services.common import bus
 from services.common.subjects import model_token
 from services.dispatcher.cancels import Cancels
@@ -85,7 +87,7 @@ class DispatcherHandlers:
 
     async def _run(self, request: DispatchRequest, meta: bus.RequestMeta, reply: str) -> None:
         async def send(message: ReplyMessage) -> None:
-            await self.nc.publish(reply, encoder.encode(message))
+            await self.nc.publish(reply, encode_reply(message))
 
         try:
             outcome = await self.dispatch.run(request, meta, send)
@@ -119,6 +121,6 @@ class DispatcherHandlers:
             attempts=outcome.attempts,
             stream=outcome.stream,
             chunks=outcome.chunks,
-            elapsed_ms=round(outcome.elapsed_s * 1000, 2),
+            elapsed_ms=round(bus.to_ms(outcome.elapsed_s), 2),
             error=outcome.error,
         )

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
 
 import msgspec
 
@@ -31,14 +30,9 @@ from schemas.wire import (
     RouteChat,
     encoder,
 )
+from services.common.bus import RequestMeta
 from services.common.log import get_logger
-from services.common.subjects import (
-    HEADER_DEADLINE,
-    HEADER_PING,
-    HEADER_REQUEST_ID,
-    HEADER_TRACEPARENT,
-    Subjects,
-)
+from services.common.subjects import HEADER_PING, HEADER_REQUEST_ID, Subjects
 from services.ingress import sse
 from services.ingress.inbox import Inbox, Mailbox, NoResponders
 from services.ingress.outcomes import (
@@ -49,7 +43,7 @@ from services.ingress.outcomes import (
     error_answer,
 )
 
-__all__ = ["Exchange", "Publish", "PublishError", "RequestMeta"]
+__all__ = ["Exchange", "Publish", "PublishError"]
 
 _log = get_logger()
 
@@ -63,22 +57,6 @@ class PublishError(Exception):
     def __init__(self, kind: ErrorKind, message: str) -> None:
         super().__init__(message)
         self.kind = kind
-
-
-@dataclass(frozen=True, slots=True)
-class RequestMeta:
-    """What travels in NATS headers: request id, absolute deadline (Unix ms), trace context."""
-
-    request_id: str
-    deadline_ms: int
-    timeout_s: float
-    traceparent: str | None = None
-
-    def headers(self) -> dict[str, str]:
-        headers = {HEADER_REQUEST_ID: self.request_id, HEADER_DEADLINE: str(self.deadline_ms)}
-        if self.traceparent:
-            headers[HEADER_TRACEPARENT] = self.traceparent
-        return headers
 
 
 class Exchange:
@@ -114,7 +92,7 @@ class Exchange:
         self, mailbox: Mailbox, subject: str, payload: bytes, meta: RequestMeta
     ) -> ErrorAnswer | None:
         try:
-            await self._publish(subject, payload, mailbox.reply, meta.headers())
+            await self._publish(subject, payload, mailbox.reply, meta.to_headers())
         except PublishError as error:
             return error_answer(error.kind, str(error))
         return None
@@ -123,10 +101,15 @@ class Exchange:
         retry_after = self.config.ingress.retry_after_s if reply.status == 429 else None
         return ErrorAnswer(reply.status, reply.error, reply.route, retry_after)
 
+    def _budget(self, meta: RequestMeta) -> float:
+        """Seconds left to wait for `meta`'s request (its deadline is set by the routes)."""
+        left = meta.remaining_s()
+        return self.config.ingress.request_timeout_s if left is None else left
+
     @staticmethod
-    def _timeout(meta: RequestMeta) -> ErrorAnswer:
+    def _timeout(budget_s: float) -> ErrorAnswer:
         return error_answer(
-            ErrorKind.TIMEOUT, f"No answer within the request's deadline ({meta.timeout_s:g} s)."
+            ErrorKind.TIMEOUT, f"No answer within the request's deadline ({budget_s:.3g} s)."
         )
 
     @staticmethod
@@ -147,6 +130,7 @@ class Exchange:
         refused = self._overloaded()
         if refused is not None:
             return refused
+        budget = self._budget(meta)
         mailbox = self.inbox.open()
         handed_over = False
         try:
@@ -154,11 +138,11 @@ class Exchange:
             failed = await self._send(mailbox, self.subjects.classify, payload, meta)
             if failed is not None:
                 return failed
-            deadline = self._clock() + meta.timeout_s
+            deadline = self._clock() + budget
             try:
                 first = await mailbox.receive(deadline - self._clock())
             except TimeoutError:
-                return self._timeout(meta)
+                return self._timeout(budget)
             if isinstance(first, NoResponders):
                 return error_answer(
                     ErrorKind.UNAVAILABLE,
@@ -201,7 +185,7 @@ class Exchange:
         yet drops it on arrival (the cancel carries the request's deadline, how long it counts).
         Best effort: a bus failure is only logged."""
         try:
-            await self._publish(self.subjects.cancel(meta.request_id), b"", "", meta.headers())
+            await self._publish(self.subjects.cancel(meta.request_id), b"", "", meta.to_headers())
         except PublishError as error:
             _log.warning("cancel_not_sent", request_id=meta.request_id, error=str(error))
 
@@ -221,10 +205,11 @@ class Exchange:
             failed = await self._send(mailbox, self.subjects.classify, payload, meta)
             if failed is not None:
                 return failed
+            budget = self._budget(meta)
             try:
-                reply = await mailbox.receive(meta.timeout_s)
+                reply = await mailbox.receive(budget)
             except TimeoutError:
-                return self._timeout(meta)
+                return self._timeout(budget)
             if isinstance(reply, NoResponders):
                 return error_answer(
                     ErrorKind.UNAVAILABLE,

@@ -1,4 +1,5 @@
-"""Response headers that describe the route, and the request id and deadline a request carries.
+"""Response headers that describe the route, and what a client may say about its request id,
+trace context and timeout.
 
 Header names are upstream's (`x-vsr-selected-*`, vLLM Semantic Router) so existing dashboards and
 tests keep working. Client headers are read only for `x-request-id`, `traceparent` and the
@@ -9,9 +10,9 @@ the ingress builds every internal header itself.
 from __future__ import annotations
 
 import re
-import secrets
 
 from schemas.wire import Route
+from services.common.bus import new_request_id
 
 __all__ = [
     "REQUEST_ID",
@@ -21,10 +22,9 @@ __all__ = [
     "SELECTED_MODEL",
     "SELECTED_REASONING",
     "TIMEOUT",
-    "deadline_ms",
-    "new_request_id",
     "request_id",
     "route_headers",
+    "timeout_s",
     "traceparent",
 ]
 
@@ -43,11 +43,6 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 
-def new_request_id() -> str:
-    """A fresh request id: 32 hex digits."""
-    return secrets.token_hex(16)
-
-
 def request_id(client_value: str | None) -> str:
     """The client's `x-request-id` when it is a sane token (1-128 characters of
     `[A-Za-z0-9._:/+=-]`, so it is safe in logs and headers), else a fresh one."""
@@ -63,20 +58,20 @@ def traceparent(client_value: str | None) -> str | None:
     return None
 
 
-def deadline_ms(now_ms: int, timeout_s: float, client_value: str | None) -> tuple[int, float]:
-    """The absolute deadline (Unix ms) and the timeout it came from.
+def timeout_s(configured_s: float, client_value: str | None) -> float:
+    """The seconds a request may take: `configured_s`, or less when the client asks for less.
 
     A client may shorten the timeout with `x-loraroute-timeout: <seconds>` (a positive number);
-    it can never lengthen it beyond the configured `timeout_s`. Garbage is ignored.
+    it can never lengthen it beyond `configured_s`. Garbage is ignored.
     """
     if client_value:
         try:
             asked = float(client_value)
         except ValueError:
             asked = 0.0
-        if 0.0 < asked < timeout_s:
-            timeout_s = asked
-    return now_ms + int(timeout_s * 1000), timeout_s
+        if 0.0 < asked < configured_s:
+            return asked
+    return configured_s
 
 
 def route_headers(route: Route | None) -> dict[str, str]:

@@ -20,7 +20,7 @@ from types import TracebackType
 import msgspec
 
 from schemas.errors import ErrorKind, error_response
-from schemas.wire import ReplyError, ReplyMessage, reply_decoder
+from schemas.wire import ReplyError, ReplyMessage, decode_reply
 
 __all__ = ["NO_RESPONDERS", "Inbox", "Mailbox", "NoResponders"]
 
@@ -72,8 +72,7 @@ class Mailbox:
         if headers is not None and headers.get(_STATUS) == "503" and not data:
             return NO_RESPONDERS
         try:
-            message: ReplyMessage = reply_decoder.decode(data)
-            return message
+            return decode_reply(data)
         except (msgspec.DecodeError, msgspec.ValidationError) as error:
             return ReplyError(
                 status=502,

@@ -1,16 +1,10 @@
-"""Which `model` names the ingress accepts, and the `/v1/models` list it answers with.
+"""The ingress's answers about model names: vLLM's 404 for an unknown one, and `/v1/models`.
 
-Three kinds of name (DESIGN section 4): auto names (`MoM`, `auto`, ... from
-`routing.auto_model_names`) ask for classification; a configured base model or adapter passes
-through unchanged; anything else is unknown and gets vLLM's 404. A missing or empty `model` means
-`default_model`, passed through, as vLLM takes it to mean its base model (the classifier applies
-the same rule).
+What a requested name means (auto, a base model, an adapter, unknown) is decided by
+`schemas.config.Config.target_of`, the one rule the classifier applies too.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
-from typing import Literal
 
 import msgspec
 
@@ -18,39 +12,10 @@ from schemas.config import Config
 from schemas.errors import ErrorKind, ErrorResponse, error_response
 from schemas.openai import ModelCard, ModelList, ModelPermission
 
-__all__ = [
-    "AUTO_OWNER",
-    "Target",
-    "model_list",
-    "resolve_model",
-    "unknown_model",
-]
+__all__ = ["AUTO_OWNER", "model_list", "unknown_model"]
 
 #: `owned_by` of the auto names in `/v1/models`, so a client can tell them from served models.
 AUTO_OWNER = "loraroute"
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """Where a request goes: `auto` (classify) or `passthrough` to `model` on `base_model`."""
-
-    kind: Literal["auto", "passthrough"]
-    model: str | None = None
-    base_model: str | None = None
-
-
-_AUTO = Target("auto")
-
-
-def resolve_model(config: Config, model: str | None) -> Target | None:
-    """The target for a request's `model`, or None when the name is unknown (answer 404)."""
-    if model in config.routing.auto_model_names:
-        return _AUTO
-    model = model or config.default_model
-    base = config.base_model_of(model)
-    if base is None:
-        return None
-    return Target("passthrough", model, base)
 
 
 def unknown_model(model: str) -> ErrorResponse:

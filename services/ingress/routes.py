@@ -24,11 +24,12 @@ from schemas.classify import ClassifyBatchRequest
 from schemas.config import Config
 from schemas.errors import ErrorKind, ErrorResponse
 from schemas.wire import ClassifyTextsResult
+from services.common.bus import RequestMeta, deadline_after
 from services.common.log import get_logger
 from services.ingress import classify_api, headers, sse
-from services.ingress.exchange import Exchange, RequestMeta
+from services.ingress.exchange import Exchange
 from services.ingress.metrics import IngressMetrics
-from services.ingress.models import resolve_model, unknown_model
+from services.ingress.models import unknown_model
 from services.ingress.outcomes import (
     ErrorAnswer,
     JsonAnswer,
@@ -126,11 +127,11 @@ async def _read_json_body(request: Request, limit: int) -> bytes | ErrorResponse
 
 
 def _meta(request: Request, rid: str, timeout_s: float) -> RequestMeta:
-    deadline, timeout = headers.deadline_ms(
-        int(time.time() * 1000), timeout_s, request.headers.get(headers.TIMEOUT)
-    )
+    timeout = headers.timeout_s(timeout_s, request.headers.get(headers.TIMEOUT))
     return RequestMeta(
-        rid, deadline, timeout, headers.traceparent(request.headers.get("traceparent"))
+        request_id=rid,
+        deadline_ms=deadline_after(timeout),
+        traceparent=headers.traceparent(request.headers.get("traceparent")),
     )
 
 
@@ -151,7 +152,7 @@ async def _chat(request: Request) -> Response:
     view = parse_chat(body)
     if isinstance(view, ErrorResponse):
         return _error(view, rid)
-    if resolve_model(state.config, view.model) is None:
+    if state.config.target_of(view.model) is None:
         return _error(unknown_model(view.model or ""), rid)
     meta = _meta(request, rid, state.config.ingress.request_timeout_s)
     outcome = await _unless_client_leaves(

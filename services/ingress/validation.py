@@ -12,15 +12,14 @@ import re
 from typing import Any
 
 import msgspec
-from msgspec import UNSET, UnsetType
+from msgspec import UnsetType
 
 from schemas.classify import ClassifyBatchRequest, ClassifyIntentRequest
 from schemas.config import Config
 from schemas.errors import ErrorKind, ErrorResponse, error_response
-from schemas.openai import ChatMessage
+from schemas.openai import ChatRequestView
 
 __all__ = [
-    "ChatView",
     "body_limit",
     "check_content_type",
     "envelope_headroom",
@@ -31,19 +30,7 @@ __all__ = [
 ]
 
 
-class ChatView(msgspec.Struct, kw_only=True):
-    """The fields of a chat request the ingress reads; the body itself travels on untouched.
-
-    `messages` is validated message by message (role and content types), so a malformed
-    conversation is refused here rather than after a trip through the pipeline.
-    """
-
-    model: str | None = None
-    messages: list[ChatMessage] | UnsetType = UNSET
-    stream: bool | None = False
-
-
-_chat_decoder = msgspec.json.Decoder(ChatView)
+_chat_decoder = msgspec.json.Decoder(ChatRequestView)
 _intent_decoder = msgspec.json.Decoder(ClassifyIntentRequest)
 _batch_decoder = msgspec.json.Decoder(ClassifyBatchRequest)
 
@@ -133,7 +120,7 @@ def body_limit(max_body_bytes: int, max_payload: int, headroom: int) -> int:
     return max(1024, min(max_body_bytes, max_payload - headroom))
 
 
-def parse_chat(body: bytes) -> ChatView | ErrorResponse:
+def parse_chat(body: bytes) -> ChatRequestView | ErrorResponse:
     """Decode and check a chat completion body.
 
     Returns the view, or the 400 envelope for: not JSON, not an object, wrong field types,

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from schemas.config import Config, ConfigError, check, decode_config, load_config
+from schemas.config import (
+    Config,
+    ConfigError,
+    ModelTarget,
+    check,
+    decode_config,
+    load_config,
+)
 
 # The upstream LoRA-routing guide's example, key for key.
 GUIDE = textwrap.dedent(
@@ -237,3 +244,35 @@ def test_config_is_a_typed_struct(tmp_path: Path) -> None:
     config, _ = load_config(_write(tmp_path, GUIDE))
     assert isinstance(config, Config)
     assert config.vllm_endpoints[0].base_url == "http://127.0.0.1:8000"
+
+
+@pytest.fixture(scope="module")
+def shipped() -> Config:
+    return load_config(REPO / "config" / "config.yaml")[0]
+
+
+class TestTargetOf:
+    """What a requested model name means, the one rule of the ingress and the classifier."""
+
+    def test_auto_names_classify(self, shipped: Config) -> None:
+        assert shipped.routing.auto_model_names
+        for name in shipped.routing.auto_model_names:
+            assert shipped.target_of(name) == ModelTarget(kind="auto")
+
+    def test_missing_model_means_the_default_model(self, shipped: Config) -> None:
+        for name in [None, ""]:
+            assert shipped.target_of(name) == ModelTarget(
+                kind="passthrough", model=shipped.default_model, base_model="llama2-7b"
+            )
+
+    def test_base_models_and_adapters_pass_through(self, shipped: Config) -> None:
+        assert shipped.target_of("llama2-7b") == ModelTarget(
+            kind="passthrough", model="llama2-7b", base_model="llama2-7b"
+        )
+        assert shipped.target_of("medical-lora") == ModelTarget(
+            kind="passthrough", model="medical-lora", base_model="llama2-7b"
+        )
+
+    def test_unknown_names_are_none(self, shipped: Config) -> None:
+        assert shipped.target_of("gpt-4") is None
+        assert shipped.target_of("MoM-but-not-quite") is None

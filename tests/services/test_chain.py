@@ -17,7 +17,15 @@ from aiohttp.test_utils import TestServer
 from nats.aio.client import Client
 
 from schemas.config import Config, decode_config
-from schemas.wire import ReplyEnd, ReplyError, ReplyHead, ReplyResponse, StreamChunk, reply_decoder
+from schemas.wire import (
+    ReplyEnd,
+    ReplyError,
+    ReplyHead,
+    ReplyResponse,
+    StreamChunk,
+    decode_reply,
+    reply_decoder,
+)
 from services.classifier.app import ClassifierWorker
 from services.classifier.engine import Engine
 from services.classifier.labels import LabelMap
@@ -109,7 +117,8 @@ async def test_stream_through_both(
     reply_subject = await caller.send(chat("code please", stream=True))
     kinds: list[type] = []
     while not kinds or kinds[-1] is not ReplyEnd:
-        kinds.append(type(reply_decoder.decode((await caller.reply(reply_subject)).data)))
+        msg = await caller.reply(reply_subject)
+        kinds.append(type(decode_reply(msg.data)))
     assert kinds[0] is ReplyHead and set(kinds[1:-1]) == {StreamChunk}
 
 

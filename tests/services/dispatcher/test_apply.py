@@ -137,3 +137,118 @@ class TestReasoning:
 def test_bad_bodies(body: bytes) -> None:
     with pytest.raises(BodyError):
         apply_route(body, _route())
+
+
+# ------------------------------------------------------------------ against a full re-encode
+#
+# The straightforward way to apply a route, kept here as the oracle: decode the whole body into
+# Python objects, edit them, encode everything again. `apply_route` must produce the same JSON
+# (values and key order at every level); for a body already in msgspec's compact form, the very
+# same bytes.
+
+_whole = msgspec.json.Decoder(dict[str, Any])
+
+
+def _reference(body: bytes, route: Route) -> tuple[bytes, bool]:
+    data = _whole.decode(body)
+    messages = data["messages"]
+    data["model"] = route.model
+    if route.system_prompt:
+        for message in messages:
+            if isinstance(message, dict) and message.get("role") == "system":
+                content = message.get("content")
+                if route.system_prompt_mode == "replace" or not content:
+                    message["content"] = route.system_prompt
+                elif isinstance(content, str):
+                    message["content"] = f"{route.system_prompt}\n\n{content}"
+                elif isinstance(content, list):
+                    part = {"type": "text", "text": f"{route.system_prompt}\n\n"}
+                    message["content"] = [part, *content]
+                else:
+                    message["content"] = route.system_prompt
+                break
+        else:
+            messages.insert(0, {"role": "system", "content": route.system_prompt})
+    param = route.reasoning_parameter
+    if route.use_reasoning is not None and route.reasoning_type and param:
+        data.pop("reasoning_effort", None)
+        if route.reasoning_type == "chat_template_kwargs":
+            kwargs = data.get("chat_template_kwargs")
+            if not isinstance(kwargs, dict):
+                kwargs = {}
+                data["chat_template_kwargs"] = kwargs
+            kwargs[param] = bool(route.use_reasoning)
+        elif route.use_reasoning:
+            data[param] = route.reasoning_effort or "medium"
+        else:
+            data.pop(param, None)
+    return msgspec.json.encode(data), data.get("stream") is True
+
+
+_BODIES: list[bytes] = [
+    b'{"model":"MoM","messages":[{"role":"user","content":"hi"}]}',
+    b'{"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"x"}],'
+    b'"stream":true,"temperature":0.7}',
+    b'{"messages":[{"role":"user","content":"a"},{"role":"system","content":""}],"model":"m"}',
+    b'{"messages":[{"role":"system","content":null,"name":"s"}],"stream":false}',
+    b'{"messages":[{"role":"system","content":[{"type":"text","text":"rules"},'
+    b'{"type":"image_url","image_url":{"url":"data:x"}}]},{"role":"user","content":'
+    b'[{"type":"text","text":"look"},{"type":"input_audio","input_audio":{"data":"AA=="}}]}]}',
+    b'{"messages":[{"role":"system","content":{"odd":1}}],"stream":"yes"}',
+    b'{"messages":["not an object",3,null,{"role":"system","content":"s"}]}',
+    b'{"messages":[],"chat_template_kwargs":{"custom":1,"enable_thinking":true},'
+    b'"reasoning_effort":"low","seed":12345678901234567}',
+    b'{"messages":[],"chat_template_kwargs":null,"effort":"high","vllm_xargs":{"a":[1,2.5]}}',
+    '{"messages":[{"role":"user","content":"Zürich ☃ 東京 🚀"}],"user":"ñ"}'.encode(),
+    b'{"messages":[{"role":"user","content":"esc \\u00e9 \\/ \\" \\\\ \\n"}],"x":"\\ud83d\\ude80"}',
+    b'{ "model" : "MoM" ,\n  "messages" : [ { "role" : "system" , "content" : "s" } ],\n'
+    b'  "top_p" : 1e-7, "n" : 1.0, "logit_bias" : { "50256" : -100 } }',
+    b'{"messages":[{"role":"user","content":"a"}],"messages":[{"role":"user","content":"b"}]}',
+    b'{"frobnicate":{"deep":{"deeper":[true,false,null]}},"messages":[{"role":"user",'
+    b'"content":"q","tool_calls":[{"id":"c","function":{"name":"f","arguments":"{}"}}]}],'
+    b'"model":"MoM","tools":[]}',
+]
+
+_ROUTES: list[Route] = [
+    _route(),
+    _route(system_prompt="You are a doctor."),
+    _route(system_prompt="Ünïcode prompt ✓", system_prompt_mode="replace"),
+    *(
+        _route(
+            system_prompt=prompt,
+            use_reasoning=on,
+            reasoning_type=family,
+            reasoning_parameter=param,
+            reasoning_effort=effort,
+        )
+        for prompt in (None, "P")
+        for on in (True, False)
+        for family, param, effort in (
+            ("chat_template_kwargs", "enable_thinking", None),
+            ("reasoning_effort", "reasoning_effort", "high"),
+            ("top_level_reasoning_effort", "effort", None),
+        )
+    ),
+]
+
+
+@pytest.mark.parametrize("route", _ROUTES, ids=lambda r: f"{r.system_prompt}-{r.reasoning_type}")
+@pytest.mark.parametrize("body", _BODIES, ids=range(len(_BODIES)))
+def test_same_output_as_a_full_re_encode(body: bytes, route: Route) -> None:
+    got, stream = apply_route(body, route)
+    want, want_stream = _reference(body, route)
+    assert stream is want_stream
+    # Same values in the same key order at every level: re-encoding is canonical and
+    # order-preserving, so it equals the reference's bytes only then.
+    assert msgspec.json.encode(_whole.decode(got)) == want
+    if msgspec.json.encode(_whole.decode(body)) == body:
+        assert got == want, "a body in compact form comes out byte for byte the same"
+
+
+def test_untouched_values_keep_the_clients_bytes() -> None:
+    body = b'{"messages": [{"role": "user", "content": "caf\\u00e9"}], "n": 1.0, "top_p": 1e-7}'
+    out, _ = apply_route(body, _route())
+    assert out == (
+        b'{"messages":[{"role": "user", "content": "caf\\u00e9"}],"n":1.0,"top_p":1e-7,'
+        b'"model":"medical-lora"}'
+    )

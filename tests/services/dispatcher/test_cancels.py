@@ -8,10 +8,10 @@ from services.dispatcher.cancels import Cancels
 
 
 class Clock:
-    def __init__(self, now: float = 1000.0) -> None:
+    def __init__(self, now: int = 1_000_000) -> None:
         self.now = now
 
-    def __call__(self) -> float:
+    def __call__(self) -> int:
         return self.now
 
 
@@ -49,30 +49,30 @@ async def test_a_later_task_with_the_same_token_is_kept_when_the_first_ends() ->
 
 
 def test_an_overtaking_cancel_counts_once_until_the_deadline() -> None:
-    clock = Clock(1000.0)
+    clock = Clock(1_000_000)
     cancels = Cancels(clock=clock)
     assert cancels.cancel("a", 1_005_000) is False  # deadline 1005 s
     assert cancels.overtaken("a")
     assert not cancels.overtaken("a")  # used up
     cancels.cancel("b", 1_005_000)
-    clock.now = 1005.0
+    clock.now = 1_005_000
     assert not cancels.overtaken("b")  # the deadline has passed
     assert not cancels.overtaken("never cancelled")
 
 
 def test_a_cancel_without_deadline_is_remembered_for_a_while() -> None:
-    clock = Clock(1000.0)
+    clock = Clock(1_000_000)
     cancels = Cancels(clock=clock)
     cancels.cancel("a", None)
     cancels.cancel("b", 0)
-    clock.now = 1299.0
+    clock.now = 1_299_000
     assert cancels.overtaken("a")
-    clock.now = 1301.0
+    clock.now = 1_301_000
     assert not cancels.overtaken("b")
 
 
 def test_remembered_cancels_are_bounded_expired_first_then_oldest() -> None:
-    clock = Clock(1000.0)
+    clock = Clock(1_000_000)
     cancels = Cancels(limit=3, clock=clock)
     cancels.cancel("late", 999_000)  # already past
     for name in ("c0", "c1", "c2"):

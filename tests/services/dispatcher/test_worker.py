@@ -26,6 +26,7 @@ from schemas.wire import (
     ReplyResponse,
     Route,
     StreamChunk,
+    decode_reply,
     encoder,
     reply_decoder,
 )
@@ -141,8 +142,13 @@ async def test_stream_goes_to_the_reply_to_header(worker: DispatcherWorker, clie
     )
     kinds = []
     while True:
-        message = reply_decoder.decode((await asyncio.wait_for(replies.get(), 5)).data)
+        msg = await asyncio.wait_for(replies.get(), 5)
+        message = decode_reply(msg.data)
         kinds.append(type(message))
+        if isinstance(message, StreamChunk):
+            # One header line, then vLLM's bytes as they came (no base64 inside JSON).
+            head = f'{{"type":"chunk","v":1,"seq":{message.seq}}}\n'.encode()
+            assert msg.data == head + message.data and message.data.startswith(b"data: ")
         if isinstance(message, ReplyEnd):
             break
     assert kinds[0] is ReplyHead and kinds[-1] is ReplyEnd

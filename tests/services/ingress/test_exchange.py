@@ -24,13 +24,18 @@ from schemas.wire import (
     classify_decoder,
     encoder,
 )
-from services.ingress.exchange import Exchange, PublishError, RequestMeta
+from services.common.bus import RequestMeta, deadline_after
+from services.ingress.exchange import Exchange, PublishError
 from services.ingress.inbox import Inbox
 from services.ingress.outcomes import ErrorAnswer, JsonAnswer, StreamAnswer
 
 ROUTE = Route(model="medical-lora", base_model="llama2-7b", category="medical", confidence=0.9)
 BODY = b'{"model":"MoM","messages":[{"role":"user","content":"hi"}]}'
-META = RequestMeta("rid-1", 1_900_000_000_000, 0.2, "00-" + "a" * 32 + "-" + "b" * 16 + "-01")
+META = RequestMeta(
+    request_id="rid-1",
+    deadline_ms=1_900_000_000_000,
+    traceparent="00-" + "a" * 32 + "-" + "b" * 16 + "-01",
+)
 
 Answer = Callable[[str, bytes, Mapping[str, str]], list[tuple[Mapping[str, str] | None, bytes]]]
 
@@ -92,7 +97,9 @@ async def test_json_answer_carries_body_and_route(config: Config) -> None:
 async def test_no_responders_is_503_at_once(config: Config) -> None:
     exchange, _ = make(config, NO_RESPONDERS)
     # A 30 s deadline: a 503 (not a 504) can only come from the "no responders" status.
-    outcome = await exchange.chat(BODY, False, RequestMeta("r", 0, 30.0))
+    outcome = await exchange.chat(
+        BODY, False, RequestMeta(request_id="r", deadline_ms=deadline_after(30.0))
+    )
     assert isinstance(outcome, ErrorAnswer) and outcome.status == 503
     assert outcome.error.error.type == "ServiceUnavailableError"
     assert "classifier" in outcome.error.error.message
@@ -100,7 +107,9 @@ async def test_no_responders_is_503_at_once(config: Config) -> None:
 
 async def test_deadline_is_504(config: Config) -> None:
     exchange, _ = make(config, None)
-    outcome = await exchange.chat(BODY, False, RequestMeta("r", 0, 0.05))
+    outcome = await exchange.chat(
+        BODY, False, RequestMeta(request_id="r", deadline_ms=deadline_after(0.05))
+    )
     assert isinstance(outcome, ErrorAnswer) and outcome.status == 504
     assert outcome.error.error.type == "TimeoutError"
     assert len(exchange.inbox) == 0
@@ -153,7 +162,7 @@ async def test_stream_left_early_is_cancelled_upstream(config: Config) -> None:
     subject, payload, _, hdrs = bus.sent[-1]
     assert (subject, payload) == (exchange.subjects.cancel(META.request_id), b"")
     # The deadline travels along: a dispatcher the cancel overtakes keeps it that long.
-    assert hdrs == META.headers()
+    assert hdrs == META.to_headers()
 
 
 async def test_head_for_a_non_stream_request_is_502(config: Config) -> None:
@@ -168,7 +177,9 @@ async def test_admission_limit_is_429_with_retry_after(config: Config) -> None:
         config, ingress=msgspec.structs.replace(config.ingress, max_in_flight=1)
     )
     exchange, bus = make(limited, None)
-    first = asyncio.create_task(exchange.chat(BODY, False, RequestMeta("a", 0, 1.0)))
+    first = asyncio.create_task(
+        exchange.chat(BODY, False, RequestMeta(request_id="a", deadline_ms=deadline_after(1.0)))
+    )
     await asyncio.sleep(0.01)
     outcome = await exchange.chat(BODY, False, META)
     assert isinstance(outcome, ErrorAnswer) and outcome.status == 429

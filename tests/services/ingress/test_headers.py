@@ -53,8 +53,8 @@ def test_traceparent_is_validated() -> None:
 
 
 def test_client_timeout_may_only_shorten_the_deadline() -> None:
-    assert headers.deadline_ms(1000, 300.0, None) == (301_000, 300.0)
-    assert headers.deadline_ms(1000, 300.0, "2.5") == (3500, 2.5)
-    assert headers.deadline_ms(1000, 300.0, "900") == (301_000, 300.0)
-    assert headers.deadline_ms(1000, 300.0, "-1") == (301_000, 300.0)
-    assert headers.deadline_ms(1000, 300.0, "soon") == (301_000, 300.0)
+    assert headers.timeout_s(300.0, None) == 300.0
+    assert headers.timeout_s(300.0, "2.5") == 2.5
+    assert headers.timeout_s(300.0, "900") == 300.0
+    assert headers.timeout_s(300.0, "-1") == 300.0
+    assert headers.timeout_s(300.0, "soon") == 300.0

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from schemas.errors import ErrorKind, error_response
-from schemas.wire import ReplyError, StreamChunk, encoder
+from schemas.wire import ReplyError, StreamChunk, encode_reply, encoder
 from services.ingress.inbox import NO_RESPONDERS, Inbox
 
 
@@ -18,6 +18,21 @@ async def test_messages_reach_their_mailbox_in_order() -> None:
     assert [m.seq for m in got if isinstance(m, StreamChunk)] == [0, 1, 2]
     with pytest.raises(TimeoutError):
         await b.receive(0.01)
+
+
+async def test_raw_chunks_and_json_chunks_are_both_read() -> None:
+    inbox = Inbox("_INBOX.test")
+    with inbox.open() as box:
+        payload = encode_reply(StreamChunk(seq=0, data=b"data: {}\n\n"))
+        assert payload.endswith(b"\ndata: {}\n\n")
+        inbox.deliver(box.reply, None, payload)
+        # The previous version's form: the whole chunk as JSON, its bytes in base64.
+        inbox.deliver(box.reply, None, encoder.encode(StreamChunk(seq=1, data=b"data: x\n\n")))
+        assert await box.receive(1.0) == StreamChunk(seq=0, data=b"data: {}\n\n")
+        assert await box.receive(1.0) == StreamChunk(seq=1, data=b"data: x\n\n")
+        inbox.deliver(box.reply, None, b'{"type":"chunk","seq":"seven"}\ndata: {}\n\n')
+        broken = await box.receive(1.0)
+        assert isinstance(broken, ReplyError) and broken.status == 502
 
 
 async def test_no_responders_status_is_recognised() -> None:

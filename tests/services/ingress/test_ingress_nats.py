@@ -32,6 +32,7 @@ from schemas.wire import (
     StreamChunk,
     TextClassification,
     classify_decoder,
+    encode_reply,
     encoder,
 )
 from services.common.subjects import Subjects
@@ -154,7 +155,7 @@ class Responder:
             )
             return
         for reply in self.replies(msg):
-            await msg._client.publish(msg.reply, encoder.encode(reply))
+            await msg._client.publish(msg.reply, encode_reply(reply))
 
 
 @pytest.fixture

@@ -4,30 +4,11 @@ import msgspec
 
 from schemas.config import Config
 from schemas.openai import ModelList
-from services.ingress.models import AUTO_OWNER, Target, model_list, resolve_model, unknown_model
-
-
-def test_auto_names_classify(config: Config) -> None:
-    for name in config.routing.auto_model_names:
-        assert resolve_model(config, name) == Target("auto")
-
-
-def test_missing_model_means_the_default_model(config: Config) -> None:
-    for name in [None, ""]:
-        assert resolve_model(config, name) == Target(
-            "passthrough", config.default_model, "llama2-7b"
-        )
-
-
-def test_base_models_and_adapters_pass_through(config: Config) -> None:
-    assert resolve_model(config, "llama2-7b") == Target("passthrough", "llama2-7b", "llama2-7b")
-    assert resolve_model(config, "medical-lora") == Target(
-        "passthrough", "medical-lora", "llama2-7b"
-    )
+from services.ingress.models import AUTO_OWNER, model_list, unknown_model
 
 
 def test_unknown_model_is_vllms_404(config: Config) -> None:
-    assert resolve_model(config, "gpt-4") is None
+    assert config.target_of("gpt-4") is None
     error = unknown_model("gpt-4").error
     assert (error.code, error.type, error.param) == (404, "NotFoundError", "model")
     assert "gpt-4" in error.message

@@ -6,8 +6,8 @@ import pytest
 from schemas.classify import ClassifyBatchRequest, ClassifyIntentRequest
 from schemas.config import Config
 from schemas.errors import ErrorResponse
+from schemas.openai import ChatRequestView
 from services.ingress.validation import (
-    ChatView,
     body_limit,
     check_content_type,
     envelope_headroom,
@@ -25,14 +25,15 @@ def _error(result: object) -> ErrorResponse:
 
 def test_valid_chat_is_read() -> None:
     view = parse_chat(b'{"model":"MoM","messages":[{"role":"user","content":"hi"}],"stream":true}')
-    assert isinstance(view, ChatView)
+    assert isinstance(view, ChatRequestView)
     assert view.model == "MoM" and view.stream is True
     assert isinstance(view.messages, list) and view.messages[0].content == "hi"
 
 
 def test_unknown_fields_are_accepted() -> None:
     assert isinstance(
-        parse_chat(b'{"messages":[{"role":"user","content":"x"}],"frobnicate":{"a":1}}'), ChatView
+        parse_chat(b'{"messages":[{"role":"user","content":"x"}],"frobnicate":{"a":1}}'),
+        ChatRequestView,
     )
 
 
