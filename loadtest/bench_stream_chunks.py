@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from loraroute.natsserver import NatsServer
 
+from loraroute.natsserver import NatsServer
 from schemas.wire import (
     ChunkHeader,
     ReplyMessage,
