@@ -6,6 +6,8 @@ dispatcher and ingress, all on 127.0.0.1 free ports, then for each target:
 - `direct`       client -> mock vLLM (`model: technical-lora`)
 - `passthrough`  client -> ingress -> classifier (no forward pass) -> dispatcher -> mock vLLM
 - `auto`         the same with `model: MoM`: the classifier's forward pass runs
+- `stream`       passthrough with `stream: true`: 16 content chunks plus the role, finish and
+                 usage chunks cross NATS one message each (the reply path of streamed answers)
 
 measures latency at 1 request in flight (p50/p99), throughput at `--concurrency` in flight, and
 the CPU time per request of every process (from /proc/<pid>/stat, before and after each phase).
@@ -53,6 +55,7 @@ QUERIES = [
     "Can my landlord keep my deposit for normal wear and tear?",
     "Suggest a name for a pet goldfish",
 ]
+TARGETS = ("direct", "passthrough", "auto", "stream")
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -216,9 +219,15 @@ class Bench:
         url, model = self._target(target)
         concurrency = 1 if kind == "latency" else self.args.concurrency
         phase = Phase(target, kind)
+        stream = {"stream": True} if target == "stream" else {}
         bodies = [
             json.dumps(
-                {"model": model, "max_tokens": 16, "messages": [{"role": "user", "content": q}]}
+                {
+                    "model": model,
+                    "max_tokens": 16,
+                    "messages": [{"role": "user", "content": q}],
+                    **stream,
+                }
             ).encode()
             for q in QUERIES
         ]
@@ -291,7 +300,7 @@ async def _main(args: argparse.Namespace) -> int:
             results: list[dict[str, Any]] = []
             for rep in range(args.reps):
                 for kind in ("latency", "saturation"):
-                    for target in ("direct", "passthrough", "auto"):
+                    for target in args.targets:
                         phase = await bench.run_phase(target, kind)
                         summary = {"rep": rep, **phase.summary()}
                         results.append(summary)
@@ -321,6 +330,13 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=40)
     parser.add_argument("--reps", type=int, default=1)
     parser.add_argument("--out", help="write the JSON report here")
+    parser.add_argument(
+        "--targets",
+        nargs="+",
+        choices=TARGETS,
+        default=list(TARGETS),
+        help="which targets to measure, in this order (default: all)",
+    )
     args = parser.parse_args()
     if args.concurrency > 256 or args.duration > 60 or args.requests > 5000:
         parser.error("bounded load only: concurrency <= 256, duration <= 60 s, requests <= 5000")

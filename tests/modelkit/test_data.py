@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from modelkit.data import (
+    DATA_DIR_ENV,
     DataError,
     Example,
     balanced_split,
@@ -146,3 +147,12 @@ def test_subject_split_of_shared_data_has_no_leak(name: str) -> None:
     assert not {text_key(e.text) for e in rest} & {text_key(e.text) for e in held}
     # Every label of these files has several subjects, so every label is represented.
     assert {e.label for e in held} == {e.label for e in rows}
+
+
+def test_default_data_dir_is_beside_the_repository(
+    repo_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    assert default_data_dir() == repo_root.parent / "shared" / "data"
+    monkeypatch.setenv(DATA_DIR_ENV, "elsewhere")
+    assert default_data_dir() == Path("elsewhere")
