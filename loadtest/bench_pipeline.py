@@ -6,8 +6,8 @@ dispatcher and ingress, all on 127.0.0.1 free ports, then for each target:
 - `direct`       client -> mock vLLM (`model: technical-lora`)
 - `passthrough`  client -> ingress -> classifier (no forward pass) -> dispatcher -> mock vLLM
 - `auto`         the same with `model: MoM`: the classifier's forward pass runs
-- `stream`       passthrough with `stream: true`: 16 content chunks plus the role, finish and
-                 usage chunks cross NATS one message each (the reply path of streamed answers)
+- `stream`       passthrough with `stream: true`: each piece of the streamed answer crosses
+                 NATS as a message of its own (the reply path of streamed answers)
 
 measures latency at 1 request in flight (p50/p99), throughput at `--concurrency` in flight, and
 the CPU time per request of every process (from /proc/<pid>/stat, before and after each phase).
