@@ -33,6 +33,7 @@ __all__ = [
     "Dispatcher",
     "Inference",
     "Ingress",
+    "Jobs",
     "Lora",
     "ModelConfig",
     "ModelScore",
@@ -269,6 +270,48 @@ DEFAULT_REASONING_FAMILIES: dict[str, ReasoningFamily] = {
 }
 
 
+class Jobs(_Strict):
+    """`jobs`: asynchronous batch jobs on JetStream (the OpenAI Batch API and the raw queue).
+
+    Lines wait in a work-queue stream until a jobs worker runs them through the classifier's job
+    lane and a dispatcher; results, batches and files live in JetStream (a results stream, a KV
+    bucket, an Object Store bucket). Streams and buckets are created at start-up when missing.
+    """
+
+    replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
+    """Copies of every job stream and bucket: 1 on one server, 3 on a three-node cluster (a
+    node may then fail without losing a line). More than the cluster's nodes cannot start."""
+    max_file_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 100 * 1024 * 1024
+    """Largest file `POST /v1/files` accepts (413 beyond). Files are stored whole in the Object
+    Store: too large lets one upload fill the server's disk."""
+    max_lines: Annotated[int, msgspec.Meta(ge=1)] = 50_000
+    """Most lines in one batch input file; a larger file is refused at batch creation."""
+    max_line_bytes: Annotated[int, msgspec.Meta(ge=256)] = 512 * 1024
+    """Largest line of an input file; a longer line goes to the error file, the rest runs. Must
+    stay below the NATS payload limit (1 MiB by default) with room for the envelope."""
+    concurrency: Annotated[int, msgspec.Meta(ge=1)] = 64
+    """Lines one jobs worker runs at once. Too small leaves the pipeline idle between lines; too
+    large crowds the classifier's job lane (which refuses beyond its queue) and vLLM."""
+    max_deliver: Annotated[int, msgspec.Meta(ge=1)] = 5
+    """Deliveries of one line before it goes to the dead-letter stream with its last error."""
+    backoff_s: list[Annotated[float, msgspec.Meta(gt=0.0)]] = msgspec.field(
+        default_factory=lambda: [1.0, 5.0, 30.0, 120.0]
+    )
+    """Waits before each redelivery of a failed line (the last repeats)."""
+    line_timeout_s: Annotated[float, msgspec.Meta(gt=0.0)] = 600.0
+    """Deadline of one line's run through the pipeline; the line's ack wait is a little longer,
+    so a worker that dies mid-line has the line redelivered after about this long."""
+    retention_s: Annotated[float, msgspec.Meta(gt=0.0)] = 7 * 24 * 3600.0
+    """How long lines, results, dead letters, batches and files are kept (stream `max_age`,
+    bucket TTL). Too short drops a slow batch's results before anyone reads them."""
+    completion_windows: list[Annotated[str, msgspec.Meta(pattern=r"^[1-9][0-9]*[smh]$")]] = (
+        msgspec.field(default_factory=lambda: ["24h"])
+    )
+    """`completion_window` values `POST /v1/batches` accepts (OpenAI accepts `24h`). A batch
+    whose lines are not done within its window ends `expired`, finished lines kept. A number
+    with `s`, `m` or `h`; short windows serve tests and demos."""
+
+
 class Config(_Strict):
     """The whole file. The first five keys are the upstream guide's; the rest are additions."""
 
@@ -283,6 +326,7 @@ class Config(_Strict):
     batching: Batching = msgspec.field(default_factory=Batching)
     inference: Inference = msgspec.field(default_factory=Inference)
     dispatcher: Dispatcher = msgspec.field(default_factory=Dispatcher)
+    jobs: Jobs = msgspec.field(default_factory=Jobs)
     reasoning_families: dict[str, ReasoningFamily] = msgspec.field(
         default_factory=lambda: dict(DEFAULT_REASONING_FAMILIES)
     )

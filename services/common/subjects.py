@@ -56,6 +56,25 @@ class Subjects:
         self.dispatch_all = f"{prefix}.dispatch.*"
         #: Classifiers and dispatchers listen here for cancellations (`cancel(request_id)`).
         self.cancel_all = f"{prefix}.cancel.*"
+        #: The classifier's job lane: lines of batch jobs, served only when no interactive
+        #: request waits (same messages and replies as `classify`).
+        self.classify_jobs = f"{prefix}.classify.jobs"
+        #: Job lines, results and dead letters (`job_lines(job_id)` ...), and batch control.
+        self.job_lines_all = f"{prefix}.jobs.lines.*"
+        self.job_results_all = f"{prefix}.jobs.results.*.*"
+        self.job_dead_all = f"{prefix}.jobs.dead.*"
+        self.jobs_control = f"{prefix}.jobs.control"
+        # JetStream names allow no dots: the prefix with its dots as underscores.
+        base = prefix.replace(".", "_")
+        #: Streams, durable consumers and buckets of the jobs (`services.common.jetstream`).
+        self.lines_stream = f"{base}_job_lines"
+        self.results_stream = f"{base}_job_results"
+        self.dead_stream = f"{base}_job_dead"
+        self.control_stream = f"{base}_job_control"
+        self.line_consumer = "job-lines"
+        self.control_consumer = "job-control"
+        self.batches_bucket = f"{base}_batches"
+        self.files_bucket = f"{base}_files"
 
     def bounce(self, instance: str) -> str:
         """Reply-subject prefix of one classifier process; NATS "no responders" statuses for
@@ -71,3 +90,17 @@ class Subjects:
     def dispatch(self, base_model: str) -> str:
         """The subject on which dispatchers for `base_model` listen."""
         return f"{self.prefix}.dispatch.{model_token(base_model)}"
+
+    def job_lines(self, job_id: str) -> str:
+        """Where the lines of job `job_id` wait (the lines stream, a work queue)."""
+        return f"{self.prefix}.jobs.lines.{model_token(job_id)}"
+
+    def job_results(self, job_id: str, ok: bool | None = None) -> str:
+        """Where the results of job `job_id` are kept: `.ok` for answers with status 200, `.err`
+        for the rest; `ok=None` gives the filter matching both."""
+        kind = "*" if ok is None else "ok" if ok else "err"
+        return f"{self.prefix}.jobs.results.{model_token(job_id)}.{kind}"
+
+    def job_dead(self, job_id: str | None) -> str:
+        """Where the dead letters of job `job_id` go (`_` for a payload with no readable job)."""
+        return f"{self.prefix}.jobs.dead.{model_token(job_id) if job_id else '_'}"
