@@ -27,7 +27,6 @@ def _line(custom_id: object, **changes: object) -> bytes:
     return json.dumps({**line, **changes}).encode()
 
 
-
 def test_good_lines_keep_their_body_bytes() -> None:
     parsed = read_input(_line("a") + b"\n\n" + _line("b"), max_line_bytes=10_000, max_lines=100)
     assert not parsed.errors
