@@ -8,7 +8,8 @@ A fault is written ``KIND@WHEN[,after=K]``:
   ``drop``: the connection is cut after K content chunks, no ``[DONE]`` (non-streaming: before the
   response); ``hang``: no answer until the client goes away.
 - WHEN ``N``: the N-th inference request (chat or completion, counted from 1 since start or since the
-  plan was last replaced); ``%N``: every N-th; ``*``: every request.
+  plan was last replaced); ``%N``: every N-th; ``*``: every request; ``~TEXT``: every request whose
+  prompt contains ``TEXT`` (letters, digits, ``_`` and ``-``), e.g. one poison line of a batch.
 - ``after=K``: content chunks sent before a stream fault (default 1).
 
 The first matching fault wins. Requests refused before they are counted (validation, unknown model,
@@ -42,10 +43,13 @@ class Fault:
     nth: int | None = None  # the N-th request
     every: int | None = None  # every N-th request (1 = all)
     after: int = 1
+    marker: str | None = None  # every request whose prompt contains it
 
     def __str__(self) -> str:
         when = (
-            f"%{self.every}"
+            f"~{self.marker}"
+            if self.marker is not None
+            else f"%{self.every}"
             if self.every not in (None, 1)
             else "*"
             if self.every
@@ -53,21 +57,27 @@ class Fault:
         )
         return f"{self.kind.value}@{when}" + (f",after={self.after}" if self.after != 1 else "")
 
-    def matches(self, request_no: int) -> bool:
+    def matches(self, request_no: int, prompt: str = "") -> bool:
+        if self.marker is not None:
+            return self.marker in prompt
         if self.nth is not None:
             return request_no == self.nth
         assert self.every is not None
         return request_no % self.every == 0
 
 
-_SPEC = re.compile(r"^(?P<kind>[a-z0-9-]+)@(?P<when>\*|%?\d+)(?:,after=(?P<after>\d+))?$")
+_SPEC = re.compile(
+    r"^(?P<kind>[a-z0-9-]+)@(?P<when>\*|%?\d+|~[A-Za-z0-9_-]+)(?:,after=(?P<after>\d+))?$"
+)
 
 
 def parse_fault(spec: str) -> Fault:
     """Parse one ``KIND@WHEN[,after=K]``; raises ``ValueError`` with the reason on a bad spec."""
     m = _SPEC.match(spec.strip())
     if not m:
-        raise ValueError(f"bad fault {spec!r}: expected KIND@N, KIND@%N or KIND@* [,after=K]")
+        raise ValueError(
+            f"bad fault {spec!r}: expected KIND@N, KIND@%N, KIND@* or KIND@~TEXT [,after=K]"
+        )
     try:
         kind = FaultKind(m["kind"])
     except ValueError:
@@ -76,6 +86,8 @@ def parse_fault(spec: str) -> Fault:
     when, after = m["when"], int(m["after"] or 1)
     if when == "*":
         return Fault(kind, every=1, after=after)
+    if when.startswith("~"):
+        return Fault(kind, marker=when[1:], after=after)
     number = int(when.lstrip("%"))
     if number < 1:
         raise ValueError(f"bad fault {spec!r}: N counts from 1")
@@ -103,7 +115,8 @@ class FaultPlan:
         self.faults = tuple(faults)
         self.count = 0
 
-    def next_request(self) -> Fault | None:
-        """Count one more request and return the fault that hits it."""
+    def next_request(self, prompt: str = "") -> Fault | None:
+        """Count one more request (whose prompt text is `prompt`) and return the fault that
+        hits it."""
         self.count += 1
-        return next((f for f in self.faults if f.matches(self.count)), None)
+        return next((f for f in self.faults if f.matches(self.count, prompt)), None)

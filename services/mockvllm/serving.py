@@ -201,7 +201,7 @@ class Serving:
             return error_response(
                 ErrorKind.BAD_REQUEST, f"n must be 1 when using greedy sampling, got {n}."
             )
-        fault = self.faults.next_request()
+        fault = self.faults.next_request("\n".join(prompts))
         if fault is not None and (
             fault.kind in (FaultKind.ERROR_500, FaultKind.ERROR_503)
             or (not stream and fault.kind in (FaultKind.STREAM_500, FaultKind.STREAM_503))

@@ -15,6 +15,7 @@ from services.mockvllm.faults import Fault, FaultKind, FaultPlan, fault_error, p
         ("drop@*,after=4", Fault(FaultKind.DROP, every=1, after=4)),
         ("stream-500@1", Fault(FaultKind.STREAM_500, nth=1)),
         ("hang@2", Fault(FaultKind.HANG, nth=2)),
+        ("500@~POISON-1", Fault(FaultKind.ERROR_500, marker="POISON-1")),
     ],
 )
 def test_parse_round_trips(spec: str, fault: Fault) -> None:
@@ -22,7 +23,9 @@ def test_parse_round_trips(spec: str, fault: Fault) -> None:
     assert str(fault) == spec
 
 
-@pytest.mark.parametrize("spec", ["500", "boom@1", "500@0", "500@x", "drop@1,after=-1"])
+@pytest.mark.parametrize(
+    "spec", ["500", "boom@1", "500@0", "500@x", "drop@1,after=-1", "500@~", "500@~a b"]
+)
 def test_bad_specs_say_why(spec: str) -> None:
     with pytest.raises(ValueError, match="bad fault"):
         parse_fault(spec)
@@ -36,6 +39,17 @@ def test_plan_counts_and_first_match_wins() -> None:
     assert plan.count == 0
     first = plan.next_request()
     assert first is not None and first.kind is FaultKind.DROP
+
+
+def test_a_marker_fault_hits_every_prompt_that_contains_it() -> None:
+    plan = FaultPlan([parse_fault("500@~POISON")])
+    hits = [plan.next_request(p) for p in ["fine", "a POISON pill", "fine", "POISON again"]]
+    assert [f.kind if f else None for f in hits] == [
+        None,
+        FaultKind.ERROR_500,
+        None,
+        FaultKind.ERROR_500,
+    ]
 
 
 def test_fault_errors_are_vllms() -> None:
