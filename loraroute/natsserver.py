@@ -86,7 +86,6 @@ class NatsServer:
         self._log: IO[bytes] | None = None
         self._url: str | None = None
         self._binary_name = "nats-server"
-        self._binary_name = "nats-server"
 
     # ------------------------------------------------------------------ properties
 
@@ -117,7 +116,6 @@ class NatsServer:
         if self._process is not None:
             return self.url
         binary = self.binary or find_binary()
-        self._binary_name = binary.name
         self._binary_name = binary.name
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
