@@ -61,6 +61,8 @@ _CAS_TRIES = 8
 _CANCELLABLE = ("validating", "in_progress")
 
 _BATCH_ID = re.compile(r"^batch_[0-9a-f]{32}$")
+#: The field a msgspec validation error names: a missing one, or where a wrong value sits.
+_FIELD = re.compile(r"missing required field `(\w+)`|at `\$\.(\w+)")
 _request_decoder = msgspec.json.Decoder(BatchRequest)
 _batch_decoder = msgspec.json.Decoder(Batch)
 _encoder = msgspec.json.Encoder()
@@ -85,8 +87,9 @@ def parse_batch_request(body: bytes) -> BatchRequest | ErrorResponse:
     try:
         request = _request_decoder.decode(body)
     except msgspec.ValidationError as error:
-        path = str(error).rpartition(" - at `$.")[2].split("`")[0].split(".")[0].split("[")[0]
-        return error_response(ErrorKind.VALIDATION, str(error), path or None)
+        named = _FIELD.search(str(error))
+        param = (named.group(1) or named.group(2)) if named else None
+        return error_response(ErrorKind.VALIDATION, str(error), param)
     except msgspec.DecodeError as error:
         return error_response(ErrorKind.VALIDATION, f"The body is not valid JSON: {error}")
     metadata = request.metadata or {}
