@@ -6,9 +6,12 @@ by the test, so the ingress and the CLI can be tested without the worker's sched
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import msgspec
 from nats.aio.client import Client
@@ -23,6 +26,7 @@ from schemas.jobs import (
     BatchResponse,
     InputLine,
     JobResult,
+    StartBatch,
     control_decoder,
     read_input,
 )
@@ -30,10 +34,42 @@ from services.common import bus
 from services.common.filestore import file_bytes, put_file
 from services.common.jetstream import JobResources, ensure_job_resources
 from services.common.subjects import Subjects
+from tests.processes import Service, free_port, write_config
 
-__all__ = ["JobsDouble"]
+__all__ = ["JobsDouble", "batch_ingress", "batch_input"]
 
 _batch_decoder = msgspec.json.Decoder(Batch)
+
+
+def batch_input(*custom_ids: str, url: str = "/v1/chat/completions") -> bytes:
+    """A batch input file with one chat request (`model: MoM`) per custom id."""
+    return b"".join(
+        json.dumps(
+            {
+                "custom_id": cid,
+                "method": "POST",
+                "url": url,
+                "body": {"model": "MoM", "messages": [{"role": "user", "content": cid}]},
+            }
+        ).encode()
+        + b"\n"
+        for cid in custom_ids
+    )
+
+
+def batch_ingress(nats_url: str, folder: Path, prefix: str, jobs: dict[str, Any]) -> Service:
+    """An ingress (not started) on a free port with subject prefix `prefix` and `jobs` merged
+    into the shipped config's `jobs:` section; its base URL is `health_url` less `/health`."""
+    port = free_port()
+    config = write_config(
+        folder / "config.yaml",
+        {"nats": {"subject_prefix": prefix}, "ingress": {"port": port}, "jobs": jobs},
+    )
+    return Service(
+        ["ingress", "--nats", nats_url, "--config", str(config), "--graceful-timeout", "2"],
+        folder / "ingress.log",
+        health_url=f"http://127.0.0.1:{port}/health",
+    )
 
 
 class JobsDouble:
@@ -56,9 +92,9 @@ class JobsDouble:
     async def close(self) -> None:
         await bus.close(self.nc)
 
-    async def next_control(self, batch_id: str, timeout_s: float = 5.0) -> BatchControl:
-        """The next control message about `batch_id`, acked as the worker's durable consumer
-        takes it (those about other batches, left by earlier tests, are acked and skipped)."""
+    async def next_control(self, batch_id: str | None, timeout_s: float = 5.0) -> BatchControl:
+        """The next control message about `batch_id` (None: the next `StartBatch`), acked as
+        the worker's durable consumer takes it; others, left by earlier tests, are skipped."""
         sub = await self.js.pull_subscribe(
             self.subjects.jobs_control,
             durable=self.subjects.control_consumer,
@@ -69,7 +105,9 @@ class JobsDouble:
                 [msg] = await sub.fetch(1, timeout=timeout_s)
                 await msg.ack()
                 message = control_decoder.decode(msg.data)
-                if message.batch_id == batch_id:
+                if message.batch_id == batch_id or (
+                    batch_id is None and isinstance(message, StartBatch)
+                ):
                     return message
         finally:
             await sub.unsubscribe()

@@ -16,8 +16,7 @@ import pytest
 from schemas.config import Jobs
 from schemas.jobs import CancelBatch, StartBatch
 from services.common.filestore import put_file
-from tests.jobs_double import JobsDouble
-from tests.processes import Service, free_port, write_config
+from tests.jobs_double import JobsDouble, batch_ingress, batch_input
 
 pytestmark = [pytest.mark.integration]
 
@@ -32,40 +31,11 @@ class Ingress:
     log: Path
 
 
-def jsonl(*custom_ids: str, url: str = "/v1/chat/completions") -> bytes:
-    """A batch input file with one chat request per custom id."""
-    return b"".join(
-        json.dumps(
-            {
-                "custom_id": cid,
-                "method": "POST",
-                "url": url,
-                "body": {"model": "MoM", "messages": [{"role": "user", "content": cid}]},
-            }
-        ).encode()
-        + b"\n"
-        for cid in custom_ids
-    )
-
-
-def start_ingress(nats_url: str, folder: Path, prefix: str, jobs: dict[str, object]) -> Service:
-    port = free_port()
-    config = write_config(
-        folder / "config.yaml",
-        {"nats": {"subject_prefix": prefix}, "ingress": {"port": port}, "jobs": jobs},
-    )
-    return Service(
-        ["ingress", "--nats", nats_url, "--config", str(config), "--graceful-timeout", "2"],
-        folder / "ingress.log",
-        health_url=f"http://127.0.0.1:{port}/health",
-    )
-
-
 @pytest.fixture(scope="module")
 def ingress(nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ingress]:
     folder = tmp_path_factory.mktemp("batch-ingress")
     prefix = f"t{uuid.uuid4().hex[:8]}"
-    service = start_ingress(nats_url, folder, prefix, JOBS).start()
+    service = batch_ingress(nats_url, folder, prefix, JOBS).start()
     assert service.health_url is not None
     try:
         yield Ingress(service.health_url.removesuffix("/health"), prefix, service.log_path)
@@ -99,7 +69,7 @@ async def upload(client: openai.AsyncOpenAI, data: bytes) -> str:
 
 
 async def test_a_file_is_uploaded_read_downloaded_and_deleted(client: openai.AsyncOpenAI) -> None:
-    data = jsonl("a", "b")
+    data = batch_input("a", "b")
     file = await client.files.create(file=("mine.jsonl", data), purpose="batch")
     assert file.id.startswith("file-") and len(file.id) == 37
     assert (file.object, file.purpose, file.filename, file.bytes) == (
@@ -124,12 +94,12 @@ async def test_a_file_is_uploaded_read_downloaded_and_deleted(client: openai.Asy
     ("data", "purpose", "says"),
     [
         (b"hello\nworld\n", "batch", "not JSONL"),
-        (jsonl("a") + jsonl("b", url="/v1/embeddings"), "batch", "several endpoints"),
-        (jsonl("a", url="/v1/completions"), "batch", "/v1/chat/completions"),
-        (jsonl("a", "a"), "batch", "custom_id 'a'"),
+        (batch_input("a") + batch_input("b", url="/v1/embeddings"), "batch", "several endpoints"),
+        (batch_input("a", url="/v1/completions"), "batch", "/v1/chat/completions"),
+        (batch_input("a", "a"), "batch", "custom_id 'a'"),
         (b"\n\n", "batch", "no lines"),
-        (jsonl(*map(str, range(51))), "batch", "more than the limit 50"),
-        (jsonl("a"), "fine-tune", "only 'batch'"),
+        (batch_input(*map(str, range(51))), "batch", "more than the limit 50"),
+        (batch_input("a"), "fine-tune", "only 'batch'"),
     ],
     ids=["not-jsonl", "mixed", "endpoint", "duplicate", "empty", "lines", "purpose"],
 )
@@ -146,7 +116,7 @@ async def test_an_upload_that_is_no_batch_input_is_refused(
 async def test_a_file_over_the_limit_is_refused_with_413(
     client: openai.AsyncOpenAI, ingress: Ingress
 ) -> None:
-    data = jsonl(*(f"line-{i:04d}-{'x' * 100}" for i in range(40)))
+    data = batch_input(*(f"line-{i:04d}-{'x' * 100}" for i in range(40)))
     assert len(data) > MAX_FILE_BYTES
     with pytest.raises(openai.APIStatusError) as raised:
         await client.files.create(file=("big.jsonl", data), purpose="batch")
@@ -176,7 +146,7 @@ async def test_an_upload_that_is_not_a_multipart_form_is_refused(ingress: Ingres
 async def test_a_batch_runs_from_upload_to_output_file(
     client: openai.AsyncOpenAI, worker: JobsDouble
 ) -> None:
-    file_id = await upload(client, jsonl("q1", "q2", "q3"))
+    file_id = await upload(client, batch_input("q1", "q2", "q3"))
     batch = await client.batches.create(
         input_file_id=file_id,
         endpoint="/v1/chat/completions",
@@ -223,7 +193,7 @@ async def test_a_batch_runs_from_upload_to_output_file(
 async def test_a_batch_is_refused_for_a_wrong_endpoint_window_file_or_metadata(
     client: openai.AsyncOpenAI, worker: JobsDouble
 ) -> None:
-    file_id = await upload(client, jsonl("a"))
+    file_id = await upload(client, batch_input("a"))
     good = {
         "input_file_id": file_id,
         "endpoint": "/v1/chat/completions",
@@ -242,7 +212,7 @@ async def test_a_batch_is_refused_for_a_wrong_endpoint_window_file_or_metadata(
             await client.batches.create(**{**good, **change})  # type: ignore[arg-type]
         assert isinstance(raised.value.body, dict) and raised.value.body["param"] == param, change
     output = await put_file(
-        worker.resources.files, jsonl("a"), filename="out.jsonl", purpose="batch_output"
+        worker.resources.files, batch_input("a"), filename="out.jsonl", purpose="batch_output"
     )
     with pytest.raises(openai.BadRequestError) as refused:
         await client.batches.create(**{**good, "input_file_id": output.id})  # type: ignore[arg-type]
@@ -269,7 +239,7 @@ async def test_a_file_refused_at_creation_creates_no_batch(
 
 
 async def test_batches_are_listed_newest_first_page_by_page(client: openai.AsyncOpenAI) -> None:
-    file_id = await upload(client, jsonl("a"))
+    file_id = await upload(client, batch_input("a"))
     created = [
         (
             await client.batches.create(
@@ -296,7 +266,7 @@ async def test_batches_are_listed_newest_first_page_by_page(client: openai.Async
 async def test_a_batch_is_cancelled_once_and_an_ended_batch_not_at_all(
     client: openai.AsyncOpenAI, worker: JobsDouble
 ) -> None:
-    file_id = await upload(client, jsonl("a", "b"))
+    file_id = await upload(client, batch_input("a", "b"))
     batch = await client.batches.create(
         input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
     )
@@ -333,7 +303,7 @@ async def test_unknown_ids_are_404(client: openai.AsyncOpenAI) -> None:
 async def test_the_ingress_does_not_start_on_a_mismatched_job_stream(
     nats_url: str, ingress: Ingress, tmp_path: Path
 ) -> None:
-    other = start_ingress(nats_url, tmp_path, ingress.prefix, {**JOBS, "retention_s": 60.0})
+    other = batch_ingress(nats_url, tmp_path, ingress.prefix, {**JOBS, "retention_s": 60.0})
     with pytest.raises(RuntimeError, match="max_age"):
         other.start(timeout_s=20.0)
     other.stop()
