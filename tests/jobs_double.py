@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 from nats.aio.client import Client
+from nats.js.api import Header
 from nats.js.errors import KeyWrongLastSequenceError
 
 from schemas.config import Jobs
@@ -169,7 +170,7 @@ class JobsDouble:
         await self.js.publish(
             self.subjects.job_results(batch_id, ok),
             msgspec.json.encode(JobResult(job_id=batch_id, line=output)),
-            headers={"Nats-Msg-Id": f"{batch_id}:{custom_id}"},
+            headers={Header.MSG_ID.value: f"{batch_id}:{custom_id}"},
         )
         self.results.setdefault(batch_id, {}).setdefault(custom_id, output)
 

@@ -17,6 +17,7 @@ import time
 
 import msgspec
 from nats.js import JetStreamContext
+from nats.js.api import Header
 from nats.js.errors import KeyWrongLastSequenceError, NoKeysError, NotFoundError
 from nats.js.kv import KeyValue
 
@@ -270,7 +271,7 @@ class Batches:
         await self.js.publish(
             self.subjects.jobs_control,
             _encoder.encode(message),
-            headers={"Nats-Msg-Id": msg_id},
+            headers={Header.MSG_ID.value: msg_id},
         )
 
     async def _fail_unstarted(self, batch: Batch, revision: int) -> None:
