@@ -34,16 +34,18 @@ async def put_file(
     filename: str,
     purpose: str,
     file_id: str | None = None,
-    expires_at: int | None = None,
+    kept_s: float | None = None,
 ) -> FileObject:
-    """Store `data` as a new file (or as `file_id`, replacing it) and return its `FileObject`."""
+    """Store `data` as a new file (or as `file_id`, replacing it) and return its `FileObject`;
+    `kept_s` is how long the bucket keeps it (its TTL), shown as `expires_at`."""
+    now = int(time.time())
     file = FileObject(
         id=file_id or new_file_id(),
         bytes=len(data),
-        created_at=int(time.time()),
+        created_at=now,
         filename=filename,
         purpose=purpose,
-        expires_at=expires_at,
+        expires_at=None if kept_s is None else now + int(kept_s),
     )
     description = msgspec.json.encode(file).decode()
     await store.put(file.id, data, meta=ObjectMeta(name=file.id, description=description))

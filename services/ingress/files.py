@@ -97,7 +97,11 @@ class Files:
             return input_refused(read.errors, "file")
         try:
             return await put_file(
-                self.store, data, filename=filename or "input.jsonl", purpose=purpose
+                self.store,
+                data,
+                filename=filename or "input.jsonl",
+                purpose=purpose,
+                kept_s=self.jobs.retention_s,
             )
         except BUS_ERRORS as error:
             return unavailable(error)

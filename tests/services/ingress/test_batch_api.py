@@ -78,6 +78,7 @@ async def test_a_file_is_uploaded_read_downloaded_and_deleted(client: openai.Asy
         "mine.jsonl",
         len(data),
     )
+    assert file.expires_at == file.created_at + 7 * 24 * 3600  # jobs.retention_s
     assert await client.files.retrieve(file.id) == file
     assert (await client.files.content(file.id)).content == data
     deleted = await client.files.delete(file.id)
