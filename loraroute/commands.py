@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("loraroute.config_check", "check a config file: `loraroute config check FILE`"),
     "model": ("loraroute.model_verbs", "build, train or evaluate the default classifier"),
     "classify": ("loraroute.classify", "classify one text with the configured model"),
+    "batch": ("loraroute.batch", "submit, follow, download or cancel a batch (OpenAI Batch API)"),
 }
 
 

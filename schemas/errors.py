@@ -59,6 +59,9 @@ class ErrorKind(enum.Enum):
     BAD_GATEWAY = "BadGatewayError"
     #: The request's deadline passed before an answer.
     TIMEOUT = "TimeoutError"
+    #: The request conflicts with the object's state (OpenAI's 409: cancelling a batch that has
+    #: already ended).
+    CONFLICT = "ConflictError"
     #: The client closed its connection before the answer (nginx's 499); logged and counted,
     #: never seen by that client.
     CLIENT_GONE = "ClientClosedRequest"
@@ -79,6 +82,7 @@ STATUS: dict[ErrorKind, int] = {
     ErrorKind.OVERLOADED: 429,
     ErrorKind.BAD_GATEWAY: 502,
     ErrorKind.TIMEOUT: 504,
+    ErrorKind.CONFLICT: 409,
     ErrorKind.CLIENT_GONE: 499,
 }
 

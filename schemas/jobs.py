@@ -33,11 +33,14 @@ __all__ = [
     "BatchError",
     "BatchErrors",
     "BatchLineError",
+    "BatchList",
     "BatchOutputLine",
+    "BatchRequest",
     "BatchResponse",
     "BatchStatus",
     "CancelBatch",
     "DeadLetter",
+    "FileDeleted",
     "FileObject",
     "FinalizeBatch",
     "InputFile",
@@ -144,6 +147,34 @@ class Batch(msgspec.Struct, kw_only=True):
     cancelled_at: int | None = None
     request_counts: RequestCounts = msgspec.field(default_factory=RequestCounts)
     metadata: dict[str, str] | None = None
+
+
+class FileDeleted(msgspec.Struct, kw_only=True):
+    """OpenAI's answer to `DELETE /v1/files/{id}`."""
+
+    id: str
+    object: Literal["file"] = "file"
+    deleted: bool = True
+
+
+class BatchRequest(msgspec.Struct, kw_only=True):
+    """The body of `POST /v1/batches` (OpenAI's other fields are accepted and ignored)."""
+
+    input_file_id: str
+    endpoint: str
+    completion_window: str
+    metadata: dict[str, str] | None = None
+
+
+class BatchList(msgspec.Struct, kw_only=True):
+    """OpenAI's cursor page of `GET /v1/batches`: newest first; the next page starts `after`
+    `last_id` while `has_more`."""
+
+    object: Literal["list"] = "list"
+    data: list[Batch]
+    first_id: str | None = None
+    last_id: str | None = None
+    has_more: bool = False
 
 
 class BatchResponse(msgspec.Struct, kw_only=True):

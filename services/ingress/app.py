@@ -2,8 +2,10 @@
 
 Start-up (lifespan): connect to NATS, subscribe `<inbox>.*` once for every reply this process
 will get, size the body limit to what one NATS message can carry, build the `Exchange` and the
-`/v1/models` body. Shutdown runs after uvicorn has stopped taking requests and let in-flight
-ones finish (its graceful timeout): unsubscribe, then drain the connection.
+`/v1/models` body; create the Batch API's JetStream streams and buckets when missing (a
+mismatched existing one stops the start-up). Shutdown runs after uvicorn has stopped taking
+requests and let in-flight ones finish (its graceful timeout): unsubscribe, then drain the
+connection.
 """
 
 from __future__ import annotations
@@ -26,9 +28,14 @@ from starlette.responses import Response
 from schemas.config import Config
 from schemas.errors import ErrorKind, error_response
 from services.common import bus
+from services.common.jetstream import ensure_job_resources
 from services.common.log import get_logger
 from services.common.settings import Settings
+from services.common.subjects import Subjects
+from services.ingress.batch_routes import BATCH_ROUTES, BatchApi
+from services.ingress.batches import Batches
 from services.ingress.exchange import Exchange, PublishError
+from services.ingress.files import Files
 from services.ingress.inbox import Inbox
 from services.ingress.metrics import IngressMetrics
 from services.ingress.models import model_list
@@ -90,6 +97,14 @@ def build_app(config: Config, nats_url: str, settings: Settings | None = None) -
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         nc = await bus.connect(nats_url, name="loraroute-ingress", **_credentials(settings))
+        js = nc.jetstream()
+        subjects = Subjects(config.nats.subject_prefix)
+        try:
+            jobs = await ensure_job_resources(js, subjects, config.jobs)
+        except Exception as error:
+            _log.error("job_resources_failed", error=str(error))
+            await bus.close(nc)
+            raise
         inbox = Inbox(nc.new_inbox())
 
         async def on_reply(msg: Msg) -> None:
@@ -104,17 +119,24 @@ def build_app(config: Config, nats_url: str, settings: Settings | None = None) -
                 limit=limit,
                 nats_max_payload=nc.max_payload,
             )
+        metrics = IngressMetrics(
+            CollectorRegistry(),
+            in_flight=lambda: len(inbox),
+            late_replies=lambda: inbox.dropped,
+        )
         app.state.ingress = IngressState(
             config=config,
             exchange=Exchange(config, inbox, _publisher(nc)),
             models_body=model_list(config, int(time.time())),
             body_limit=limit,
             connected=lambda: nc.is_connected,
-            metrics=IngressMetrics(
-                CollectorRegistry(),
-                in_flight=lambda: len(inbox),
-                late_replies=lambda: inbox.dropped,
-            ),
+            metrics=metrics,
+        )
+        files = Files(jobs.files, config.jobs)
+        app.state.batch_api = BatchApi(
+            files=files,
+            batches=Batches(js, subjects, config.jobs, jobs.batches, files),
+            metrics=metrics,
         )
         _log.info("ingress_started", nats=nats_url, body_limit=limit)
         try:
@@ -128,7 +150,7 @@ def build_app(config: Config, nats_url: str, settings: Settings | None = None) -
             _log.info("ingress_stopped", late_replies_dropped=inbox.dropped)
 
     return Starlette(
-        routes=ROUTES,
+        routes=[*ROUTES, *BATCH_ROUTES],
         lifespan=lifespan,
         exception_handlers={Exception: _server_error, HTTPException: _http_error},
     )
