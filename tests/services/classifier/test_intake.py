@@ -74,7 +74,8 @@ def test_take_queues_what_needs_the_model(intake: Intake) -> None:
     assert [e.payload.index for e in entries] == [0, 0, 2]
     assert [e.payload.encoded.input_ids.shape for e in entries] == [(1, 1), (1, 2), (1, 1)]
     assert [e.tokens for e in entries] == [1, 2, 1]
-    assert _sample(intake, "loraroute_classifier_queue_depth") == 3.0
+    assert _sample(intake, "loraroute_classifier_queue_depth", {"lane": "interactive"}) == 3.0
+    assert _sample(intake, "loraroute_classifier_queue_depth", {"lane": "job"}) == 0.0
     tokenized = {"stage": "tokenize"}
     assert _sample(intake, "loraroute_classifier_stage_seconds_count", tokenized) == 2.0
 
@@ -120,7 +121,7 @@ def test_complete_forwards_chats_and_answers_finished_calls(intake: Intake) -> N
     assert (forward.route.model, forward.route.reason) == ("medical-lora", "classified")
     assert isinstance(texts_work, TextsWork) and isinstance(answer, ClassifyTextsResult)
     assert [r.category for r in answer.results] == ["technical", None]
-    assert _sample(intake, "loraroute_classifier_batch_size_count") == 1.0
+    assert _sample(intake, "loraroute_classifier_batch_size_count", {"lane": "interactive"}) == 1.0
     assert _sample(intake, "loraroute_classifier_truncations_total", {"kind": "tokens"}) == 1.0
 
 
