@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -175,3 +176,22 @@ def test_cancel_drops_only_that_chat_request(intake: Intake) -> None:
     assert _sample(intake, REJECTED, {"kind": "cancelled"}) == 1.0
     intake.cancel(model_token("nobody"))
     assert _sample(intake, REJECTED, {"kind": "cancelled"}) == 1.0
+
+
+def test_job_lane_requests_queue_apart_and_report_their_lane(intake: Intake) -> None:
+    # The fixture's job lane holds two entries; a third job request is refused at once.
+    assert intake.take(_chat("code"), meta("j0"), "inbox.j0", 0.0, "job") is None
+    assert intake.take(_chat("law"), meta("j1"), "inbox.j1", 0.0, "job") is None
+    assert intake.take(_chat("blood"), meta("j2"), "inbox.j2", 0.0, "job") is OVERLOADED
+    assert intake.take(_chat("blood"), meta("a"), "inbox.a", 0.0) is None
+    assert _sample(intake, "loraroute_classifier_queue_depth", {"lane": "job"}) == 2.0
+    assert _sample(intake, "loraroute_classifier_queue_depth", {"lane": "interactive"}) == 1.0
+    batch = intake.batcher.queue.next_batch(time.monotonic(), force=True)
+    assert batch.lane == "interactive" and len(batch.entries) == 1
+    batch = intake.batcher.queue.next_batch(time.monotonic(), force=True)
+    assert batch.lane == "job" and len(batch.entries) == 2
+    result: BatchResult = ([classification("technical", 0.9)] * 2, 0.01)
+    answers = intake.complete(batch, result, None)
+    assert [type(outcome) for _work, outcome in answers] == [Forward, Forward]
+    assert _sample(intake, "loraroute_classifier_batch_size_sum", {"lane": "job"}) == 2.0
+    assert _sample(intake, "loraroute_classifier_queue_depth", {"lane": "job"}) == 0.0
