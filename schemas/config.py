@@ -231,6 +231,10 @@ class Batching(_Strict):
     nothing but memory; it should cover the jobs workers' `jobs.concurrency` together, or
     lines bounce between refusal and retry while the model sits idle. Too large only lets
     lines wait past their deadline behind sustained interactive load."""
+    max_job_batch_size: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 4
+    """Most job lines in one batch (at most `max_batch_size`). An interactive request that
+    arrives while a job batch runs waits for it to finish, so this bounds what a running batch
+    job adds to interactive latency; smaller costs job throughput (less work per forward pass)."""
 
 
 class Inference(_Strict):

@@ -125,6 +125,7 @@ class ClassifierWorker:
             max_wait_s=batching.max_wait_ms / 1000.0,
             max_queue=batching.max_queue,
             max_job_queue=batching.max_job_queue,
+            max_job_batch_size=batching.max_job_batch_size,
         )
         credentials: dict[str, Any] = dict(self.nats_options)
         self.nc = await bus.connect(self.nats_url, name=self.name, **credentials)

@@ -8,7 +8,7 @@ Two lanes, each a FIFO with its own bound: `interactive` (requests a client wait
 `job` (lines of batch jobs). Interactive entries always go first: a batch holds entries of one
 lane only; a job batch is cut only when no interactive entry waits and the caller says the model
 is idle (`jobs=True`), so job work fills idle capacity and an interactive request waits behind at
-most one job batch. Mixing job entries into an interactive batch would use its spare slots, but
+most one job batch, itself capped at `max_job_batch_size` entries to bound that wait. Mixing job entries into an interactive batch would use its spare slots, but
 every entry added makes the forward pass (and so each interactive answer in it) longer. A batch closes
 when it holds `max_batch_size` entries, when one more entry would push its padded cost
 (longest x count) over `max_batch_tokens`, or when its oldest entry has waited `max_wait_s`.
@@ -71,7 +71,8 @@ class Batch(Generic[T]):
 class BatchQueue(Generic[T]):
     """Two FIFOs of `Entry`s (by `Entry.lane`) with admission control and batch cutting (see
     the module docstring). `max_queue` bounds the interactive lane, `max_job_queue` the job
-    lane (0: the job lane refuses everything).
+    lane (0: the job lane refuses everything); a job batch holds at most `max_job_batch_size`
+    entries (default and ceiling: `max_batch_size`).
 
     `window` is how many waiting entries a batch may choose from when grouping by length
     (default: twice `max_batch_size`); 1 keeps strict arrival order.
@@ -85,17 +86,19 @@ class BatchQueue(Generic[T]):
         max_wait_s: float,
         max_queue: int,
         max_job_queue: int = 0,
+        max_job_batch_size: int | None = None,
         window: int | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or max_batch_tokens < 1 or max_wait_s < 0:
             raise ValueError("batch queue limits must be positive")
-        if max_job_queue < 0:
-            raise ValueError("max_job_queue must not be negative")
+        if max_job_queue < 0 or (max_job_batch_size is not None and max_job_batch_size < 1):
+            raise ValueError("job lane limits must be positive")
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
         self.max_job_queue = max_job_queue
+        self.max_job_batch_size = min(max_batch_size, max_job_batch_size or max_batch_size)
         self.window = max(1, window if window is not None else 2 * max_batch_size)
         self._lanes: dict[Lane, deque[Entry[T]]] = {lane: deque() for lane in LANES}
 
@@ -147,9 +150,17 @@ class BatchQueue(Generic[T]):
             return self._lanes["job"]
         return None
 
+    def _size(self, entries: deque[Entry[T]]) -> int:
+        """The most entries a batch cut from `entries` (a lane) may hold."""
+        return (
+            self.max_batch_size
+            if entries is self._lanes["interactive"]
+            else self.max_job_batch_size
+        )
+
     def _full(self, entries: deque[Entry[T]]) -> bool:
         """True when the head of `entries` already makes a closed batch (count or tokens)."""
-        if len(entries) >= self.max_batch_size:
+        if len(entries) >= self._size(entries):
             return True
         longest = 0
         for n, entry in enumerate(entries, start=1):
@@ -184,13 +195,14 @@ class BatchQueue(Generic[T]):
             return batch
         entries = self._lane(jobs)
         assert entries is not None  # ready_at said a batch is due
+        size = self._size(entries)
         oldest = entries.popleft()
         chosen = [oldest]
         longest = oldest.tokens
         window = [entries[i] for i in range(min(self.window - 1, len(entries)))]
         taken: set[int] = set()
         for entry in sorted(window, key=lambda e: e.tokens):
-            if len(chosen) >= self.max_batch_size:
+            if len(chosen) >= size:
                 break
             grown = max(longest, entry.tokens)
             if grown * (len(chosen) + 1) > self.max_batch_tokens:

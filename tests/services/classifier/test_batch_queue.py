@@ -249,3 +249,17 @@ def test_withdraw_takes_entries_out_of_either_lane() -> None:
     gone = q.withdraw(lambda name: name == "x")
     assert sorted(e.lane for e in gone) == ["interactive", "job"]
     assert (q.depth("interactive"), q.depth("job")) == (0, 1)
+
+
+def test_job_batches_are_capped_at_max_job_batch_size() -> None:
+    q = _queue(max_batch_size=4, max_job_queue=10, max_job_batch_size=2, max_wait_s=10.0)
+    for i in range(3):
+        q.append(_job(f"j{i}", arrival=0.0))
+        q.append(_entry(f"a{i}", arrival=0.0))
+    # Interactive batches keep the full size; a job batch is full (due at once) at two.
+    assert _names(q.next_batch(0.0, force=True).entries) == ["a0", "a1", "a2"]
+    assert q.ready_at() == float("-inf")
+    assert _names(q.next_batch(0.0).entries) == ["j0", "j1"]
+    assert _queue(max_batch_size=4, max_job_batch_size=64).max_job_batch_size == 4
+    with pytest.raises(ValueError):
+        _queue(max_job_batch_size=0)
