@@ -7,12 +7,15 @@ entry's lane is full, so a request is never queued without limit), `next_batch`,
 Two lanes, each a FIFO with its own bound: `interactive` (requests a client waits for) and
 `job` (lines of batch jobs). Interactive entries always go first: a batch holds entries of one
 lane only; a job batch is cut only when no interactive entry waits and the caller says the model
-is idle (`jobs=True`), so job work fills idle capacity and an interactive request waits behind at
-most one job batch, itself capped at `max_job_batch_size` entries to bound that wait. Mixing job entries into an interactive batch would use its spare slots, but
-every entry added makes the forward pass (and so each interactive answer in it) longer. A batch closes
-when it holds `max_batch_size` entries, when one more entry would push its padded cost
-(longest x count) over `max_batch_tokens`, or when its oldest entry has waited `max_wait_s`.
-Entries past their deadline are dropped first and handed back, so the caller can answer them.
+is idle (`jobs=True`), so job work fills idle capacity and an interactive request waits behind
+at most one job batch, itself capped at `max_job_batch_size` entries to bound that wait. Job
+entries are not mixed into an interactive batch's spare slots: every entry added lengthens the
+forward pass that each interactive answer in that batch waits for.
+
+A batch closes when it holds `max_batch_size` entries (job batches: `max_job_batch_size`), when
+one more entry would push its padded cost (longest x count) over `max_batch_tokens`, or when its
+oldest entry has waited `max_wait_s`. Entries past their deadline are dropped first and handed
+back, so the caller can answer them.
 
 Within a batch, entries of similar length are grouped to cut padding: the oldest entry always
 goes first (nothing starves), then the shortest of a window of waiting entries fill the rest.

@@ -302,7 +302,7 @@ class TestWithFakeBackend:
         # Only the job batch already running when it arrived goes before it.
         assert order[:2] == ["job-running", "interactive"]
         assert sorted(order[2:]) == sorted(f"job-{i}" for i in range(16))
-        lanes = {"interactive": 1.0, "job": 3.0}  # job batches of at most 8 after the first
+        lanes = {"interactive": 1.0, "job": 5.0}  # then job batches of max_job_batch_size (4)
         for lane, count in lanes.items():
             got = worker.metrics.registry.get_sample_value(
                 "loraroute_classifier_batch_size_count", {"lane": lane}
@@ -383,6 +383,15 @@ class TestWithBuiltModel:
         assert request.route.model == model
         body = msgspec.json.decode(request.body)
         assert body["messages"][-1]["content"] == text  # vLLM gets the text as sent, typos too
+
+    async def test_a_job_line_is_routed_by_the_model(
+        self, real_worker: ClassifierWorker, client: Client
+    ) -> None:
+        caller, dispatcher = await _setup(real_worker, client)
+        jobs = real_worker.subjects.classify_jobs
+        await caller.send(chat("What causes high blood pressure?"), subject=jobs)
+        request, _ = await dispatcher.next()
+        assert request.route.model == "medical-lora" and request.route.reason == "classified"
 
     async def test_mended_words_are_counted(
         self, real_worker: ClassifierWorker, client: Client
