@@ -15,6 +15,7 @@ The requester keeps `--inflight` requests outstanding for `--duration` seconds; 
 reports its own CPU time (`time.process_time`) over the timed window, so the figure is CPU per
 consumed-and-answered message in the consuming process. Loopback only. Not a test.
 
+    pip install -e '.[bench]'   # FastStream: no service imports it
     nice python loadtest/bench_nats_hop.py --duration 3 --reps 3
 """
 

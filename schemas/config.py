@@ -224,6 +224,17 @@ class Batching(_Strict):
     """How long a batch may wait to fill. 0: classify whatever is queued at once."""
     max_queue: Annotated[int, msgspec.Meta(ge=1)] = 1024
     """Requests waiting beyond this are refused at once (overloaded) rather than queued forever."""
+    max_job_queue: Annotated[int, msgspec.Meta(ge=1)] = 256
+    """Job lines (the `classify_jobs` lane) waiting beyond this are refused at once (overloaded;
+    the jobs worker retries the line later). Job lines never take an interactive slot and run
+    only when no interactive request waits, so a larger bound costs interactive requests
+    nothing but memory; it should cover the jobs workers' `jobs.concurrency` together, or
+    lines bounce between refusal and retry while the model sits idle. Too large only lets
+    lines wait past their deadline behind sustained interactive load."""
+    max_job_batch_size: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 4
+    """Most job lines in one batch (at most `max_batch_size`). An interactive request that
+    arrives while a job batch runs waits for it to finish, so this bounds what a running batch
+    job adds to interactive latency; smaller costs job throughput (less work per forward pass)."""
 
 
 class Inference(_Strict):

@@ -2,7 +2,8 @@
 
 A request that does not get in is answered with a `Refusal`, a plain value the handler turns
 into a `ReplyError` (and counts under its `reason`). A request is queued whole or not at all:
-beyond `batching.max_queue` it is refused at once as overloaded, never queued without limit.
+beyond its lane's bound (`batching.max_queue` interactive, `batching.max_job_queue` for job
+lines) it is refused at once as overloaded, never queued without limit.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import msgspec
 
 from schemas.errors import ErrorKind
 from schemas.wire import ClassifyMessage, classify_decoder
-from services.classifier.batch_queue import Entry
+from services.classifier.batch_queue import Entry, Lane
 
 if TYPE_CHECKING:
     from services.classifier.batcher import Batcher
@@ -55,19 +56,27 @@ def read(data: bytes, meta: RequestMeta) -> ClassifyMessage | Refusal:
     return message
 
 
-def admit(batcher: Batcher[Item, Any, Any], items: Sequence[Item], meta: RequestMeta) -> bool:
-    """Queue all of `items` or none of them (a request is refused whole); False when the queue
-    has no room for all of them, or the batcher is draining. Each entry carries the request's
-    deadline, so the queue drops it, rather than classify it, once nobody waits for it."""
-    queue = batcher.queue
-    if len(queue) + len(items) > queue.max_queue:
+def admit(
+    batcher: Batcher[Item, Any, Any],
+    items: Sequence[Item],
+    meta: RequestMeta,
+    lane: Lane = "interactive",
+) -> bool:
+    """Queue all of `items` in `lane` or none of them (a request is refused whole); False when
+    the lane has no room for all of them, or the batcher is draining. Each entry carries the
+    request's deadline, so the queue drops it, rather than classify it, once nobody waits."""
+    if batcher.queue.room(lane) < len(items):
         return False
     now = time.monotonic()
     left = meta.remaining_s()
     deadline = None if left is None else now + left
     for item in items:
         entry = Entry(
-            tokens=int(item.encoded.lengths[0]), arrival=now, payload=item, deadline=deadline
+            tokens=int(item.encoded.lengths[0]),
+            arrival=now,
+            payload=item,
+            deadline=deadline,
+            lane=lane,
         )
         if not batcher.submit(entry):
             # Only while draining; the capacity was checked above.

@@ -2,8 +2,8 @@
 
 Lifespan: `load_engine` builds the engine once from the config and refuses a config whose
 categories the model's labels cannot reach; `ClassifierWorker.start` connects, starts the
-batcher and subscribes to the classify subject in queue group `classifiers` (plus this
-process's bounce subject and the cancel subjects); `stop` drains: no new messages, every accepted request answered,
+batcher and subscribes to the classify subject and the job lane (`classify_jobs`) in queue group
+`classifiers` (plus this process's bounce subject and the cancel subjects); `stop` drains: no new messages, every accepted request answered,
 then the connection is closed.
 """
 
@@ -124,6 +124,8 @@ class ClassifierWorker:
             max_batch_tokens=batching.max_batch_tokens,
             max_wait_s=batching.max_wait_ms / 1000.0,
             max_queue=batching.max_queue,
+            max_job_queue=batching.max_job_queue,
+            max_job_batch_size=batching.max_job_batch_size,
         )
         credentials: dict[str, Any] = dict(self.nats_options)
         self.nc = await bus.connect(self.nats_url, name=self.name, **credentials)
@@ -154,6 +156,11 @@ class ClassifierWorker:
                 self.subjects.classify, queue=CLASSIFIERS_QUEUE, cb=handlers.on_classify
             )
         )
+        self._subs.append(
+            await self.nc.subscribe(
+                self.subjects.classify_jobs, queue=CLASSIFIERS_QUEUE, cb=handlers.on_classify_job
+            )
+        )
         # No queue group: the request may wait in any worker's queue.
         self._subs.append(await self.nc.subscribe(self.subjects.cancel_all, cb=handlers.on_cancel))
         await self.nc.flush()
@@ -163,11 +170,13 @@ class ClassifierWorker:
         if self.nc is None:
             return
         nc, self.nc = self.nc, None
-        classify = self._subs[1] if len(self._subs) > 1 else None
-        if classify is not None and not nc.is_closed:
+        intake = self._subs[1:3]  # the classify subject and the job lane
+        for sub in intake:
+            if nc.is_closed:
+                break
             # Unsubscribe, then let the callback finish what already arrived (it only queues).
             with contextlib.suppress(Exception):  # closed: nothing more can arrive anyway
-                await classify.drain()  # type: ignore[no-untyped-call]
+                await sub.drain()  # type: ignore[no-untyped-call]
         if self.batcher is not None:
             await self.batcher.drain(timeout_s)
             await self.batcher.close()

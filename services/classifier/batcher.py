@@ -11,6 +11,10 @@ Two asyncio tasks and one thread:
   its own so that the thread starts on the next batch at once;
 - expired entries go to `expire` as soon as the queue drops them.
 
+Job-lane entries are cut only while no batch is handed over or running (the model is idle), so
+a job batch never waits in the slot ahead of an interactive request that arrives meanwhile: an
+interactive request waits behind at most the one job batch already on the thread.
+
 The batcher knows neither NATS nor the model: payloads, `prepare`, `run` and the callbacks
 come from the caller.
 """
@@ -161,7 +165,9 @@ class Batcher(Generic[T, P, R]):
 
     async def _forming(self) -> None:
         while True:
-            due = self.queue.ready_at()
+            # Job entries only on idle capacity; `_finish` wakes this task when the thread frees.
+            jobs = self._running == 0
+            due = self.queue.ready_at(jobs=jobs)
             if due is None:
                 self._check_idle()
                 self._wake.clear()
@@ -178,7 +184,7 @@ class Batcher(Generic[T, P, R]):
             if self._slot is not None:
                 await self._slot_free.wait()
                 continue  # time has passed: look at the queue again
-            batch = self.queue.next_batch(self._clock(), force=self._closing)
+            batch = self.queue.next_batch(self._clock(), force=self._closing, jobs=jobs)
             if batch.expired:
                 self._spawn(self._expire(batch.expired))
             if not batch.entries:
@@ -210,6 +216,7 @@ class Batcher(Generic[T, P, R]):
 
     def _finish(self, batch: Batch[T], results: R | None, error: BaseException | None) -> None:
         self._running -= len(batch.entries)
+        self._wake.set()  # job entries may be waiting for an idle model
         self._spawn(self._complete(batch, results, error))
 
     def _spawn(self, work: Awaitable[None]) -> None:

@@ -1,6 +1,7 @@
 """The classifier worker's NATS entry points: read the message, ask `Intake`, send its answer.
 
-`on_classify` takes a `ClassifyMessage` from the classify subject; `intake.Intake` decides what
+`on_classify` takes a `ClassifyMessage` from the classify subject, `on_classify_job` the same
+from the job lane (`classify_jobs`, lines of batch jobs: queued behind interactive requests); `intake.Intake` decides what
 to send (`route_chat` for a chat request, `classify_texts` for the classification API,
 `admission` for refusals and the queue), and `complete` later sends what a finished batch
 yields. A chat request is forwarded as a `DispatchRequest` to `<prefix>.dispatch.<base model>`.
@@ -34,7 +35,7 @@ from services.common import bus
 from services.common.subjects import Subjects
 
 if TYPE_CHECKING:
-    from services.classifier.batch_queue import Batch, Entry
+    from services.classifier.batch_queue import Batch, Entry, Lane
     from services.classifier.work import Item
 
 __all__ = ["ClassifierHandlers"]
@@ -64,6 +65,13 @@ class ClassifierHandlers:
 
     async def on_classify(self, msg: Msg) -> None:
         """One message on the classify subject (never raises: failures are answered)."""
+        await self._classify(msg, "interactive")
+
+    async def on_classify_job(self, msg: Msg) -> None:
+        """One message on the job lane: the same messages and answers, queued as `job`."""
+        await self._classify(msg, "job")
+
+    async def _classify(self, msg: Msg, lane: Lane) -> None:
         received = time.perf_counter()
         if bus.is_ping(msg):
             await bus.answer_ping(self.nc, msg)
@@ -74,7 +82,8 @@ class ClassifierHandlers:
             _log.warning("no_reply_subject", request_id=meta.request_id)
             return
         try:
-            await self._send(self.intake.take(msg.data, meta, reply, received), meta, reply)
+            outcome = self.intake.take(msg.data, meta, reply, received, lane)
+            await self._send(outcome, meta, reply)
         except Exception as error:  # the outermost guard: answer, log, keep serving
             _log.exception("classify_failed", request_id=meta.request_id)
             failed = Refusal(ErrorKind.INTERNAL, f"classifier error: {error!r}", "engine")

@@ -1,6 +1,7 @@
 """Everything the classify subject asks of the worker, as plain values in and out.
 
-`Intake.take` turns one message into what to send: a `Forward` (to the dispatcher), a
+`Intake.take` turns one message (of either lane: the classify subject, or the job lane's
+`classify_jobs`) into what to send: a `Forward` (to the dispatcher), a
 `ClassifyTextsResult` or a `Refusal` (to the requester), or None once it is queued for the
 batcher. `complete` and `expire` turn a finished batch or the entries dropped for their
 deadline into `Answer`s; `cancel` takes a chat request whose client left out of the queue.
@@ -19,13 +20,14 @@ from schemas.errors import ErrorKind
 from schemas.wire import ClassifyTextsResult, RouteChat
 from services.classifier import classify_texts, route_chat
 from services.classifier.admission import OVERLOADED, Refusal, admit, read
+from services.classifier.batch_queue import LANES
 from services.classifier.route import ClassifyText, Router
 from services.classifier.route_chat import Forward
 from services.classifier.work import ChatWork, Item, TextsWork
 from services.common.subjects import model_token
 
 if TYPE_CHECKING:
-    from services.classifier.batch_queue import Batch, Entry
+    from services.classifier.batch_queue import Batch, Entry, Lane
     from services.classifier.batcher import Batcher
     from services.classifier.engine import Classification
     from services.classifier.metrics import WorkerMetrics
@@ -53,9 +55,17 @@ class Intake:
     batcher: Batcher[Item, Any, BatchResult]
     metrics: WorkerMetrics
 
-    def take(self, data: bytes, meta: RequestMeta, reply: str, received: float) -> Outcome:
-        """What to send for the message `data` (answered at `reply`); None when it was queued.
-        `received` is its `time.perf_counter()`. Raises only for bugs and engine failures."""
+    def take(
+        self,
+        data: bytes,
+        meta: RequestMeta,
+        reply: str,
+        received: float,
+        lane: Lane = "interactive",
+    ) -> Outcome:
+        """What to send for the message `data` (answered at `reply`); None when it was queued
+        in `lane`. `received` is its `time.perf_counter()`. Raises only for bugs and engine
+        failures."""
         message = read(data, meta)
         if isinstance(message, Refusal):
             return message
@@ -77,17 +87,21 @@ class Intake:
             Item(work, index, encoded if len(texts) == 1 else encoded.take([row]))
             for row, index in enumerate(texts)
         ]
-        if not admit(self.batcher, items, meta):
+        if not admit(self.batcher, items, meta, lane):
             return OVERLOADED
-        self.metrics.queue_depth.set(len(self.batcher.queue))
+        self._depths()
         return None
+
+    def _depths(self) -> None:
+        for lane in LANES:
+            self.metrics.queue_depth.labels(lane).set(self.batcher.queue.depth(lane))
 
     def complete(
         self, batch: Batch[Item], result: BatchResult | None, error: BaseException | None
     ) -> list[Answer]:
         """What to send for a finished batch: `result` from the inference thread, or the
         `error` it raised (every request in the batch is then answered with a 500)."""
-        self.metrics.queue_depth.set(len(self.batcher.queue))
+        self._depths()
         answers: list[Answer] = []
         if result is None:
             _log.error("batch_failed", size=len(batch.entries), error=repr(error))
@@ -97,7 +111,7 @@ class Intake:
                     answers.append((entry.payload.work, failed))
             return answers
         classifications, inference_s = result
-        self.metrics.batch_size.observe(len(batch.entries))
+        self.metrics.batch_size.labels(batch.lane).observe(len(batch.entries))
         self.metrics.batch_tokens.labels("padded").observe(batch.padded_tokens)
         self.metrics.batch_tokens.labels("real").observe(batch.real_tokens)
         self.metrics.stage_seconds.labels("inference").observe(inference_s)
@@ -149,5 +163,5 @@ class Intake:
         )
         if dropped:
             self.metrics.rejected.labels("cancelled").inc()
-            self.metrics.queue_depth.set(len(self.batcher.queue))
+            self._depths()
             _log.info("cancelled", request_id=dropped[0].payload.work.meta.request_id)

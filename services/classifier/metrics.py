@@ -27,12 +27,15 @@ class WorkerMetrics:
         self.registry = registry
         self.queue_depth = Gauge(
             "loraroute_classifier_queue_depth",
-            "Requests waiting in the batch queue.",
+            "Entries waiting in the batch queue, by lane (interactive, job).",
+            ["lane"],
             registry=registry,
         )
         self.batch_size = Histogram(
             "loraroute_classifier_batch_size",
-            "Texts per batch run by the model.",
+            "Texts per batch run by the model, by lane (interactive, job): a batch holds one "
+            "lane's entries only.",
+            ["lane"],
             buckets=_SIZE_BUCKETS,
             registry=registry,
         )

@@ -94,15 +94,21 @@ class Caller:
         self.replies.setdefault(msg.subject, asyncio.Queue()).put_nowait(msg)
 
     async def send(
-        self, payload: bytes, *, deadline_s: float = 5.0, request_id: str | None = None
+        self,
+        payload: bytes,
+        *,
+        deadline_s: float = 5.0,
+        request_id: str | None = None,
+        subject: str | None = None,
     ) -> str:
+        """Publish `payload` to `subject` (default: the classify subject); returns its inbox."""
         reply = f"{self.inbox}.{uuid.uuid4().hex}"
         self.replies[reply] = asyncio.Queue()
         meta = bus.RequestMeta(
             request_id=request_id or uuid.uuid4().hex, deadline_ms=bus.deadline_after(deadline_s)
         )
         await self.nc.publish(
-            self.subjects.classify, payload, reply=reply, headers=meta.to_headers()
+            subject or self.subjects.classify, payload, reply=reply, headers=meta.to_headers()
         )
         return reply
 

@@ -54,7 +54,7 @@ def classification(
     )
 
 
-def unstarted_batcher(max_queue: int = 4) -> Batcher[Item, Any, Any]:
+def unstarted_batcher(max_queue: int = 4, max_job_queue: int = 2) -> Batcher[Item, Any, Any]:
     """A batcher that is never started: what is submitted stays in its queue."""
 
     async def complete(batch: Batch[Item], result: Any, error: BaseException | None) -> None:
@@ -64,7 +64,11 @@ def unstarted_batcher(max_queue: int = 4) -> Batcher[Item, Any, Any]:
         raise AssertionError("nothing expires")
 
     queue: BatchQueue[Item] = BatchQueue(
-        max_batch_size=8, max_batch_tokens=1024, max_wait_s=0.002, max_queue=max_queue
+        max_batch_size=8,
+        max_batch_tokens=1024,
+        max_wait_s=0.002,
+        max_queue=max_queue,
+        max_job_queue=max_job_queue,
     )
     return Batcher(
         queue, prepare=lambda batch: batch, run=lambda p: p, complete=complete, expire=expire

@@ -80,3 +80,18 @@ async def test_admitted_entries_carry_tokens_and_the_deadline(
 async def test_a_draining_batcher_admits_nothing(batcher: Batcher[Item, Any, Any]) -> None:
     await batcher.close()
     assert not admit(batcher, [chat_item()], meta())
+
+
+async def test_job_lines_are_admitted_to_their_own_lane(batcher: Batcher[Item, Any, Any]) -> None:
+    # The fixture's job lane holds two entries: a full job lane refuses, interactive still admits.
+    assert admit(batcher, [chat_item("code", "j0")], meta(), "job")
+    assert not admit(batcher, [chat_item("code", "j1"), chat_item("code", "j2")], meta(), "job")
+    assert admit(batcher, [chat_item("code", "j1")], meta(), "job")
+    assert not admit(batcher, [chat_item("code", "j2")], meta(), "job")
+    assert admit(batcher, [chat_item("law", "a0")], meta())
+    assert (batcher.queue.depth("job"), batcher.queue.depth("interactive")) == (2, 1)
+    assert [e.lane for e in batcher.queue.withdraw(lambda _item: True)] == [
+        "interactive",
+        "job",
+        "job",
+    ]

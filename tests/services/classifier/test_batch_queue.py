@@ -148,3 +148,118 @@ def test_withdraw_takes_out_matching_entries_only() -> None:
 def test_invalid_limits() -> None:
     with pytest.raises(ValueError):
         _queue(max_batch_size=0)
+
+
+# ---------------------------------------------------------------------- lanes
+
+
+def _job(
+    name: str, tokens: int = 10, arrival: float = 0.0, deadline: float | None = None
+) -> Entry[str]:
+    return Entry(tokens=tokens, arrival=arrival, payload=name, deadline=deadline, lane="job")
+
+
+def test_each_lane_has_its_own_bound() -> None:
+    q = _queue(max_queue=2, max_job_queue=3)
+    assert all(q.append(_job(f"j{i}")) for i in range(3))
+    assert not q.append(_job("j3"))
+    # A full job lane takes no interactive slot, and the other way round.
+    assert q.append(_entry("a")) and q.append(_entry("b"))
+    assert not q.append(_entry("c"))
+    assert (q.depth("interactive"), q.depth("job"), len(q)) == (2, 3, 5)
+    assert (q.room("interactive"), q.room("job")) == (0, 0)
+
+
+def test_job_lane_is_closed_by_default() -> None:
+    q = _queue()
+    assert q.room("job") == 0 and not q.append(_job("j"))
+    with pytest.raises(ValueError):
+        _queue(max_job_queue=-1)
+
+
+def test_interactive_entries_go_first_even_when_jobs_are_older() -> None:
+    q = _queue(max_batch_size=4, max_job_queue=10, max_wait_s=0.0)
+    for i in range(6):
+        q.append(_job(f"j{i}", arrival=0.0))
+    q.append(_entry("a", arrival=5.0))
+    q.append(_entry("b", arrival=5.0))
+    first = q.next_batch(5.0)
+    # A batch holds one lane only: no job entry fills the two free slots.
+    assert first.lane == "interactive" and _names(first.entries) == ["a", "b"]
+    second = q.next_batch(5.0)
+    assert second.lane == "job" and _names(second.entries) == ["j0", "j1", "j2", "j3"]
+    third = q.next_batch(5.0)
+    assert _names(third.entries) == ["j4", "j5"]
+
+
+def test_job_entries_wait_while_the_model_is_busy() -> None:
+    q = _queue(max_job_queue=10, max_wait_s=0.0)
+    q.append(_job("j", arrival=0.0))
+    assert q.ready_at(jobs=False) is None
+    assert q.next_batch(1.0, jobs=False).entries == []
+    assert q.next_batch(1.0, force=True, jobs=False).entries == []
+    assert q.ready_at(jobs=True) == 0.0
+    assert _names(q.next_batch(1.0, jobs=True).entries) == ["j"]
+
+
+def test_a_waiting_interactive_entry_holds_back_due_jobs() -> None:
+    # The interactive entry is not due yet; the full job batch still does not go before it.
+    q = _queue(max_batch_size=2, max_job_queue=10, max_wait_s=0.01)
+    q.append(_job("j0", arrival=0.0))
+    q.append(_job("j1", arrival=0.0))
+    q.append(_entry("a", arrival=1.0))
+    assert q.ready_at() == pytest.approx(1.01)
+    assert q.next_batch(1.005).entries == []
+    batch = q.next_batch(1.01)
+    assert batch.lane == "interactive" and _names(batch.entries) == ["a"]
+
+
+def test_job_batches_obey_size_tokens_and_wait() -> None:
+    q = _queue(max_batch_size=3, max_batch_tokens=100, max_job_queue=10, max_wait_s=0.01)
+    q.append(_job("j0", tokens=10, arrival=1.0))
+    assert q.ready_at() == pytest.approx(1.01)
+    assert q.next_batch(1.0).entries == []
+    q.append(_job("j1", tokens=40, arrival=1.0))
+    q.append(_job("j2", tokens=40, arrival=1.0))
+    # 40 x 3 = 120 > 100: the padded budget closes the batch at two.
+    assert q.ready_at() == float("-inf")
+    assert _names(q.next_batch(1.0).entries) == ["j0", "j1"]
+
+
+def test_deadlines_drop_entries_of_both_lanes() -> None:
+    q = _queue(max_job_queue=10, max_wait_s=0.0)
+    q.append(_job("j-late", deadline=1.0))
+    q.append(_job("j-ok", deadline=9.0))
+    q.append(_entry("a-late", deadline=1.0))
+    # Expired entries come back even when the job lane may not run and nothing else is cut.
+    batch = q.next_batch(2.0, jobs=False)
+    assert sorted(_names(batch.expired)) == ["a-late", "j-late"] and batch.entries == []
+    assert [e.lane for e in sorted(batch.expired, key=lambda e: e.payload)] == [
+        "interactive",
+        "job",
+    ]
+    assert _names(q.next_batch(2.0).entries) == ["j-ok"]
+
+
+def test_withdraw_takes_entries_out_of_either_lane() -> None:
+    q = _queue(max_job_queue=10)
+    q.append(_job("x"))
+    q.append(_entry("x"))
+    q.append(_job("y"))
+    gone = q.withdraw(lambda name: name == "x")
+    assert sorted(e.lane for e in gone) == ["interactive", "job"]
+    assert (q.depth("interactive"), q.depth("job")) == (0, 1)
+
+
+def test_job_batches_are_capped_at_max_job_batch_size() -> None:
+    q = _queue(max_batch_size=4, max_job_queue=10, max_job_batch_size=2, max_wait_s=10.0)
+    for i in range(3):
+        q.append(_job(f"j{i}", arrival=0.0))
+        q.append(_entry(f"a{i}", arrival=0.0))
+    # Interactive batches keep the full size; a job batch is full (due at once) at two.
+    assert _names(q.next_batch(0.0, force=True).entries) == ["a0", "a1", "a2"]
+    assert q.ready_at() == float("-inf")
+    assert _names(q.next_batch(0.0).entries) == ["j0", "j1"]
+    assert _queue(max_batch_size=4, max_job_batch_size=64).max_job_batch_size == 4
+    with pytest.raises(ValueError):
+        _queue(max_job_batch_size=0)

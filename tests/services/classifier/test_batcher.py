@@ -222,3 +222,48 @@ async def test_prepare_failure_is_answered(count: int) -> None:
         assert len(rec.errors) == count and rec.ran == []
     finally:
         await batcher.close()
+
+
+def _job(name: str) -> Entry[str]:
+    return Entry(tokens=10, arrival=time.monotonic(), payload=name, lane="job")
+
+
+async def test_interactive_entries_overtake_a_job_backlog() -> None:
+    rec = Recorder()
+    rec.gate.clear()  # hold the first job batch on the thread
+    batcher = _batcher(rec, max_batch_size=2, max_job_queue=64)
+    batcher.start()
+    try:
+        for i in range(8):
+            assert batcher.submit(_job(f"j{i}"))
+        await _until(lambda: len(rec.prepared) == 1)
+        await asyncio.sleep(0.05)
+        # While a job batch runs no second job batch waits in the hand-off slot...
+        assert rec.prepared == [["j0", "j1"]]
+        assert batcher.submit(_entry("a"))
+        # ...so the interactive entry is cut at once, and runs right after the job batch.
+        await _until(lambda: len(rec.prepared) == 2)
+        assert rec.prepared[1] == ["a"]
+        rec.gate.set()
+        assert await batcher.drain(5)
+        assert rec.ran[:2] == [["j0", "j1"], ["a"]]
+        assert set(rec.completed) == {"a", *(f"j{i}" for i in range(8))}
+    finally:
+        rec.gate.set()
+        await batcher.close()
+
+
+async def test_job_entries_fill_idle_capacity_only() -> None:
+    rec = Recorder()
+    batcher = _batcher(rec, max_batch_size=2, max_job_queue=64, max_wait_s=0.0)
+    batcher.start()
+    try:
+        for i in range(6):
+            batcher.submit(_entry(f"a{i}"))
+            batcher.submit(_job(f"j{i}"))
+        assert await batcher.drain(5)
+        # All were queued before the batcher ran: interactive batches first, never mixed.
+        interactive = [["a0", "a1"], ["a2", "a3"], ["a4", "a5"]]
+        assert rec.ran == [*interactive, ["j0", "j1"], ["j2", "j3"], ["j4", "j5"]]
+    finally:
+        await batcher.close()

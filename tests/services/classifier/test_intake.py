@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -74,7 +75,8 @@ def test_take_queues_what_needs_the_model(intake: Intake) -> None:
     assert [e.payload.index for e in entries] == [0, 0, 2]
     assert [e.payload.encoded.input_ids.shape for e in entries] == [(1, 1), (1, 2), (1, 1)]
     assert [e.tokens for e in entries] == [1, 2, 1]
-    assert _sample(intake, "loraroute_classifier_queue_depth") == 3.0
+    assert _sample(intake, "loraroute_classifier_queue_depth", {"lane": "interactive"}) == 3.0
+    assert _sample(intake, "loraroute_classifier_queue_depth", {"lane": "job"}) == 0.0
     tokenized = {"stage": "tokenize"}
     assert _sample(intake, "loraroute_classifier_stage_seconds_count", tokenized) == 2.0
 
@@ -120,7 +122,7 @@ def test_complete_forwards_chats_and_answers_finished_calls(intake: Intake) -> N
     assert (forward.route.model, forward.route.reason) == ("medical-lora", "classified")
     assert isinstance(texts_work, TextsWork) and isinstance(answer, ClassifyTextsResult)
     assert [r.category for r in answer.results] == ["technical", None]
-    assert _sample(intake, "loraroute_classifier_batch_size_count") == 1.0
+    assert _sample(intake, "loraroute_classifier_batch_size_count", {"lane": "interactive"}) == 1.0
     assert _sample(intake, "loraroute_classifier_truncations_total", {"kind": "tokens"}) == 1.0
 
 
@@ -174,3 +176,22 @@ def test_cancel_drops_only_that_chat_request(intake: Intake) -> None:
     assert _sample(intake, REJECTED, {"kind": "cancelled"}) == 1.0
     intake.cancel(model_token("nobody"))
     assert _sample(intake, REJECTED, {"kind": "cancelled"}) == 1.0
+
+
+def test_job_lane_requests_queue_apart_and_report_their_lane(intake: Intake) -> None:
+    # The fixture's job lane holds two entries; a third job request is refused at once.
+    assert intake.take(_chat("code"), meta("j0"), "inbox.j0", 0.0, "job") is None
+    assert intake.take(_chat("law"), meta("j1"), "inbox.j1", 0.0, "job") is None
+    assert intake.take(_chat("blood"), meta("j2"), "inbox.j2", 0.0, "job") is OVERLOADED
+    assert intake.take(_chat("blood"), meta("a"), "inbox.a", 0.0) is None
+    assert _sample(intake, "loraroute_classifier_queue_depth", {"lane": "job"}) == 2.0
+    assert _sample(intake, "loraroute_classifier_queue_depth", {"lane": "interactive"}) == 1.0
+    batch = intake.batcher.queue.next_batch(time.monotonic(), force=True)
+    assert batch.lane == "interactive" and len(batch.entries) == 1
+    batch = intake.batcher.queue.next_batch(time.monotonic(), force=True)
+    assert batch.lane == "job" and len(batch.entries) == 2
+    result: BatchResult = ([classification("technical", 0.9)] * 2, 0.01)
+    answers = intake.complete(batch, result, None)
+    assert [type(outcome) for _work, outcome in answers] == [Forward, Forward]
+    assert _sample(intake, "loraroute_classifier_batch_size_sum", {"lane": "job"}) == 2.0
+    assert _sample(intake, "loraroute_classifier_queue_depth", {"lane": "job"}) == 0.0

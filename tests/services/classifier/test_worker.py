@@ -52,7 +52,7 @@ def config(repo_root: Path) -> Config:
     data: dict[str, Any] = yaml.safe_load((repo_root / "config" / "config.yaml").read_text())
     data = copy.deepcopy(data)
     data["nats"] = {"subject_prefix": f"t{uuid.uuid4().hex[:10]}"}
-    data["batching"] = {"max_batch_size": 8, "max_wait_ms": 2, "max_queue": 4}
+    data["batching"] = {"max_batch_size": 8, "max_wait_ms": 2, "max_queue": 4, "max_job_queue": 16}
     return decode_config(data)
 
 
@@ -259,6 +259,56 @@ class TestWithFakeBackend:
         payload = encoder.encode(ClassifyTexts(texts=["code"] * 5))  # max_queue is 4
         assert _error(await caller.reply(await caller.send(payload))).status == 429
 
+    async def test_job_lane_is_routed_like_the_classify_subject(
+        self, worker: ClassifierWorker, client: Client
+    ) -> None:
+        caller, dispatcher = await _setup(worker, client)
+        jobs = worker.subjects.classify_jobs
+        reply = await caller.send(chat("law", temperature=0.1), request_id="job-1", subject=jobs)
+        request, msg = await dispatcher.next()
+        assert request.route.model == "legal-lora" and request.route.reason == "classified"
+        assert msgspec.json.decode(request.body)["temperature"] == 0.1
+        assert msg.headers is not None and msg.headers[HEADER_REQUEST_ID] == "job-1"
+        assert msg.headers[HEADER_REPLY_TO] == reply
+        expired = await caller.send(chat("code"), deadline_s=-1, subject=jobs)
+        assert _error(await caller.reply(expired)).status == 504
+        unknown = await caller.send(chat("hi", model="gpt-4"), subject=jobs)
+        assert _error(await caller.reply(unknown)).status == 404
+
+    async def test_interactive_request_overtakes_a_job_backlog(
+        self, worker: ClassifierWorker, client: Client, backend: KeywordBackend
+    ) -> None:
+        caller, dispatcher = await _setup(worker, client)
+        jobs = worker.subjects.classify_jobs
+        backend.gate.clear()
+        await caller.send(chat("block law"), request_id="job-running", subject=jobs)
+        await asyncio.sleep(0.05)  # on the thread
+        backlog = [
+            await caller.send(chat("blood"), request_id=f"job-{i}", subject=jobs) for i in range(17)
+        ]
+        await asyncio.sleep(0.1)
+        # The job lane holds 16 (max_job_queue): the 17th is refused at once, 429.
+        assert _error(await caller.reply(backlog[-1], timeout=1)).status == 429
+        assert all(caller.replies[r].empty() for r in backlog[:-1])
+        # The interactive lane is untouched by the full job lane.
+        await caller.send(chat("code"), request_id="interactive")
+        await asyncio.sleep(0.05)
+        backend.gate.set()
+        order = []
+        for _ in range(18):
+            _request, msg = await dispatcher.next()
+            assert msg.headers is not None
+            order.append(msg.headers[HEADER_REQUEST_ID])
+        # Only the job batch already running when it arrived goes before it.
+        assert order[:2] == ["job-running", "interactive"]
+        assert sorted(order[2:]) == sorted(f"job-{i}" for i in range(16))
+        lanes = {"interactive": 1.0, "job": 5.0}  # then job batches of max_job_batch_size (4)
+        for lane, count in lanes.items():
+            got = worker.metrics.registry.get_sample_value(
+                "loraroute_classifier_batch_size_count", {"lane": lane}
+            )
+            assert got == count
+
     async def test_ping(self, worker: ClassifierWorker, client: Client) -> None:
         assert await bus.ping(client, worker.subjects.classify)
         assert not await bus.ping(client, Subjects("nobody-here").classify, timeout_s=0.5)
@@ -333,6 +383,15 @@ class TestWithBuiltModel:
         assert request.route.model == model
         body = msgspec.json.decode(request.body)
         assert body["messages"][-1]["content"] == text  # vLLM gets the text as sent, typos too
+
+    async def test_a_job_line_is_routed_by_the_model(
+        self, real_worker: ClassifierWorker, client: Client
+    ) -> None:
+        caller, dispatcher = await _setup(real_worker, client)
+        jobs = real_worker.subjects.classify_jobs
+        await caller.send(chat("What causes high blood pressure?"), subject=jobs)
+        request, _ = await dispatcher.next()
+        assert request.route.model == "medical-lora" and request.route.reason == "classified"
 
     async def test_mended_words_are_counted(
         self, real_worker: ClassifierWorker, client: Client
