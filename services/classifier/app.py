@@ -154,6 +154,13 @@ class ClassifierWorker:
                 self.subjects.classify, queue=CLASSIFIERS_QUEUE, cb=handlers.on_classify
             )
         )
+        # The job lane, served like the classify subject until the classifier gives it its own
+        # lower-priority queue.
+        self._subs.append(
+            await self.nc.subscribe(
+                self.subjects.classify_jobs, queue=CLASSIFIERS_QUEUE, cb=handlers.on_classify
+            )
+        )
         # No queue group: the request may wait in any worker's queue.
         self._subs.append(await self.nc.subscribe(self.subjects.cancel_all, cb=handlers.on_cancel))
         await self.nc.flush()
