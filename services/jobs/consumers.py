@@ -2,7 +2,7 @@
 
 | consumer (`Subjects`) | stream           | ack wait                  | deliveries          |
 |-----------------------|------------------|---------------------------|---------------------|
-| `line_consumer`       | `lines_stream`   | `jobs.line_timeout_s` + 30 s | `jobs.max_deliver` |
+| `line_consumer`       | `lines_stream`   | `line_ack_wait(jobs)`     | `jobs.max_deliver`  |
 | `control_consumer`    | `control_stream` | 10 minutes                | `jobs.max_deliver`  |
 
 JetStream's own `backoff` list would replace the ack wait (the server sets the ack wait to its
@@ -29,10 +29,12 @@ __all__ = [
     "backoff_delay",
     "control_consumer",
     "ensure_consumer",
+    "line_ack_wait",
     "line_consumer",
 ]
 
-#: How much longer than a line's deadline its ack wait is: time to store its result and ack.
+#: At most this much longer than a line's deadline is its ack wait: time to store its result
+#: and ack it (less for short deadlines, so a dead worker's lines come back soon).
 ACK_MARGIN_S = 30.0
 #: Ack wait of a control message: starting a 50,000-line batch publishes every line first.
 CONTROL_ACK_WAIT_S = 600.0
@@ -49,7 +51,7 @@ def line_consumer(subjects: Subjects, jobs: Jobs) -> ConsumerConfig:
         durable_name=subjects.line_consumer,
         deliver_policy=DeliverPolicy.ALL,
         ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=jobs.line_timeout_s + ACK_MARGIN_S,
+        ack_wait=line_ack_wait(jobs),
         max_deliver=jobs.max_deliver,
         max_ack_pending=jobs.concurrency * _PENDING_PER_SLOT,
         filter_subject=subjects.job_lines_all,
@@ -67,6 +69,11 @@ def control_consumer(subjects: Subjects, jobs: Jobs) -> ConsumerConfig:
         max_ack_pending=1024,
         filter_subject=subjects.jobs_control,
     )
+
+
+def line_ack_wait(jobs: Jobs) -> float:
+    """A line's ack wait: its deadline plus a margin (`ACK_MARGIN_S`, at most the deadline)."""
+    return jobs.line_timeout_s + min(ACK_MARGIN_S, jobs.line_timeout_s)
 
 
 def backoff_delay(jobs: Jobs, deliveries: int) -> float:
