@@ -52,11 +52,12 @@ class PullLoop:
         self._freed = asyncio.Event()
         self._stopping = False
         self._loop: asyncio.Task[None] | None = None
+        self._sub: JetStreamContext.PullSubscription | None = None
 
     async def start(self) -> None:
         """Bind to the consumer (which must exist) and start fetching."""
-        sub = await self.js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
-        self._loop = asyncio.create_task(self._run(sub))
+        self._sub = await self.js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
+        self._loop = asyncio.create_task(self._run(self._sub))
 
     def _release(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
@@ -93,6 +94,10 @@ class PullLoop:
         if self._loop is not None:
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(self._loop, _FETCH_TIMEOUT_S + 1.0)
+        if self._sub is not None:
+            # Draining the connection would otherwise wait on the fetch inbox until its timeout.
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
         if self.tasks:
             _done, late = await asyncio.wait(set(self.tasks), timeout=timeout_s)
             for task in late:
