@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import nats.errors
 import pytest
 from nats.aio.client import Client
 from nats.js.api import ObjectMeta
@@ -155,11 +156,13 @@ class Harness:
 
     async def wait(self, batch_id: str, statuses: frozenset[str], timeout_s: float) -> Batch:
         deadline = time.monotonic() + timeout_s
+        batch: Batch | None = None
         while True:
-            batch = await self.batch(batch_id)
-            if batch.status in statuses:
-                return batch
-            assert time.monotonic() < deadline, f"batch still {batch.status}: {batch}"
+            with contextlib.suppress(nats.errors.Error, TimeoutError):  # NATS restarting
+                batch = await self.batch(batch_id)
+                if batch.status in statuses:
+                    return batch
+            assert time.monotonic() < deadline, f"batch not final in time: {batch}"
             await asyncio.sleep(0.1)
 
     async def final(self, batch_id: str, timeout_s: float = 60.0) -> Batch:
