@@ -211,3 +211,25 @@ async def test_a_mismatched_consumer_is_an_error(
         with pytest.raises(JetStreamSetupError, match="max_deliver"):
             await worker.start()
         assert worker.nc is None
+
+
+async def test_a_stopped_worker_hands_its_lines_back_at_once(
+    nats_url: str, jobs_folder: Path, slow_mock: int
+) -> None:
+    # An ack wait of a minute: only the lines handed back by the drain can finish in time.
+    config, _ = job_config(jobs_folder, slow_mock, concurrency=8, line_timeout_s=30.0)
+    lines = [request_line(f"d{i}", TEXTS[i % len(TEXTS)]) for i in range(40)]
+    async with harness(nats_url, config) as h:
+        first = h.workers[-1]
+        batch_id = await h.submit(lines)
+        while await h.results_done(batch_id) < 8:
+            await asyncio.sleep(0.05)
+        await first.stop(0.05)  # too short for the lines in flight: they are nak'ed
+        assert await h.results_done(batch_id) < 40
+        second = JobsWorker(config, nats_url)
+        h.workers.append(second)
+        await second.start()
+        batch = await h.final(batch_id, timeout_s=20)
+        assert batch.status == "completed" and batch.request_counts.completed == 40
+        output = await h.file_lines(batch.output_file_id)
+        assert sorted(line["custom_id"] for line in output) == sorted(f"d{i}" for i in range(40))
