@@ -2,7 +2,8 @@
 
 `JobsWorker.start` connects, creates what is missing (`ensure_job_resources`, the two durable
 consumers), then serves the lines consumer (up to `jobs.concurrency` lines at once), the control
-consumer and a periodic sweep for batches whose completion window has passed. `stop` drains:
+consumer, JetStream's advisory of lines that reached their last delivery unsettled, and a
+periodic sweep for batches whose completion window has passed. `stop` drains:
 no more fetching, lines in flight finish (or are nak'ed for another worker after the timeout),
 then the connection closes.
 """
@@ -16,13 +17,20 @@ from typing import Any
 
 import structlog
 from nats.aio.client import Client
+from nats.aio.subscription import Subscription
 from prometheus_client import CollectorRegistry
 
 from schemas.config import Config
 from services.common import bus
 from services.common.jetstream import ensure_job_resources
 from services.common.subjects import Subjects
-from services.jobs.consumers import control_consumer, ensure_consumer, line_consumer
+from services.jobs.consumers import (
+    JOBS_QUEUE,
+    control_consumer,
+    ensure_consumer,
+    line_consumer,
+    max_deliveries_advisory,
+)
 from services.jobs.handlers import JobsHandlers
 from services.jobs.metrics import JobsMetrics
 from services.jobs.pull import PullLoop
@@ -60,6 +68,7 @@ class JobsWorker:
         self.handlers: JobsHandlers | None = None
         self._loops: list[PullLoop] = []
         self._sweeper: asyncio.Task[None] | None = None
+        self._advisories: Subscription | None = None
 
     async def start(self) -> None:
         """Connect, create the job resources and consumers, start serving. Raises when NATS
@@ -105,6 +114,10 @@ class JobsWorker:
                 handle=self.handlers.on_line,
             ),
         ]
+        # A line whose every delivery died with its worker is announced here, once.
+        self._advisories = await self.nc.subscribe(
+            max_deliveries_advisory(self.subjects), queue=JOBS_QUEUE, cb=self.handlers.on_exhausted
+        )
         for loop in self._loops:
             await loop.start()
         self._sweeper = asyncio.create_task(self._sweep(self.handlers))
@@ -127,6 +140,10 @@ class JobsWorker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
+        if self._advisories is not None:
+            with contextlib.suppress(Exception):
+                await self._advisories.unsubscribe()
+            self._advisories = None
         await asyncio.gather(*(loop.stop(timeout_s) for loop in self._loops))
         self._loops = []
         await bus.close(nc)

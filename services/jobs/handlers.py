@@ -4,7 +4,8 @@
 first and only then is the line acked, so a worker that dies in between has the line
 redelivered and the stream drops the second result as a duplicate. A transient failure is
 nak'ed with the configured backoff; on the last delivery, and for a payload that cannot be read,
-the line goes to the dead-letter stream and a failed result is stored. After every stored result
+the line goes to the dead-letter stream and a failed result is stored; so does a line whose
+every delivery died with its worker (`on_exhausted`, from JetStream's advisory). After every stored result
 the batch is checked, and a `FinalizeBatch` is published once it is ready. `on_control` starts
 and finalizes batches (`start`, `finalize`); `sweep` finds batches whose window has passed.
 """
@@ -21,6 +22,7 @@ import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 from nats.js.object_store import ObjectStore
 
 from schemas.config import Jobs
@@ -56,6 +58,17 @@ class _LineIds(msgspec.Struct):
 
     job_id: str | None = None
     custom_id: str | None = None
+
+
+class _MaxDeliveries(msgspec.Struct):
+    """The fields used of JetStream's max-deliveries advisory."""
+
+    stream: str
+    stream_seq: int
+    deliveries: int
+
+
+_advisory_decoder = msgspec.json.Decoder(_MaxDeliveries)
 
 
 class JobsHandlers:
@@ -119,7 +132,10 @@ class JobsHandlers:
                 )
                 await msg.nak(delay=backoff_delay(self.jobs, deliveries))
                 return
-            await self._dead_letter(msg, line.job_id, line.custom_id, outcome.reason, deliveries)
+            seq = msg.metadata.sequence.stream
+            await self._dead_letter(
+                msg.data, seq, line.job_id, line.custom_id, outcome.reason, deliveries
+            )
             await self._store(JobResult(job_id=line.job_id, line=outcome.line, finished_at=now_s()))
             self.metrics.lines.labels("dead").inc()
             await msg.term()
@@ -158,31 +174,64 @@ class JobsHandlers:
         return await store_result(self.js, self.subjects, result)
 
     async def _unreadable(self, msg: Msg, error: str, deliveries: int) -> None:
+        seq = msg.metadata.sequence.stream
+        await self._bury(msg.data, seq, error, deliveries, "invalid_request")
+        await msg.term()
+
+    async def on_exhausted(self, msg: Msg) -> None:
+        """JetStream's advisory that a line reached `max_deliver` deliveries without being
+        settled (each time its worker died or hung): dead-letter it, store a failed result and
+        remove it from the lines stream, as for a line that failed every delivery. Never raises."""
         try:
-            ids = msgspec.json.decode(msg.data, type=_LineIds)
+            advisory = _advisory_decoder.decode(msg.data)
+            if advisory.stream != self.subjects.lines_stream:
+                return
+            stored = await self.js.get_msg(advisory.stream, advisory.stream_seq)
+        except (msgspec.DecodeError, msgspec.ValidationError, NotFoundError):
+            return  # not ours, or settled and gone after all
+        except Exception as error:
+            _log.warning("exhausted_unreadable", error=repr(error))
+            return
+        reason = f"delivered {advisory.deliveries} times without being settled (workers died)"
+        try:
+            await self._bury(
+                stored.data or b"", advisory.stream_seq, reason, advisory.deliveries, "failed"
+            )
+            await self.js.delete_msg(advisory.stream, advisory.stream_seq)
+        except Exception as failure:  # NATS away: the batch then ends expired
+            _log.warning("exhausted_failed", error=repr(failure))
+
+    async def _bury(self, payload: bytes, seq: int, error: str, deliveries: int, code: str) -> None:
+        """Dead-letter a line that will not run; store a failed result when its ids can be read."""
+        try:
+            ids = msgspec.json.decode(payload, type=_LineIds)
         except (msgspec.DecodeError, msgspec.ValidationError):
             ids = _LineIds()
-        await self._dead_letter(msg, ids.job_id, ids.custom_id, error, deliveries)
+        await self._dead_letter(payload, seq, ids.job_id, ids.custom_id, error, deliveries)
+        self.metrics.lines.labels("dead").inc()
         if ids.job_id and ids.custom_id:
             line = BatchOutputLine(
                 id=line_request_id(ids.job_id, ids.custom_id),
                 custom_id=ids.custom_id,
-                error=BatchLineError(code="invalid_request", message=error),
+                error=BatchLineError(code=code, message=error),
             )
             await self._store(JobResult(job_id=ids.job_id, line=line, finished_at=now_s()))
-        self.metrics.lines.labels("dead").inc()
-        await msg.term()
         if ids.job_id:
             await self.check_finalize(ids.job_id)
 
     async def _dead_letter(
-        self, msg: Msg, job_id: str | None, custom_id: str | None, error: str, deliveries: int
+        self,
+        payload: bytes,
+        seq: int,
+        job_id: str | None,
+        custom_id: str | None,
+        error: str,
+        deliveries: int,
     ) -> None:
-        seq = msg.metadata.sequence.stream
         dead = DeadLetter(
             job_id=job_id,
             custom_id=custom_id,
-            payload=msg.data,
+            payload=payload,
             error=error,
             deliveries=deliveries,
             stream_seq=seq,

@@ -14,6 +14,7 @@ from nats.js.api import ConsumerConfig
 from schemas.jobs import CancelBatch, DeadLetter, JobLine, result_decoder
 from services.common.jetstream import JetStreamSetupError
 from services.jobs.app import JobsWorker
+from services.jobs.consumers import ensure_consumer, line_consumer
 from services.jobs.store import now_s
 from tests.services.jobs.conftest import (
     ADAPTERS,
@@ -233,3 +234,42 @@ async def test_a_stopped_worker_hands_its_lines_back_at_once(
         assert batch.status == "completed" and batch.request_counts.completed == 40
         output = await h.file_lines(batch.output_file_id)
         assert sorted(line["custom_id"] for line in output) == sorted(f"d{i}" for i in range(40))
+
+
+async def test_a_line_whose_every_delivery_dies_is_dead_lettered(
+    nats_url: str, jobs_folder: Path, fast_mock: int
+) -> None:
+    config, _ = job_config(jobs_folder, fast_mock, max_deliver=2, line_timeout_s=1.0)
+    async with harness(nats_url, config, pipeline=False, jobs_worker=False) as h:
+        js = h.js
+        await ensure_consumer(js, h.subjects.lines_stream, line_consumer(h.subjects, config.jobs))
+        line = JobLine(job_id="rawjob", custom_id="doomed", body=msgspec.Raw(b'{"messages":[]}'))
+        await js.publish(h.subjects.job_lines("rawjob"), msgspec.json.encode(line))
+        # Two deliveries whose "worker" never settles them (as if it died each time).
+        dying = await js.pull_subscribe_bind(
+            durable=h.subjects.line_consumer, stream=h.subjects.lines_stream
+        )
+        for delivery in (1, 2):
+            (msg,) = await dying.fetch(1, timeout=10)
+            assert msg.metadata.num_delivered == delivery
+        await dying.unsubscribe()
+        dead_sub = await js.subscribe(h.subjects.job_dead("rawjob"), stream=h.subjects.dead_stream)
+        worker = JobsWorker(config, nats_url)
+        h.workers.append(worker)
+        await worker.start()
+        dead = msgspec.json.decode((await dead_sub.next_msg(timeout=20)).data, type=DeadLetter)
+        await dead_sub.unsubscribe()
+        assert dead.custom_id == "doomed" and dead.deliveries == 2 and "died" in dead.error
+        async with asyncio.timeout(10):  # then it is removed from the lines stream
+            while (
+                await js.stream_info(
+                    h.subjects.lines_stream, subjects_filter=h.subjects.job_lines("rawjob")
+                )
+            ).state.subjects:
+                await asyncio.sleep(0.05)
+        results = await js.subscribe(
+            h.subjects.job_results("rawjob", ok=False), stream=h.subjects.results_stream
+        )
+        stored = [result_decoder.decode((await results.next_msg(timeout=10)).data)]
+        await results.unsubscribe()
+        assert any(r.line.custom_id == "doomed" for r in stored)
