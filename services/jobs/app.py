@@ -3,7 +3,7 @@
 `JobsWorker.start` connects, creates what is missing (`ensure_job_resources`, the two durable
 consumers), then serves the lines consumer (up to `jobs.concurrency` lines at once), the control
 consumer, JetStream's advisory of lines that reached their last delivery unsettled, and a
-periodic sweep for batches whose completion window has passed. `stop` drains:
+periodic sweep for running batches ready to end (window passed, or every line answered). `stop` drains:
 no more fetching, lines in flight finish (or are nak'ed for another worker after the timeout),
 then the connection closes.
 """
@@ -40,7 +40,7 @@ __all__ = ["SWEEP_INTERVAL_S", "JobsWorker"]
 
 _log = structlog.get_logger("loraroute.jobs")
 
-#: How often the worker looks for batches whose completion window has passed.
+#: How often the worker looks for running batches ready to end (see `JobsHandlers.sweep`).
 SWEEP_INTERVAL_S = 2.0
 #: Control messages (start, cancel, finalize) one worker handles at once.
 _CONTROL_CONCURRENCY = 4

@@ -7,7 +7,8 @@ nak'ed with the configured backoff; on the last delivery, and for a payload that
 the line goes to the dead-letter stream and a failed result is stored; so does a line whose
 every delivery died with its worker (`on_exhausted`, from JetStream's advisory). After every stored result
 the batch is checked, and a `FinalizeBatch` is published once it is ready. `on_control` starts
-and finalizes batches (`start`, `finalize`); `sweep` finds batches whose window has passed.
+and finalizes batches (`start`, `finalize`); `sweep` finds running batches that are ready to
+end but were not finalized.
 """
 
 from __future__ import annotations
@@ -147,7 +148,10 @@ class JobsHandlers:
             label = "duplicate" if not stored else "completed" if outcome.line.ok else "failed"
             self.metrics.lines.labels(label).inc()
             await msg.ack()
-        await self.check_finalize(line.job_id)
+        try:
+            await self.check_finalize(line.job_id)
+        except Exception as error:  # settled already; the sweep finalizes the batch instead
+            _log.debug("finalize_check_failed", job_id=line.job_id, error=repr(error))
 
     async def _run(self, line: JobLine) -> run_line.Outcome:
         found = await self.batches.read(line.job_id)
@@ -324,10 +328,15 @@ class JobsHandlers:
             )
 
     async def sweep(self) -> None:
-        """Ask for the finalization of every running batch whose completion window has
-        passed, even when no line is left to notice it."""
+        """Ask for the finalization of every running batch that is ready: its completion window
+        has passed (even when no line is left to notice it), or every line has a result (when
+        the check after its last line failed, e.g. NATS was away)."""
         now = now_s()
         for batch_id in await self.batches.batch_ids():
             found = await self.batches.read(batch_id)
-            if found is not None and due(found[0], now):
+            if found is None:
+                continue
+            if due(found[0], now):
                 await self._request_finalize(batch_id)
+            elif found[0].status in ("in_progress", "cancelling"):
+                await self.check_finalize(batch_id)
