@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import subprocess
+import sys
 from pathlib import Path
 
 import msgspec
@@ -273,3 +275,30 @@ async def test_a_line_whose_every_delivery_dies_is_dead_lettered(
         stored = [result_decoder.decode((await results.next_msg(timeout=10)).data)]
         await results.unsubscribe()
         assert any(r.line.custom_id == "doomed" for r in stored)
+
+
+def test_the_command_refuses_a_mismatched_consumer_with_status_2(
+    nats_url: str, jobs_folder: Path, fast_mock: int
+) -> None:
+    config, path = job_config(jobs_folder, fast_mock)
+
+    async def create() -> None:
+        async with harness(nats_url, config, pipeline=False, jobs_worker=False) as h:
+            await h.js.add_consumer(
+                h.subjects.control_stream,
+                ConsumerConfig(
+                    durable_name=h.subjects.control_consumer,
+                    filter_subject=h.subjects.jobs_control,
+                    max_deliver=99,
+                ),
+            )
+
+    asyncio.run(create())
+    done = subprocess.run(
+        [sys.executable, "-m", "loraroute", "jobs", "--nats", nats_url, "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "job-control" in done.stderr and "max_deliver" in done.stderr
