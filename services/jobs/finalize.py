@@ -23,6 +23,7 @@ from schemas.jobs import (
     BatchLineError,
     BatchOutputLine,
     BatchStatus,
+    FinalizeBatch,
     JobResult,
     RequestCounts,
     read_input,
@@ -49,7 +50,10 @@ __all__ = [
     "missing_results",
     "read_results",
     "render",
+    "request_finalize",
+    "request_if_ready",
     "store_result",
+    "sweep",
     "target",
 ]
 
@@ -233,3 +237,41 @@ async def finalize_batch(
     return await batches.update(
         batch_id, lambda b: final(b, goal, final_counts, output_id, error_id, now_s())
     )
+
+
+async def request_finalize(js: JetStreamContext, subjects: Subjects, batch_id: str) -> None:
+    """Publish `FinalizeBatch` for `batch_id` (`Nats-Msg-Id` = `finalize:<batch id>`, so the
+    requests of several workers and sweeps make one)."""
+    await js.publish(
+        subjects.jobs_control,
+        _encoder.encode(FinalizeBatch(batch_id=batch_id)),
+        headers={"Nats-Msg-Id": f"finalize:{batch_id}"},
+    )
+
+
+async def request_if_ready(
+    js: JetStreamContext, subjects: Subjects, batches: BatchStore, batch_id: str
+) -> None:
+    """Request the finalization of `batch_id` when it is ready (see `target`); a raw job (no
+    batch in KV) is never finalized."""
+    found = await batches.read(batch_id)
+    if found is None:
+        return
+    counts = await result_counts(js, subjects, batch_id)
+    if target(found[0], counts.completed + counts.failed, now_s()) is not None:
+        await request_finalize(js, subjects, batch_id)
+
+
+async def sweep(js: JetStreamContext, subjects: Subjects, batches: BatchStore) -> None:
+    """Request the finalization of every running batch that is ready: its completion window
+    has passed (even when no line is left to notice it), or every line has a result (when the
+    check after its last line failed, e.g. NATS was away)."""
+    now = now_s()
+    for batch_id in await batches.batch_ids():
+        found = await batches.read(batch_id)
+        if found is None:
+            continue
+        if due(found[0], now):
+            await request_finalize(js, subjects, batch_id)
+        elif found[0].status in ("in_progress", "cancelling"):
+            await request_if_ready(js, subjects, batches, batch_id)

@@ -28,10 +28,7 @@ from nats.js.object_store import ObjectStore
 
 from schemas.config import Jobs
 from schemas.jobs import (
-    BatchLineError,
-    BatchOutputLine,
     CancelBatch,
-    DeadLetter,
     FinalizeBatch,
     JobLine,
     JobResult,
@@ -39,26 +36,18 @@ from schemas.jobs import (
     control_decoder,
     line_decoder,
 )
-from services.common.jetstream import result_counts
 from services.common.subjects import Subjects
-from services.jobs import run_line
+from services.jobs import dead_letters, run_line
 from services.jobs.consumers import backoff_delay
-from services.jobs.finalize import due, finalize_batch, store_result, target
+from services.jobs.finalize import finalize_batch, request_if_ready, store_result, sweep
 from services.jobs.metrics import JobsMetrics
 from services.jobs.start import start_batch
-from services.jobs.store import BatchStore, line_request_id, now_s
+from services.jobs.store import BatchStore, now_s
 
 __all__ = ["JobsHandlers"]
 
 _log = structlog.get_logger("loraroute.jobs")
 _encoder = msgspec.json.Encoder()
-
-
-class _LineIds(msgspec.Struct):
-    """What may still be read from a line whose payload is no `JobLine`."""
-
-    job_id: str | None = None
-    custom_id: str | None = None
 
 
 class _MaxDeliveries(msgspec.Struct):
@@ -133,12 +122,10 @@ class JobsHandlers:
                 )
                 await msg.nak(delay=backoff_delay(self.jobs, deliveries))
                 return
+            ids = dead_letters.LineIds(line.job_id, line.custom_id)
             seq = msg.metadata.sequence.stream
-            await self._dead_letter(
-                msg.data, seq, line.job_id, line.custom_id, outcome.reason, deliveries
-            )
+            await self._dead_letter(msg.data, seq, ids, outcome.reason, deliveries)
             await self._store(JobResult(job_id=line.job_id, line=outcome.line, finished_at=now_s()))
-            self.metrics.lines.labels("dead").inc()
             await msg.term()
         else:
             result = JobResult(
@@ -207,47 +194,27 @@ class JobsHandlers:
 
     async def _bury(self, payload: bytes, seq: int, error: str, deliveries: int, code: str) -> None:
         """Dead-letter a line that will not run; store a failed result when its ids can be read."""
-        try:
-            ids = msgspec.json.decode(payload, type=_LineIds)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            ids = _LineIds()
-        await self._dead_letter(payload, seq, ids.job_id, ids.custom_id, error, deliveries)
-        self.metrics.lines.labels("dead").inc()
-        if ids.job_id and ids.custom_id:
-            line = BatchOutputLine(
-                id=line_request_id(ids.job_id, ids.custom_id),
-                custom_id=ids.custom_id,
-                error=BatchLineError(code=code, message=error),
-            )
-            await self._store(JobResult(job_id=ids.job_id, line=line, finished_at=now_s()))
+        ids = dead_letters.read_ids(payload)
+        await self._dead_letter(payload, seq, ids, error, deliveries)
+        result = dead_letters.failed_result(ids, code, error)
+        if result is not None:
+            await self._store(result)
         if ids.job_id:
             await self.check_finalize(ids.job_id)
 
     async def _dead_letter(
-        self,
-        payload: bytes,
-        seq: int,
-        job_id: str | None,
-        custom_id: str | None,
-        error: str,
-        deliveries: int,
+        self, payload: bytes, seq: int, ids: dead_letters.LineIds, error: str, deliveries: int
     ) -> None:
-        dead = DeadLetter(
-            job_id=job_id,
-            custom_id=custom_id,
-            payload=payload,
-            error=error,
-            deliveries=deliveries,
-            stream_seq=seq,
-            at=now_s(),
-        )
+        self.metrics.lines.labels("dead").inc()
         _log.warning(
-            "line_dead", job_id=job_id, custom_id=custom_id, deliveries=deliveries, error=error
+            "line_dead",
+            job_id=ids.job_id,
+            custom_id=ids.custom_id,
+            deliveries=deliveries,
+            error=error,
         )
-        await self.js.publish(
-            self.subjects.job_dead(job_id),
-            _encoder.encode(dead),
-            headers={"Nats-Msg-Id": f"dead:{self.subjects.lines_stream}:{seq}"},
+        await dead_letters.publish_dead_letter(
+            self.js, self.subjects, payload, seq, ids, error, deliveries
         )
 
     @staticmethod
@@ -260,21 +227,8 @@ class JobsHandlers:
     # ------------------------------------------------------------------ batches
 
     async def check_finalize(self, batch_id: str) -> None:
-        """Publish `FinalizeBatch` for `batch_id` when it is ready (see `finalize.target`).
-        A raw job (no batch in KV) is never finalized."""
-        found = await self.batches.read(batch_id)
-        if found is None:
-            return
-        counts = await result_counts(self.js, self.subjects, batch_id)
-        if target(found[0], counts.completed + counts.failed, now_s()) is not None:
-            await self._request_finalize(batch_id)
-
-    async def _request_finalize(self, batch_id: str) -> None:
-        await self.js.publish(
-            self.subjects.jobs_control,
-            _encoder.encode(FinalizeBatch(batch_id=batch_id)),
-            headers={"Nats-Msg-Id": f"finalize:{batch_id}"},
-        )
+        """Publish `FinalizeBatch` for `batch_id` when it is ready (`finalize.request_if_ready`)."""
+        await request_if_ready(self.js, self.subjects, self.batches, batch_id)
 
     async def on_control(self, msg: Msg) -> None:
         """One control message (start, cancel, finalize); settles it and never raises."""
@@ -328,15 +282,5 @@ class JobsHandlers:
             )
 
     async def sweep(self) -> None:
-        """Ask for the finalization of every running batch that is ready: its completion window
-        has passed (even when no line is left to notice it), or every line has a result (when
-        the check after its last line failed, e.g. NATS was away)."""
-        now = now_s()
-        for batch_id in await self.batches.batch_ids():
-            found = await self.batches.read(batch_id)
-            if found is None:
-                continue
-            if due(found[0], now):
-                await self._request_finalize(batch_id)
-            elif found[0].status in ("in_progress", "cancelling"):
-                await self.check_finalize(batch_id)
+        """One pass of the sweep for running batches ready to end (`finalize.sweep`)."""
+        await sweep(self.js, self.subjects, self.batches)
