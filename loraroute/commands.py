@@ -18,11 +18,12 @@ __all__ = ["COMMANDS", "dispatch", "main"]
 COMMANDS: dict[str, tuple[str, str]] = {
     "up": (
         "loraroute.launcher",
-        "run the whole system: nats-server, mock vLLM, classifier, dispatcher, ingress",
+        "run the whole system: nats-server, mock vLLM, classifier, dispatcher, jobs, ingress",
     ),
     "ingress": ("services.ingress.cli", "run the HTTP ingress alone"),
     "classifier": ("services.classifier.cli", "run a classifier worker alone"),
     "dispatcher": ("services.dispatcher.cli", "run a dispatcher alone"),
+    "jobs": ("services.jobs.cli", "run a jobs worker alone"),
     "mock-vllm": ("services.mockvllm.cli", "run the vLLM stand-in"),
     "config": ("loraroute.config_check", "check a config file: `loraroute config check FILE`"),
     "model": ("loraroute.model_verbs", "build, train or evaluate the default classifier"),

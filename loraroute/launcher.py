@@ -2,9 +2,10 @@
 
 Starts, in order, an embedded nats-server (JetStream on, data under `--data-dir`), the mock vLLM
 on every configured endpoint (by default when every endpoint is on loopback, as in the shipped
-config), one classifier, one dispatcher and the ingress; waits for each to be ready and prints
-where it runs. Ctrl-C or SIGTERM stops the children in reverse order (SIGTERM to each pid, then
-SIGKILL after a timeout) and exits 0. If a child dies, the rest are stopped and the exit status is 1.
+config), one classifier, one dispatcher, one jobs worker and the ingress; waits for each to be
+ready and prints where it runs. Ctrl-C or SIGTERM stops the children in reverse order (SIGTERM to
+each pid, then SIGKILL after a timeout) and exits 0. If a child dies, the rest are stopped and the
+exit status is 1.
 
 Refuses to start, with the fix in the message, when the config is invalid, the classifier model
 directory is missing, or a port it needs is taken.
@@ -252,7 +253,7 @@ def main(argv: list[str]) -> int:
             )
 
         common = ["--nats", nats_url, "--config", args.config]
-        for name in ("classifier", "dispatcher"):
+        for name in ("classifier", "dispatcher", "jobs"):
             children.append(_Child(name, [name, *common], env))
         ingress = _Child("ingress", ["ingress", *common, "--host", host, "--port", str(port)], env)
         children.append(ingress)
@@ -261,7 +262,7 @@ def main(argv: list[str]) -> int:
         _wait_until(
             _http_ok(f"{base_url}/ready"), children, args.ready_timeout, "classifier and dispatcher"
         )
-        for child in children[-3:]:
+        for child in children[-4:]:
             print(f"ready  {child.name:<14} (pid {child.pid})", flush=True)
         print(
             f"\nloraroute is up on {base_url}  (Ctrl-C stops everything)\n\n"

@@ -109,7 +109,8 @@ def run_worker(
 ) -> int:
     """Parse `argv`, load the config, `build` the worker and serve it until a signal.
 
-    Returns the exit status (see the module docstring). `ready(worker)` adds context to the
+    Returns the exit status (see the module docstring); a `startup_errors` exception raised by
+    `build` or by the worker's `start` is exit status 2. `ready(worker)` adds context to the
     `<kind>_ready` log event once the worker is subscribed.
     """
     settings = Settings.from_env()
@@ -132,4 +133,7 @@ def run_worker(
     except (OSError, TimeoutError, nats.errors.NoServersError) as error:
         print(f"loraroute {kind}: cannot reach NATS at {args.nats}: {error!r}", file=sys.stderr)
         return 1
+    except startup_errors as error:  # raised by `start` (e.g. checks against the server)
+        print(f"loraroute {kind}: {error}", file=sys.stderr)
+        return 2
     return 0

@@ -73,6 +73,7 @@ def test_services_one_by_one_then_the_readme_curl(tmp_path: Path) -> None:
         ["loraroute", "mock-vllm"],
         ["loraroute", "classifier"],
         ["loraroute", "dispatcher"],
+        ["loraroute", "jobs"],
         ["loraroute", "ingress"],
     ]
     services: list[Service] = []

@@ -64,7 +64,7 @@ def test_up_serves_and_stops_cleanly(tmp_path: Path) -> None:
         output = log_path.read_text()
         assert f"http://127.0.0.1:{port}" in output and "curl" in output
         pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", output)]
-        assert len(pids) == 5, output  # nats-server, mock, classifier, dispatcher, ingress
+        assert len(pids) == 6, output  # nats-server, mock, classifier, dispatcher, jobs, ingress
 
         with openai.OpenAI(
             base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0

@@ -1,0 +1,286 @@
+"""The jobs worker's entry points: one job line, one control message, one expiry sweep.
+
+`on_line` runs a line (`run_line`) and settles it: the result is stored in the results stream
+first and only then is the line acked, so a worker that dies in between has the line
+redelivered and the stream drops the second result as a duplicate. A transient failure is
+nak'ed with the configured backoff; on the last delivery, and for a payload that cannot be read,
+the line goes to the dead-letter stream and a failed result is stored; so does a line whose
+every delivery died with its worker (`on_exhausted`, from JetStream's advisory). After every stored result
+the batch is checked, and a `FinalizeBatch` is published once it is ready. `on_control` starts
+and finalizes batches (`start`, `finalize`); `sweep` finds running batches that are ready to
+end but were not finalized.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+
+import msgspec
+import nats.errors
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+from nats.js.object_store import ObjectStore
+
+from schemas.config import Jobs
+from schemas.jobs import (
+    CancelBatch,
+    FinalizeBatch,
+    JobLine,
+    JobResult,
+    StartBatch,
+    control_decoder,
+    line_decoder,
+)
+from services.common.subjects import Subjects
+from services.jobs import dead_letters, run_line
+from services.jobs.consumers import backoff_delay
+from services.jobs.finalize import finalize_batch, request_if_ready, store_result, sweep
+from services.jobs.metrics import JobsMetrics
+from services.jobs.start import start_batch
+from services.jobs.store import BatchStore, now_s
+
+__all__ = ["JobsHandlers"]
+
+_log = structlog.get_logger("loraroute.jobs")
+_encoder = msgspec.json.Encoder()
+
+
+class _MaxDeliveries(msgspec.Struct):
+    """The fields used of JetStream's max-deliveries advisory."""
+
+    stream: str
+    stream_seq: int
+    deliveries: int
+
+
+_advisory_decoder = msgspec.json.Decoder(_MaxDeliveries)
+
+
+class JobsHandlers:
+    """Entry points bound to one connection, the job buckets and the config's `jobs` section."""
+
+    def __init__(
+        self,
+        *,
+        nc: Client,
+        js: JetStreamContext,
+        subjects: Subjects,
+        jobs: Jobs,
+        batches: BatchStore,
+        files: ObjectStore,
+        metrics: JobsMetrics,
+    ) -> None:
+        self.nc = nc
+        self.js = js
+        self.subjects = subjects
+        self.jobs = jobs
+        self.batches = batches
+        self.files = files
+        self.metrics = metrics
+
+    # ------------------------------------------------------------------ lines
+
+    async def on_line(self, msg: Msg) -> None:
+        """One delivery of a job line; settles it (ack, nak or term) and never raises."""
+        started = time.perf_counter()
+        deliveries = msg.metadata.num_delivered
+        self.metrics.in_flight.inc()
+        try:
+            await self._line(msg, deliveries)
+        except asyncio.CancelledError:  # the worker stops: let another one take the line
+            await asyncio.shield(self._nak(msg, 0))
+            raise
+        except Exception as error:  # the outermost guard: NATS away, a bug
+            _log.warning("line_failed", error=repr(error), deliveries=deliveries)
+            self.metrics.lines.labels("retried").inc()
+            await self._nak(msg, backoff_delay(self.jobs, deliveries))
+        finally:
+            self.metrics.in_flight.dec()
+            self.metrics.line_seconds.observe(time.perf_counter() - started)
+
+    async def _line(self, msg: Msg, deliveries: int) -> None:
+        try:
+            line = line_decoder.decode(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as error:
+            await self._unreadable(msg, f"unreadable job line: {error}", deliveries)
+            return
+        outcome = await self._run(line)
+        if isinstance(outcome, run_line.Retry):
+            if deliveries < self.jobs.max_deliver:
+                self.metrics.lines.labels("retried").inc()
+                _log.info(
+                    "line_retry",
+                    job_id=line.job_id,
+                    custom_id=line.custom_id,
+                    deliveries=deliveries,
+                    reason=outcome.reason,
+                )
+                await msg.nak(delay=backoff_delay(self.jobs, deliveries))
+                return
+            ids = dead_letters.LineIds(line.job_id, line.custom_id)
+            seq = msg.metadata.sequence.stream
+            await self._dead_letter(msg.data, seq, ids, outcome.reason, deliveries)
+            await self._store(JobResult(job_id=line.job_id, line=outcome.line, finished_at=now_s()))
+            await msg.term()
+        else:
+            result = JobResult(
+                job_id=line.job_id, line=outcome.line, route=outcome.route, finished_at=now_s()
+            )
+            stored = await self._store(result)
+            label = "duplicate" if not stored else "completed" if outcome.line.ok else "failed"
+            self.metrics.lines.labels(label).inc()
+            await msg.ack()
+        try:
+            await self.check_finalize(line.job_id)
+        except Exception as error:  # settled already; the sweep finalizes the batch instead
+            _log.debug("finalize_check_failed", job_id=line.job_id, error=repr(error))
+
+    async def _run(self, line: JobLine) -> run_line.Outcome:
+        found = await self.batches.read(line.job_id)
+        failed = run_line.precheck(line, None if found is None else found[0].status, now_s())
+        if failed is not None:
+            return run_line.Done(failed)
+        return await run_line.run(line, self._request, timeout_s=self.jobs.line_timeout_s)
+
+    async def _request(self, payload: bytes, headers: Mapping[str, str], timeout_s: float) -> bytes:
+        subject = self.subjects.classify_jobs
+        try:
+            reply = await self.nc.request(
+                subject, payload, timeout=max(timeout_s, 0.001), headers=dict(headers)
+            )
+        except nats.errors.NoRespondersError as error:
+            raise run_line.LineUnreachable(f"no classifier listens on {subject}") from error
+        except nats.errors.TimeoutError as error:
+            raise run_line.LineUnreachable(f"no answer within {timeout_s:.3g} s") from error
+        except nats.errors.Error as error:  # connection closed or reconnecting
+            raise run_line.LineUnreachable(f"NATS: {error!r}") from error
+        return reply.data
+
+    async def _store(self, result: JobResult) -> bool:
+        return await store_result(self.js, self.subjects, result)
+
+    async def _unreadable(self, msg: Msg, error: str, deliveries: int) -> None:
+        seq = msg.metadata.sequence.stream
+        await self._bury(msg.data, seq, error, deliveries, "invalid_request")
+        await msg.term()
+
+    async def on_exhausted(self, msg: Msg) -> None:
+        """JetStream's advisory that a line reached `max_deliver` deliveries without being
+        settled (each time its worker died or hung): dead-letter it, store a failed result and
+        remove it from the lines stream, as for a line that failed every delivery. Never raises."""
+        try:
+            advisory = _advisory_decoder.decode(msg.data)
+            if advisory.stream != self.subjects.lines_stream:
+                return
+            stored = await self.js.get_msg(advisory.stream, advisory.stream_seq)
+        except (msgspec.DecodeError, msgspec.ValidationError, NotFoundError):
+            return  # not ours, or settled and gone after all
+        except Exception as error:
+            _log.warning("exhausted_unreadable", error=repr(error))
+            return
+        reason = f"delivered {advisory.deliveries} times without being settled (workers died)"
+        try:
+            await self._bury(
+                stored.data or b"", advisory.stream_seq, reason, advisory.deliveries, "failed"
+            )
+            await self.js.delete_msg(advisory.stream, advisory.stream_seq)
+        except Exception as failure:  # NATS away: the batch then ends expired
+            _log.warning("exhausted_failed", error=repr(failure))
+
+    async def _bury(self, payload: bytes, seq: int, error: str, deliveries: int, code: str) -> None:
+        """Dead-letter a line that will not run; store a failed result when its ids can be read."""
+        ids = dead_letters.read_ids(payload)
+        await self._dead_letter(payload, seq, ids, error, deliveries)
+        result = dead_letters.failed_result(ids, code, error)
+        if result is not None:
+            await self._store(result)
+        if ids.job_id:
+            await self.check_finalize(ids.job_id)
+
+    async def _dead_letter(
+        self, payload: bytes, seq: int, ids: dead_letters.LineIds, error: str, deliveries: int
+    ) -> None:
+        self.metrics.lines.labels("dead").inc()
+        _log.warning(
+            "line_dead",
+            job_id=ids.job_id,
+            custom_id=ids.custom_id,
+            deliveries=deliveries,
+            error=error,
+        )
+        await dead_letters.publish_dead_letter(
+            self.js, self.subjects, payload, seq, ids, error, deliveries
+        )
+
+    @staticmethod
+    async def _nak(msg: Msg, delay: float) -> None:
+        try:
+            await msg.nak(delay=delay or None)
+        except Exception as error:  # NATS away: the ack wait redelivers it anyway
+            _log.debug("nak_failed", error=repr(error))
+
+    # ------------------------------------------------------------------ batches
+
+    async def check_finalize(self, batch_id: str) -> None:
+        """Publish `FinalizeBatch` for `batch_id` when it is ready (`finalize.request_if_ready`)."""
+        await request_if_ready(self.js, self.subjects, self.batches, batch_id)
+
+    async def on_control(self, msg: Msg) -> None:
+        """One control message (start, cancel, finalize); settles it and never raises."""
+        deliveries = msg.metadata.num_delivered
+        try:
+            message = control_decoder.decode(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as error:
+            _log.warning("control_unreadable", error=str(error))
+            await msg.term()
+            return
+        try:
+            await self._control(message)
+            await msg.ack()
+        except asyncio.CancelledError:
+            await asyncio.shield(self._nak(msg, 0))
+            raise
+        except Exception as error:
+            _log.warning(
+                "control_failed",
+                batch_id=message.batch_id,
+                kind=type(message).__name__,
+                deliveries=deliveries,
+                error=repr(error),
+            )
+            await self._nak(msg, backoff_delay(self.jobs, deliveries))
+
+    async def _control(self, message: StartBatch | CancelBatch | FinalizeBatch) -> None:
+        args = (self.js, self.subjects, self.batches, self.files, self.jobs, message.batch_id)
+        if isinstance(message, StartBatch):
+            batch = await start_batch(*args)
+            if batch is not None:
+                self.metrics.batches.labels(batch.status).inc()
+                _log.info(
+                    "batch_started",
+                    batch_id=batch.id,
+                    status=batch.status,
+                    lines=batch.request_counts.total,
+                )
+                await self.check_finalize(message.batch_id)
+            return
+        before = await self.batches.read(message.batch_id)
+        batch = await finalize_batch(*args)
+        if batch is not None and before is not None and batch.status != before[0].status:
+            self.metrics.batches.labels(batch.status).inc()
+            _log.info(
+                "batch_finalized",
+                batch_id=batch.id,
+                status=batch.status,
+                completed=batch.request_counts.completed,
+                failed=batch.request_counts.failed,
+            )
+
+    async def sweep(self) -> None:
+        """One pass of the sweep for running batches ready to end (`finalize.sweep`)."""
+        await sweep(self.js, self.subjects, self.batches)
