@@ -47,6 +47,10 @@ from services.jobs.store import BatchStore, now_s
 __all__ = ["JobsHandlers"]
 
 _log = structlog.get_logger("loraroute.jobs")
+#: Pauses between tries of a line while the pipeline is down: doubling from the first to the
+#: last, so a short blip costs half a second and a long outage a try every few seconds.
+_FIRST_PAUSE_S = 0.5
+_LAST_PAUSE_S = 5.0
 _encoder = msgspec.json.Encoder()
 
 
@@ -109,7 +113,7 @@ class JobsHandlers:
         except (msgspec.DecodeError, msgspec.ValidationError) as error:
             await self._unreadable(msg, f"unreadable job line: {error}", deliveries)
             return
-        outcome = await self._run(line)
+        outcome = await self._run_while_the_pipeline_is_down(msg, line)
         if isinstance(outcome, run_line.Retry):
             if deliveries < self.jobs.max_deliver:
                 self.metrics.lines.labels("retried").inc()
@@ -140,6 +144,27 @@ class JobsHandlers:
         except Exception as error:  # settled already; the sweep finalizes the batch instead
             _log.debug("finalize_check_failed", job_id=line.job_id, error=repr(error))
 
+    async def _run_while_the_pipeline_is_down(self, msg: Msg, line: JobLine) -> run_line.Outcome:
+        """Run `line`; while the pipeline cannot take it at all (no classifier, a full job lane,
+        no dispatcher), hold the delivery (`in_progress`) and try again with a growing pause,
+        up to `jobs.line_timeout_s`: an outage of the pipeline must not use up the line's
+        deliveries and dead-letter a whole batch. A failure that may be the line's own is
+        returned at once."""
+        give_up = time.monotonic() + self.jobs.line_timeout_s
+        pause = _FIRST_PAUSE_S
+        outcome = await self._run(line)
+        while (
+            isinstance(outcome, run_line.Retry)
+            and outcome.pipeline_down
+            and time.monotonic() + pause < give_up
+        ):
+            self.metrics.lines.labels("waiting").inc()
+            await asyncio.sleep(pause)
+            await msg.in_progress()
+            pause = min(pause * 2, _LAST_PAUSE_S)
+            outcome = await self._run(line)
+        return outcome
+
     async def _run(self, line: JobLine) -> run_line.Outcome:
         found = await self.batches.read(line.job_id)
         failed = run_line.precheck(line, None if found is None else found[0].status, now_s())
@@ -154,11 +179,13 @@ class JobsHandlers:
                 subject, payload, timeout=max(timeout_s, 0.001), headers=dict(headers)
             )
         except nats.errors.NoRespondersError as error:
-            raise run_line.LineUnreachable(f"no classifier listens on {subject}") from error
+            raise run_line.LineUnreachable(
+                f"no classifier listens on {subject}", pipeline_down=True
+            ) from error
         except nats.errors.TimeoutError as error:
             raise run_line.LineUnreachable(f"no answer within {timeout_s:.3g} s") from error
         except nats.errors.Error as error:  # connection closed or reconnecting
-            raise run_line.LineUnreachable(f"NATS: {error!r}") from error
+            raise run_line.LineUnreachable(f"NATS: {error!r}", pipeline_down=True) from error
         return reply.data
 
     async def _store(self, result: JobResult) -> bool:

@@ -18,7 +18,8 @@ class JobsMetrics:
             "loraroute_jobs_lines_total",
             "Job line deliveries by outcome: completed (status 200 stored), failed (another "
             "result stored), duplicate (a result was stored already), retried (redelivered "
-            "later), dead (sent to the dead-letter stream).",
+            "later), waiting (tried again in the same delivery while the pipeline was down), "
+            "dead (sent to the dead-letter stream).",
             ["outcome"],
             registry=registry,
         )

@@ -37,7 +37,13 @@ _error_encoder = msgspec.json.Encoder()
 
 class LineUnreachable(Exception):
     """The pipeline gave no answer: nobody listens on the job lane, the line's time ran out, or
-    the connection failed. Raised by a `Request` function; always transient."""
+    the connection failed. Raised by a `Request` function; always transient. `pipeline_down`
+    says the cause is not the line (no classifier, no connection), as opposed to a line that
+    ran out of time."""
+
+    def __init__(self, message: str, *, pipeline_down: bool = False) -> None:
+        super().__init__(message)
+        self.pipeline_down = pipeline_down
 
 
 #: `request(payload, headers, timeout_s) -> reply payload`; raises `LineUnreachable`.
@@ -55,10 +61,13 @@ class Done:
 @dataclass(frozen=True)
 class Retry:
     """A transient failure (`reason`): redeliver the line later. `line` is what to store if this
-    was its last delivery."""
+    was its last delivery. `pipeline_down`: the pipeline could not take the line at all (no
+    classifier listening, overloaded, no dispatcher), which says nothing about the line: the
+    worker waits for the pipeline rather than spend the line's deliveries."""
 
     reason: str
     line: BatchOutputLine
+    pipeline_down: bool = False
 
 
 Outcome = Done | Retry
@@ -108,6 +117,12 @@ def _transient(status: int) -> bool:
     return status == 429 or status >= 500
 
 
+def _pipeline_down(status: int) -> bool:
+    """429 (a full job lane) and 503 (no dispatcher, vLLM unavailable) are the pipeline's
+    state, not the line's doing; 500, 502 and 504 may be the line's own."""
+    return status in (429, 503)
+
+
 def outcome(line: JobLine, payload: bytes) -> Outcome:
     """What a reply from the pipeline means for `line`: 200 and other answers vLLM or the
     router gave are final; 429 and 5xx (overloaded, no dispatcher, vLLM down) are transient."""
@@ -118,12 +133,14 @@ def outcome(line: JobLine, payload: bytes) -> Outcome:
     if isinstance(reply, ReplyResponse):
         answered = _answered(line, reply.status, bytes(reply.body))
         if _transient(reply.status):
-            return Retry(f"vLLM answered {reply.status}", answered)
+            down = _pipeline_down(reply.status)
+            return Retry(f"vLLM answered {reply.status}", answered, pipeline_down=down)
         return Done(answered, reply.route)
     if isinstance(reply, ReplyError):
         answered = _answered(line, reply.status, _error_encoder.encode(reply.error))
         if _transient(reply.status):
-            return Retry(f"{reply.status}: {_message(reply.error)}", answered)
+            reason = f"{reply.status}: {_message(reply.error)}"
+            return Retry(reason, answered, pipeline_down=_pipeline_down(reply.status))
         return Done(answered, reply.route)
     name = type(reply).__name__
     return Done(_failed(line, "bad_gateway", f"the pipeline answered a line with a {name}"))
@@ -153,5 +170,9 @@ async def run(line: JobLine, request: Request, *, timeout_s: float) -> Outcome:
     except LineUnreachable as error:
         if line.expires_at is not None and time.time() >= line.expires_at:
             return Done(_failed(line, "batch_expired", "the batch's completion window ended"))
-        return Retry(str(error), _failed(line, "unavailable", str(error)))
+        return Retry(
+            str(error),
+            _failed(line, "unavailable", str(error)),
+            pipeline_down=error.pipeline_down,
+        )
     return outcome(line, reply)

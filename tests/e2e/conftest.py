@@ -110,7 +110,7 @@ def start_pipeline(
             health_url=f"{pipeline.ingress_url}/health",
         ).start()
         pipeline.services.append(ingress)
-        if workers == ("classifier", "dispatcher"):
+        if {"classifier", "dispatcher"} <= set(workers):
             _wait_ready(pipeline)
     except BaseException:
         pipeline.stop()

@@ -9,7 +9,10 @@ adapters: the output itself proves which adapter answered.
 
 from __future__ import annotations
 
+import io
+import json
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -40,6 +43,7 @@ def real(pipeline_factory: Callable[..., Pipeline]) -> Pipeline:
         endpoints=[{"name": "vllm-real", "address": url.host, "port": url.port or 80}],
         base_model=served,
         mock_url=str(url).rstrip("/"),
+        workers=("classifier", "dispatcher", "jobs"),
     )
 
 
@@ -80,3 +84,52 @@ def test_the_routed_adapter_wrote_the_answer(
     }
     assert len(set(direct.values())) == len(ADAPTERS), "the adapters must write different text"
     assert routed == direct[adapter]
+
+
+def test_a_batch_through_real_vllm_is_answered_by_the_routed_adapters(real: Pipeline) -> None:
+    """A small batch (`model: MoM` lines) through the Batch API and the jobs worker: each
+    output line is the text its routed adapter writes when asked directly."""
+    assert real.mock_url is not None
+    questions = {
+        "tech": ("Explain async/await in JavaScript", "technical-lora"),
+        "med": ("What causes high blood pressure?", "medical-lora"),
+    }
+    lines = [
+        {
+            "custom_id": custom_id,
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "MoM", "messages": [{"role": "user", "content": q}], **SAMPLING},
+        }
+        for custom_id, (q, _) in questions.items()
+    ]
+    client = real.openai(timeout=60)
+    data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    uploaded = client.files.create(file=("batch.jsonl", io.BytesIO(data)), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    deadline = time.monotonic() + 240
+    while batch.status not in {"completed", "failed", "expired", "cancelled"}:
+        assert time.monotonic() < deadline, batch
+        time.sleep(0.5)
+        batch = client.batches.retrieve(batch.id)
+    assert batch.status == "completed", batch
+    assert batch.output_file_id is not None
+    output = {
+        row["custom_id"]: row["response"]["body"]
+        for row in map(json.loads, client.files.content(batch.output_file_id).text.splitlines())
+    }
+    assert set(output) == set(questions)
+    system_prompts = {
+        "technical-lora": "You are an expert software engineer.",
+        "medical-lora": "You are a medical expert.",
+    }
+    for custom_id, (question, adapter) in questions.items():
+        assert output[custom_id]["model"] == adapter
+        messages = [
+            {"role": "system", "content": system_prompts[adapter]},
+            {"role": "user", "content": question},
+        ]
+        direct, _ = _text(real.mock_url, {"model": adapter, "messages": messages, **SAMPLING})
+        assert output[custom_id]["choices"][0]["message"]["content"] == direct
