@@ -179,6 +179,8 @@ class Bench:
                 "legal-lora=legal-lora",
                 "--output-tokens",
                 "16:16",
+                # Another script's latency model or capacity (bench_batch.py), if it sets one.
+                *getattr(self.args, "mock_args", []),
             ],
             env,
         )

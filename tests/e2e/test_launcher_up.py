@@ -73,7 +73,22 @@ def test_up_serves_and_stops_cleanly(tmp_path: Path) -> None:
                 model="MoM",
                 messages=[{"role": "user", "content": "What causes high blood pressure?"}],
             )
-        assert raw.headers["x-vsr-selected-model"] == "medical-lora"
+            assert raw.headers["x-vsr-selected-model"] == "medical-lora"
+            # The Batch API on the embedded defaults: the sample batch of docs/jobs.md.
+            sample = REPO / "docs" / "examples" / "batch-input.jsonl"
+            uploaded = client.files.create(file=sample.open("rb"), purpose="batch")
+            batch = client.batches.create(
+                input_file_id=uploaded.id,
+                endpoint="/v1/chat/completions",
+                completion_window="24h",
+            )
+            deadline = time.monotonic() + 60
+            while batch.status not in {"completed", "failed", "expired", "cancelled"}:
+                assert time.monotonic() < deadline, batch
+                time.sleep(0.3)
+                batch = client.batches.retrieve(batch.id)
+            assert batch.status == "completed", batch
+            assert batch.request_counts is not None and batch.request_counts.completed == 3
 
         up.send_signal(signal.SIGTERM)
         assert up.wait(60) == 0, log_path.read_text()
