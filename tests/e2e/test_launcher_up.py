@@ -76,7 +76,7 @@ def test_up_serves_and_stops_cleanly(tmp_path: Path) -> None:
             assert raw.headers["x-vsr-selected-model"] == "medical-lora"
             # The Batch API on the embedded defaults: the sample batch of docs/jobs.md.
             sample = REPO / "docs" / "examples" / "batch-input.jsonl"
-            uploaded = client.files.create(file=sample.open("rb"), purpose="batch")
+            uploaded = client.files.create(file=(sample.name, sample.read_bytes()), purpose="batch")
             batch = client.batches.create(
                 input_file_id=uploaded.id,
                 endpoint="/v1/chat/completions",
