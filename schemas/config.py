@@ -235,6 +235,12 @@ class Batching(_Strict):
     """Most job lines in one batch (at most `max_batch_size`). An interactive request that
     arrives while a job batch runs waits for it to finish, so this bounds what a running batch
     job adds to interactive latency; smaller costs job throughput (less work per forward pass)."""
+    job_quiet_s: Annotated[float, msgspec.Meta(ge=0.0)] | None = 2.0
+    """After this long without an interactive request, job batches grow to `max_batch_size`, so
+    a batch job alone runs at the model's full throughput; the first interactive request after
+    such a quiet spell may then wait behind one full-size job batch. `null`: job batches always
+    stay at `max_job_batch_size`. Too small lets short gaps in interactive traffic admit large
+    job batches; too large keeps a lone batch job at small batches longer."""
 
 
 class Inference(_Strict):

@@ -126,6 +126,7 @@ class ClassifierWorker:
             max_queue=batching.max_queue,
             max_job_queue=batching.max_job_queue,
             max_job_batch_size=batching.max_job_batch_size,
+            job_quiet_s=batching.job_quiet_s,
         )
         credentials: dict[str, Any] = dict(self.nats_options)
         self.nc = await bus.connect(self.nats_url, name=self.name, **credentials)

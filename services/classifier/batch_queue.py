@@ -8,11 +8,14 @@ Two lanes, each a FIFO with its own bound: `interactive` (requests a client wait
 `job` (lines of batch jobs). Interactive entries always go first: a batch holds entries of one
 lane only; a job batch is cut only when no interactive entry waits and the caller says the model
 is idle (`jobs=True`), so job work fills idle capacity and an interactive request waits behind
-at most one job batch, itself capped at `max_job_batch_size` entries to bound that wait. Job
-entries are not mixed into an interactive batch's spare slots: every entry added lengthens the
+at most one job batch, itself capped at `max_job_batch_size` entries to bound that wait while
+interactive requests come in. When none has arrived for `job_quiet_s` before the oldest waiting
+job entry, job batches grow to `max_batch_size`: a batch job alone gets the model's full
+throughput, and only the first interactive request after such a quiet spell may wait behind one
+full-size job batch. Job entries are not mixed into an interactive batch's spare slots: every entry added lengthens the
 forward pass that each interactive answer in that batch waits for.
 
-A batch closes when it holds `max_batch_size` entries (job batches: `max_job_batch_size`), when
+A batch closes when it holds `max_batch_size` entries (job batches: see above), when
 one more entry would push its padded cost (longest x count) over `max_batch_tokens`, or when its
 oldest entry has waited `max_wait_s`. Entries past their deadline are dropped first and handed
 back, so the caller can answer them.
@@ -75,7 +78,8 @@ class BatchQueue(Generic[T]):
     """Two FIFOs of `Entry`s (by `Entry.lane`) with admission control and batch cutting (see
     the module docstring). `max_queue` bounds the interactive lane, `max_job_queue` the job
     lane (0: the job lane refuses everything); a job batch holds at most `max_job_batch_size`
-    entries (default and ceiling: `max_batch_size`).
+    entries (default and ceiling: `max_batch_size`), or `max_batch_size` when no interactive
+    entry arrived within `job_quiet_s` before the oldest job entry (None: never).
 
     `window` is how many waiting entries a batch may choose from when grouping by length
     (default: twice `max_batch_size`); 1 keeps strict arrival order.
@@ -90,6 +94,7 @@ class BatchQueue(Generic[T]):
         max_queue: int,
         max_job_queue: int = 0,
         max_job_batch_size: int | None = None,
+        job_quiet_s: float | None = None,
         window: int | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or max_batch_tokens < 1 or max_wait_s < 0:
@@ -102,6 +107,9 @@ class BatchQueue(Generic[T]):
         self.max_queue = max_queue
         self.max_job_queue = max_job_queue
         self.max_job_batch_size = min(max_batch_size, max_job_batch_size or max_batch_size)
+        self.job_quiet_s = job_quiet_s
+        #: Arrival (monotonic s) of the latest interactive entry appended.
+        self._last_interactive = float("-inf")
         self.window = max(1, window if window is not None else 2 * max_batch_size)
         self._lanes: dict[Lane, deque[Entry[T]]] = {lane: deque() for lane in LANES}
 
@@ -123,6 +131,8 @@ class BatchQueue(Generic[T]):
         if not self.room(entry.lane):
             return False
         self._lanes[entry.lane].append(entry)
+        if entry.lane == "interactive":
+            self._last_interactive = max(self._last_interactive, entry.arrival)
         return True
 
     def drop_expired(self, now: float) -> list[Entry[T]]:
@@ -155,11 +165,12 @@ class BatchQueue(Generic[T]):
 
     def _size(self, entries: deque[Entry[T]]) -> int:
         """The most entries a batch cut from `entries` (a lane) may hold."""
-        return (
-            self.max_batch_size
-            if entries is self._lanes["interactive"]
-            else self.max_job_batch_size
+        if entries is self._lanes["interactive"]:
+            return self.max_batch_size
+        quiet = self.job_quiet_s is not None and (
+            entries[0].arrival - self._last_interactive >= self.job_quiet_s
         )
+        return self.max_batch_size if quiet else self.max_job_batch_size
 
     def _full(self, entries: deque[Entry[T]]) -> bool:
         """True when the head of `entries` already makes a closed batch (count or tokens)."""

@@ -263,3 +263,33 @@ def test_job_batches_are_capped_at_max_job_batch_size() -> None:
     assert _queue(max_batch_size=4, max_job_batch_size=64).max_job_batch_size == 4
     with pytest.raises(ValueError):
         _queue(max_job_batch_size=0)
+
+
+def test_job_batches_grow_after_a_quiet_spell_of_interactive_traffic() -> None:
+    q = _queue(
+        max_batch_size=8, max_job_queue=20, max_job_batch_size=2, job_quiet_s=1.0, max_wait_s=0.0
+    )
+    q.append(_entry("a", arrival=10.0))
+    assert _names(q.next_batch(10.0).entries) == ["a"]
+    # Job entries 0.5 s after an interactive one: small batches.
+    for i in range(6):
+        q.append(_job(f"j{i}", arrival=10.5))
+    assert len(q.next_batch(10.5).entries) == 2
+    assert len(q.next_batch(10.5).entries) == 2
+    # Job entries that came 1 s or more after the last interactive one: full batches.
+    for i in range(6, 16):
+        q.append(_job(f"j{i}", arrival=11.0))
+    q.next_batch(11.0)  # the two left from 10.5 (the oldest decides)
+    assert len(q.next_batch(11.0).entries) == 8
+    # A new interactive request shrinks the job batches again.
+    q.append(_entry("b", arrival=11.2))
+    assert _names(q.next_batch(11.2).entries) == ["b"]
+    q.append(_job("late", arrival=11.3))
+    assert len(q.next_batch(11.3).entries) == 2
+
+
+def test_without_a_quiet_spell_job_batches_stay_small() -> None:
+    q = _queue(max_batch_size=8, max_job_queue=20, max_job_batch_size=2, max_wait_s=0.0)
+    for i in range(6):
+        q.append(_job(f"j{i}", arrival=100.0))
+    assert len(q.next_batch(100.0).entries) == 2
