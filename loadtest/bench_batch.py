@@ -26,7 +26,6 @@ import asyncio
 import io
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -41,7 +40,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_jobs_lane import _interactive  # noqa: E402
-from bench_pipeline import QUERIES, Bench  # noqa: E402
+from bench_pipeline import QUERIES, Bench, write_report  # noqa: E402
 
 FINAL = {"completed", "failed", "expired", "cancelled"}
 
@@ -177,18 +176,7 @@ def main() -> int:
         str(args.max_loras),
     ]
     result = asyncio.run(_run(args))
-    report = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "loadavg": os.getloadavg(),
-        },
-        "args": vars(args),
-        "result": result,
-    }
-    if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=2))
+    write_report(args, {"result": result})
     print(json.dumps(result, indent=2))
     return 0
 

@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -43,7 +41,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench_pipeline import QUERIES, Bench  # noqa: E402
+from bench_pipeline import QUERIES, Bench, write_report  # noqa: E402
 
 from schemas.wire import ReplyError, ReplyResponse, RouteChat, decode_reply, encoder  # noqa: E402
 from services.common import bus  # noqa: E402
@@ -228,18 +226,7 @@ async def _main(args: argparse.Namespace) -> int:
                     print(json.dumps(summary), file=sys.stderr, flush=True)
         finally:
             bench.stop()
-    report = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "loadavg": os.getloadavg(),
-        },
-        "args": vars(args),
-        "results": results,
-    }
-    if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=2))
+    write_report(args, {"results": results})
     print("| phase | interactive req | p50 ms | p99 ms | max ms | errors | job lines/s |")
     print("|---|---|---|---|---|---|---|")
     for r in results:

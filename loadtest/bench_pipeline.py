@@ -277,6 +277,22 @@ class Bench:
         return phase
 
 
+def write_report(args: argparse.Namespace, body: dict[str, Any]) -> None:
+    """Write `body`, with the machine and the arguments, as JSON to `--out` (if given)."""
+    report = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "loadavg": os.getloadavg(),
+        },
+        "args": {k: v for k, v in vars(args).items() if k != "mock_args"},
+        **body,
+    }
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2))
+
+
 def _table(results: list[dict[str, Any]]) -> str:
     names = ["nats-server", "ingress", "classifier", "dispatcher", "mock-vllm", "load generator"]
     head = "| target | phase | req/s | p50 ms | p99 ms | errors | " + " | ".join(
@@ -309,17 +325,7 @@ async def _main(args: argparse.Namespace) -> int:
                         print(json.dumps(summary), file=sys.stderr, flush=True)
         finally:
             bench.stop()
-    report = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
-        "args": vars(args),
-        "results": results,
-    }
-    if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=2))
+    write_report(args, {"results": results})
     print(_table(results))
     return 0
 
