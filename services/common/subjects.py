@@ -17,12 +17,15 @@ __all__ = [
     "HEADER_REPLY_TO",
     "HEADER_REQUEST_ID",
     "HEADER_TRACEPARENT",
+    "JOBS_QUEUE",
     "Subjects",
     "model_token",
 ]
 
 CLASSIFIERS_QUEUE = "classifiers"
 DISPATCHERS_QUEUE = "dispatchers"
+#: Queue group of the jobs workers for the core NATS subjects they serve (one worker each).
+JOBS_QUEUE = "jobs"
 
 #: The request id, as the client's `x-request-id` or one the ingress made.
 HEADER_REQUEST_ID = "Lr-Request-Id"
@@ -75,6 +78,10 @@ class Subjects:
         self.control_consumer = "job-control"
         self.batches_bucket = f"{base}_batches"
         self.files_bucket = f"{base}_files"
+        #: Where JetStream announces a line that reached `max_deliver` deliveries unsettled.
+        self.lines_exhausted = (
+            f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.lines_stream}.{self.line_consumer}"
+        )
 
     def bounce(self, instance: str) -> str:
         """Reply-subject prefix of one classifier process; NATS "no responders" statuses for

@@ -23,13 +23,11 @@ from prometheus_client import CollectorRegistry
 from schemas.config import Config
 from services.common import bus
 from services.common.jetstream import ensure_job_resources
-from services.common.subjects import Subjects
+from services.common.subjects import JOBS_QUEUE, Subjects
 from services.jobs.consumers import (
-    JOBS_QUEUE,
     control_consumer,
     ensure_consumer,
     line_consumer,
-    max_deliveries_advisory,
 )
 from services.jobs.handlers import JobsHandlers
 from services.jobs.metrics import JobsMetrics
@@ -116,7 +114,7 @@ class JobsWorker:
         ]
         # A line whose every delivery died with its worker is announced here, once.
         self._advisories = await self.nc.subscribe(
-            max_deliveries_advisory(self.subjects), queue=JOBS_QUEUE, cb=self.handlers.on_exhausted
+            self.subjects.lines_exhausted, queue=JOBS_QUEUE, cb=self.handlers.on_exhausted
         )
         for loop in self._loops:
             await loop.start()

@@ -26,17 +26,13 @@ from services.common.subjects import Subjects
 __all__ = [
     "ACK_MARGIN_S",
     "CONTROL_ACK_WAIT_S",
-    "JOBS_QUEUE",
     "backoff_delay",
     "control_consumer",
     "ensure_consumer",
     "line_ack_wait",
     "line_consumer",
-    "max_deliveries_advisory",
 ]
 
-#: Queue group of the jobs workers for the core NATS subjects they serve (one worker each).
-JOBS_QUEUE = "jobs"
 #: At most this much longer than a line's deadline is its ack wait: time to store its result
 #: and ack it (less for short deadlines, so a dead worker's lines come back soon).
 ACK_MARGIN_S = 30.0
@@ -73,12 +69,6 @@ def control_consumer(subjects: Subjects, jobs: Jobs) -> ConsumerConfig:
         max_ack_pending=1024,
         filter_subject=subjects.jobs_control,
     )
-
-
-def max_deliveries_advisory(subjects: Subjects) -> str:
-    """Where JetStream announces a line that reached `max_deliver` deliveries unsettled."""
-    stream, consumer = subjects.lines_stream, subjects.line_consumer
-    return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{consumer}"
 
 
 def line_ack_wait(jobs: Jobs) -> float:
