@@ -35,7 +35,7 @@ import httpx
 from loraroute.natsserver import DEFAULT_MAX_PAYLOAD, NatsServer, NatsServerError
 from schemas.config import Config, ConfigError, load_config
 
-__all__ = ["RestartPolicy", "main", "mock_plan", "nats_max_payload"]
+__all__ = ["LaunchError", "RestartPolicy", "main", "mock_plan", "nats_max_payload", "supervise"]
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 #: The NATS messages carrying a body also carry the route (system prompt included) and headers.
@@ -190,11 +190,9 @@ class _Stop(Exception):
     """SIGINT or SIGTERM arrived."""
 
 
-def _supervise(children: Sequence[_Child]) -> None:
-    """One pass: schedule a restart for each child that exited, start those whose backoff is over.
-
-    Raises `LaunchError` when a child crashed too often."""
-    now = time.monotonic()
+def supervise(children: Sequence[_Child], now: float) -> None:
+    """One pass at monotonic time `now`: schedule a restart for each child that exited, start
+    those whose backoff is over. Raises `LaunchError` when a child exited too often."""
     for child in children:
         if child.restart_at is not None:
             if now >= child.restart_at:
@@ -435,7 +433,7 @@ def main(argv: list[str]) -> int:
             flush=True,
         )
         while True:
-            _supervise(children)
+            supervise(children, time.monotonic())
             for server in servers:
                 if not server.running():
                     raise LaunchError(f"nats-server (pid {server.pid}) exited; stopping the rest")

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from loraroute.launcher import RestartPolicy, main, mock_plan, nats_max_payload
+from loraroute import launcher
+from loraroute.launcher import (
+    LaunchError,
+    RestartPolicy,
+    main,
+    mock_plan,
+    nats_max_payload,
+    supervise,
+)
 from schemas.config import load_config
 from tests.processes import free_port, write_config
 
@@ -143,8 +152,42 @@ def test_refuses_a_taken_metrics_port(tmp_path: Path, capsys: pytest.CaptureFixt
                 ],
             },
         )
-        # Three workers from port - 2: the third is the taken one.
         argv = ["--config", str(config), "--data-dir", str(tmp_path / "var")]
-        assert main([*argv, "--metrics-port", str(port - 2)]) == 1
+        assert main([*argv, "--metrics-port", str(port)]) == 1
     err = capsys.readouterr().err
     assert f"127.0.0.1:{port}" in err and "metrics" in err and "taken" in err
+
+
+class _Crashing(launcher._Child):
+    """A child whose every process exits at once with status 3."""
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(["sh", "-c", "exit 3"])
+        process.wait()
+        return process
+
+
+def test_supervise_restarts_after_the_backoff_then_gives_up(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    clock = _Clock()
+    child = _Crashing("classifier-2", [], {})
+    child.policy = RestartPolicy(clock=clock)
+    pids = [child.pid]
+    for delay in (0.5, 1, 2, 4):
+        supervise([child], clock.now)
+        err = capsys.readouterr().err
+        assert (
+            f"classifier-2 (pid {pids[-1]}) exited with status 3; restarting it in {delay:g} s"
+            in err
+        )
+        clock.now += delay - 0.1
+        supervise([child], clock.now)
+        assert child.pid == pids[-1], "not before the backoff is over"
+        clock.now += 0.1
+        supervise([child], clock.now)
+        assert f"restarted classifier-2 (pid {child.pid})" in capsys.readouterr().out
+        pids.append(child.pid)
+    with pytest.raises(LaunchError, match=r"classifier-2 .* status 3, its 5th exit within 60 s"):
+        supervise([child], clock.now)
+    assert len(set(pids)) == 5
