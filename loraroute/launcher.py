@@ -2,10 +2,14 @@
 
 Starts, in order, an embedded nats-server (JetStream on, data under `--data-dir`), the mock vLLM
 on every configured endpoint (by default when every endpoint is on loopback, as in the shipped
-config), one classifier, one dispatcher, one jobs worker and the ingress; waits for each to be
-ready and prints where it runs. Ctrl-C or SIGTERM stops the children in reverse order (SIGTERM to
-each pid, then SIGKILL after a timeout) and exits 0. If a child dies, the rest are stopped and the
-exit status is 1.
+config), `--classifiers` classifiers, `--dispatchers` dispatchers, `--jobs` jobs workers and
+`--ingresses` ingress processes (one of each by default; several ingresses share the port through
+SO_REUSEPORT); waits for them to be ready and prints each with its pid. Ctrl-C or SIGTERM stops
+the children in reverse order (SIGTERM to each pid, then SIGKILL after a timeout) and exits 0.
+
+A child that exits on its own is restarted after a backoff (`RestartPolicy`: 0.5 s doubling to
+30 s, back to 0.5 s once it has run 30 s); one that exits 5 times within 60 s makes the launcher
+stop everything and exit 1, as does the death of the embedded nats-server.
 
 Refuses to start, with the fix in the message, when the config is invalid, the classifier model
 directory is missing, or a port it needs is taken.
@@ -31,13 +35,15 @@ import httpx
 from loraroute.natsserver import DEFAULT_MAX_PAYLOAD, NatsServer, NatsServerError
 from schemas.config import Config, ConfigError, load_config
 
-__all__ = ["main", "mock_plan", "nats_max_payload"]
+__all__ = ["LaunchError", "RestartPolicy", "main", "mock_plan", "nats_max_payload", "supervise"]
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 #: The NATS messages carrying a body also carry the route (system prompt included) and headers.
 _PAYLOAD_HEADROOM = 64 * 1024
 #: nats-server warns above 8 MiB: larger messages hurt every client sharing the connection.
 _PAYLOAD_CEILING = 8 * 1024 * 1024
+#: The most processes of one kind `up` starts: more than the cores only adds contention.
+MAX_REPLICAS = 16
 
 
 class LaunchError(Exception):
@@ -89,20 +95,79 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+class RestartPolicy:
+    """When to restart a child that exited on its own, and when to give up on it.
+
+    `crashed()` returns the delay before the next start: `first_delay_s` doubling per crash up
+    to `max_delay_s`, back to `first_delay_s` when the child had run `healthy_after_s` before
+    crashing. It returns None (give up) on the `max_crashes`-th crash within `window_s`.
+    `clock` is injectable for tests.
+    """
+
+    def __init__(
+        self,
+        *,
+        first_delay_s: float = 0.5,
+        max_delay_s: float = 30.0,
+        healthy_after_s: float = 30.0,
+        max_crashes: int = 5,
+        window_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.first_delay_s = first_delay_s
+        self.max_delay_s = max_delay_s
+        self.healthy_after_s = healthy_after_s
+        self.max_crashes = max_crashes
+        self.window_s = window_s
+        self._clock = clock
+        self._delay = first_delay_s
+        self._started = clock()
+        self._crashes: list[float] = []
+
+    def started(self) -> None:
+        """The child was (re)started now."""
+        self._started = self._clock()
+
+    def crashed(self) -> float | None:
+        """The child exited on its own now: seconds to wait before restarting it, or None."""
+        now = self._clock()
+        if now - self._started >= self.healthy_after_s:
+            self._delay = self.first_delay_s
+        self._crashes = [t for t in self._crashes if now - t < self.window_s] + [now]
+        if len(self._crashes) >= self.max_crashes:
+            return None
+        delay, self._delay = self._delay, min(self._delay * 2, self.max_delay_s)
+        return delay
+
+
 class _Child:
-    """One service process; its output goes to the launcher's own stdout/stderr."""
+    """One service process; its output goes to the launcher's own stdout/stderr. `restart`
+    starts a fresh process with the same arguments after the previous one exited."""
 
     def __init__(self, name: str, args: Sequence[str], env: dict[str, str]) -> None:
         self.name = name
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "loraroute", *args],
-            env=env,
+        self.args = list(args)
+        self.env = env
+        self.policy = RestartPolicy()
+        #: When the exited process is to be started again (monotonic clock); None while running.
+        self.restart_at: float | None = None
+        self.process = self._spawn()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "loraroute", *self.args],
+            env=self.env,
             stdin=subprocess.DEVNULL,
             # A session of its own: Ctrl-C reaches only the launcher, which then stops the
             # children in order instead of all of them dying at once under each other.
             start_new_session=True,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
+
+    def restart(self) -> None:
+        self.restart_at = None
+        self.process = self._spawn()
+        self.policy.started()
 
     @property
     def pid(self) -> int:
@@ -123,6 +188,34 @@ class _Child:
 
 class _Stop(Exception):
     """SIGINT or SIGTERM arrived."""
+
+
+def supervise(children: Sequence[_Child], now: float) -> None:
+    """One pass at monotonic time `now`: schedule a restart for each child that exited, start
+    those whose backoff is over. Raises `LaunchError` when a child exited too often."""
+    for child in children:
+        if child.restart_at is not None:
+            if now >= child.restart_at:
+                child.restart()
+                print(f"loraroute up: restarted {child.name} (pid {child.pid})", flush=True)
+            continue
+        code = child.process.poll()
+        if code is None:
+            continue
+        delay = child.policy.crashed()
+        if delay is None:
+            raise LaunchError(
+                f"{child.name} (pid {child.pid}) exited with status {code}, its "
+                f"{child.policy.max_crashes}th exit within {child.policy.window_s:.0f} s; "
+                "giving up and stopping the rest"
+            )
+        child.restart_at = now + delay
+        print(
+            f"loraroute up: {child.name} (pid {child.pid}) exited with status {code}; "
+            f"restarting it in {delay:g} s",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _wait_until(
@@ -169,6 +262,27 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="mock vLLM answers with the request it received (shows routing at work)",
     )
+    for kind, what in (
+        ("classifiers", "classifier"),
+        ("dispatchers", "dispatcher"),
+        ("jobs", "jobs worker"),
+        ("ingresses", "ingress"),
+    ):
+        parser.add_argument(
+            f"--{kind}",
+            type=_replicas,
+            default=1,
+            metavar="N",
+            help=f"{what} processes to run (default 1, at most {MAX_REPLICAS})",
+        )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve each classifier, dispatcher and jobs worker's Prometheus metrics on "
+        "127.0.0.1, on PORT, PORT+1, ... in the order they start (default: none; the ingress "
+        "serves /metrics on its own port)",
+    )
     parser.add_argument("--nats", help="use this NATS server instead of starting one")
     parser.add_argument("--data-dir", default="var", help="JetStream data and logs (default var)")
     parser.add_argument("--host", help="ingress address (default: ingress.host)")
@@ -178,6 +292,33 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--stop-timeout", type=float, default=15.0, help="seconds per child")
     return parser
+
+
+def _replicas(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= count <= MAX_REPLICAS:
+        raise argparse.ArgumentTypeError(f"{count} is not between 1 and {MAX_REPLICAS}")
+    return count
+
+
+def _start_nats(args: argparse.Namespace, config: Config, servers: list[NatsServer]) -> str:
+    """Start the embedded NATS server unless `--nats` names one; return the URL the services use.
+
+    Each server is appended to `servers` before it starts, so the caller stops it even when
+    starting fails; the launcher stops everything when one of them exits."""
+    if args.nats is not None:
+        return str(args.nats)
+    server = NatsServer(
+        store_dir=Path(args.data_dir) / "nats",
+        max_payload=nats_max_payload(config.ingress.max_body_bytes),
+    )
+    servers.append(server)
+    url = server.start()
+    print(f"ready  nats-server    {url}  (pid {server.pid})", flush=True)
+    return url
 
 
 def _check_model(config: Config) -> None:
@@ -190,7 +331,8 @@ def _check_model(config: Config) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """Run everything until Ctrl-C/SIGTERM (exit 0) or until a child dies (exit 1)."""
+    """Run everything until Ctrl-C/SIGTERM (exit 0), a child exits too often or nats-server
+    exits (exit 1)."""
     args = _parser().parse_args(argv)
     try:
         config, _ = load_config(args.config)
@@ -204,32 +346,38 @@ def main(argv: list[str]) -> int:
     if use_mock is None:
         use_mock = all(e.address in _LOOPBACK for e in config.vllm_endpoints)
     plan = mock_plan(config) if use_mock else []
+    workers = [
+        (kind, index, count)
+        for kind, count in (
+            ("classifier", args.classifiers),
+            ("dispatcher", args.dispatchers),
+            ("jobs", args.jobs),
+        )
+        for index in range(1, count + 1)
+    ]
+    metrics_ports = (
+        [] if args.metrics_port is None else [args.metrics_port + i for i in range(len(workers))]
+    )
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         raise _Stop
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    server: NatsServer | None = None
+    servers: list[NatsServer] = []
     children: list[_Child] = []
     status = 0
     try:
         _check_model(config)
         wanted = [("ingress", host, port)] + [(f"mock vLLM {n}", a, p) for n, a, p, _, _ in plan]
+        wanted += [("metrics", "127.0.0.1", p) for p in metrics_ports]
         for what, address, wanted_port in wanted:
             if not _port_free(address, wanted_port):
                 raise LaunchError(
                     f"port {address}:{wanted_port} for the {what} is taken; stop what uses it "
-                    "or choose another port in the config"
+                    "or choose another port"
                 )
 
-        nats_url = args.nats
-        if nats_url is None:
-            server = NatsServer(
-                store_dir=Path(args.data_dir) / "nats",
-                max_payload=nats_max_payload(config.ingress.max_body_bytes),
-            )
-            nats_url = server.start()
-            print(f"ready  nats-server    {nats_url}  (pid {server.pid})", flush=True)
+        nats_url = _start_nats(args, config, servers)
         env = {**os.environ, "LORAROUTE_NATS_URL": nats_url, "LORAROUTE_CONFIG": args.config}
 
         for name, address, mock_port, base, adapters in plan:
@@ -253,17 +401,30 @@ def main(argv: list[str]) -> int:
             )
 
         common = ["--nats", nats_url, "--config", args.config]
-        for name in ("classifier", "dispatcher", "jobs"):
-            children.append(_Child(name, [name, *common], env))
-        ingress = _Child("ingress", ["ingress", *common, "--host", host, "--port", str(port)], env)
-        children.append(ingress)
+        services: list[tuple[_Child, str]] = []
+        for (kind, index, count), metrics_port in zip(
+            workers, metrics_ports or [None] * len(workers), strict=True
+        ):
+            extra = [] if metrics_port is None else ["--metrics-port", str(metrics_port)]
+            name = kind if count == 1 else f"{kind}-{index}"
+            where = "" if metrics_port is None else f"metrics http://127.0.0.1:{metrics_port}  "
+            services.append((_Child(name, [kind, *common, *extra], env), where))
+        ingress_args = ["ingress", *common, "--host", host, "--port", str(port)]
+        if args.ingresses > 1:
+            ingress_args.append("--reuse-port")
+        for index in range(1, args.ingresses + 1):
+            name = "ingress" if args.ingresses == 1 else f"ingress-{index}"
+            services.append((_Child(name, ingress_args, env), ""))
+        children += [child for child, _ in services]
         base_url = f"http://{host}:{port}"
+        # With several ingresses these answer from whichever replica the kernel picks; one that
+        # is not listening yet gets no connections, so none is refused meanwhile.
         _wait_until(_http_ok(f"{base_url}/health"), children, args.ready_timeout, "the ingress")
         _wait_until(
             _http_ok(f"{base_url}/ready"), children, args.ready_timeout, "classifier and dispatcher"
         )
-        for child in children[-4:]:
-            print(f"ready  {child.name:<14} (pid {child.pid})", flush=True)
+        for child, where in services:
+            print(f"ready  {child.name:<14} {where}(pid {child.pid})", flush=True)
         print(
             f"\nloraroute is up on {base_url}  (Ctrl-C stops everything)\n\n"
             f"  curl -s {base_url}/v1/chat/completions -H 'content-type: application/json' \\\n"
@@ -272,14 +433,10 @@ def main(argv: list[str]) -> int:
             flush=True,
         )
         while True:
-            for child in children:
-                if child.process.poll() is not None:
-                    raise LaunchError(
-                        f"{child.name} (pid {child.pid}) exited with status "
-                        f"{child.process.returncode}; stopping the rest"
-                    )
-            if server is not None and not server.running():
-                raise LaunchError("nats-server exited; stopping the rest")
+            supervise(children, time.monotonic())
+            for server in servers:
+                if not server.running():
+                    raise LaunchError(f"nats-server (pid {server.pid}) exited; stopping the rest")
             time.sleep(0.2)
     except _Stop:
         print("\nloraroute up: stopping", file=sys.stderr, flush=True)
@@ -292,9 +449,9 @@ def main(argv: list[str]) -> int:
             signal.signal(signum, signal.SIG_IGN)
         for child in reversed(children):
             code = child.stop(args.stop_timeout)
-            if code not in (0, -signal.SIGTERM) and status == 0:
+            if code not in (0, -signal.SIGTERM) and status == 0 and child.restart_at is None:
                 print(f"loraroute up: {child.name} stopped with status {code}", file=sys.stderr)
-        if server is not None:
+        for server in reversed(servers):
             server.stop()
         for signum, handler in previous.items():
             signal.signal(signum, handler)

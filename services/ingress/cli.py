@@ -2,11 +2,14 @@
 
 Served by uvicorn with uvloop and httptools (measured in docs/benchmarks.md). SIGINT/SIGTERM stop
 intake, let in-flight requests finish for up to `--graceful-timeout` seconds, then close NATS.
+With `--reuse-port` several ingress processes listen on the same port (SO_REUSEPORT, Linux and
+the BSDs) and the kernel spreads new connections over them; `loraroute up --ingresses N` does so.
 """
 
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 
 from schemas.config import ConfigError, load_config
@@ -32,6 +35,12 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
         default=30.0,
         help="seconds in-flight requests may take to finish on shutdown (default 30)",
     )
+    parser.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="share the port with other ingress processes (SO_REUSEPORT): the kernel spreads "
+        "connections over them",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     # For measurements (loadtest/bench_ingress_server.py); the defaults are the measured best.
     parser.add_argument(
@@ -41,6 +50,22 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
         "--loop", default="uvloop", choices=["uvloop", "asyncio"], help=argparse.SUPPRESS
     )
     return parser
+
+
+def _shared_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to `host:port` with SO_REUSEPORT, not yet listening: uvicorn listens on it
+    once the app has started, so no connection is queued on a process that cannot serve yet."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def main(argv: list[str]) -> int:
@@ -83,7 +108,11 @@ def main(argv: list[str]) -> int:
         )
     )
     try:
-        server.run()
+        if args.reuse_port:
+            with _shared_socket(host, port) as sock:
+                server.run(sockets=[sock])
+        else:
+            server.run()
     except OSError as error:
         print(f"loraroute ingress: cannot listen on {host}:{port}: {error}", file=sys.stderr)
         return 1
