@@ -50,6 +50,7 @@ __all__ = [
     "ping",
     "reply_error",
     "reply_subject",
+    "server_list",
     "to_ms",
 ]
 
@@ -196,6 +197,18 @@ async def reply_error(
     return body
 
 
+def server_list(url: str) -> list[str]:
+    """The servers in `url`, one URL or several separated by commas (a cluster's nodes):
+    `"nats://a:4222, nats://b:4222"` -> `["nats://a:4222", "nats://b:4222"]`.
+
+    Raises `ValueError` when it names none.
+    """
+    servers = [part.strip() for part in url.split(",") if part.strip()]
+    if not servers:
+        raise ValueError(f"no NATS server in {url!r}")
+    return servers
+
+
 async def connect(
     url: str,
     *,
@@ -210,7 +223,11 @@ async def connect(
 ) -> Client:
     """Connect to NATS at `url` as `name`, with logged error and connection-state callbacks.
 
-    The first connection is tried `startup_attempts` times, `reconnect_wait_s` apart (a service
+    `url` is one server or a comma-separated list of a cluster's nodes (`server_list`); the
+    client connects to one of them at random (so clients spread over the nodes), learns the
+    rest of the cluster from the server, and on losing its server moves to another at once
+    (`reconnect_wait_s` is only the pause before trying the same server again). The first
+    connection is tried `startup_attempts` times, `reconnect_wait_s` apart (a service
     started together with its server waits for it; at least twice), then nats-py's
     `NoServersError` is raised.
     Once connected, it reconnects `max_reconnect_attempts` times (-1: forever, so a restarted
@@ -235,8 +252,9 @@ async def connect(
     async def on_closed() -> None:
         log.info("nats_closed")
 
+    servers = server_list(url)
     nc: Client = await nats.connect(
-        servers=url,
+        servers=servers,
         name=name,
         error_cb=on_error,
         disconnected_cb=on_disconnected,
@@ -251,7 +269,11 @@ async def connect(
         **credentials,
     )
     nc.options["max_reconnect_attempts"] = max_reconnect_attempts
-    log.debug("nats_connected", url=url, max_payload=nc.max_payload)
+    log.debug(
+        "nats_connected",
+        url=str(nc.connected_url.geturl()) if nc.connected_url else None,
+        max_payload=nc.max_payload,
+    )
     return nc
 
 
