@@ -7,6 +7,11 @@ ready and prints where it runs. Ctrl-C or SIGTERM stops the children in reverse 
 each pid, then SIGKILL after a timeout) and exits 0. If a child dies, the rest are stopped and the
 exit status is 1.
 
+With `--nats-cluster N` it starts an N-node JetStream cluster on loopback instead of one server
+(`_start_nats`), gives every service the nodes' URLs as one comma-separated list, and runs the
+services on a copy of the config in the data directory whose `jobs.replicas` is min(N, 3) when the
+config leaves it at 1, so the job streams and buckets survive the loss of a node.
+
 Refuses to start, with the fix in the message, when the config is invalid, the classifier model
 directory is missing, or a port it needs is taken.
 """
@@ -27,8 +32,9 @@ from pathlib import Path
 from types import FrameType
 
 import httpx
+import yaml
 
-from loraroute.natsserver import DEFAULT_MAX_PAYLOAD, NatsServer, NatsServerError
+from loraroute.natsserver import DEFAULT_MAX_PAYLOAD, NatsCluster, NatsServer, NatsServerError
 from schemas.config import Config, ConfigError, load_config
 
 __all__ = ["main", "mock_plan", "nats_max_payload"]
@@ -169,7 +175,18 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="mock vLLM answers with the request it received (shows routing at work)",
     )
-    parser.add_argument("--nats", help="use this NATS server instead of starting one")
+    nats = parser.add_mutually_exclusive_group()
+    nats.add_argument(
+        "--nats",
+        help="use this NATS server (or comma-separated cluster nodes) instead of starting one",
+    )
+    nats.add_argument(
+        "--nats-cluster",
+        type=int,
+        metavar="N",
+        help="start an N-node JetStream cluster on loopback instead of one server (job streams "
+        "at min(N, 3) replicas)",
+    )
     parser.add_argument("--data-dir", default="var", help="JetStream data and logs (default var)")
     parser.add_argument("--host", help="ingress address (default: ingress.host)")
     parser.add_argument("--port", type=int, help="ingress port (default: ingress.port)")
@@ -187,6 +204,49 @@ def _check_model(config: Config) -> None:
             f"the classifier model directory {model_dir} does not exist; build it with "
             "`make model` (or `loraroute model build`) from the repository root"
         )
+
+
+def _cluster_config(config_path: str, config: Config, data_dir: Path, nodes: int) -> str:
+    """The config the services run with on an N-node cluster: `config_path` itself when it
+    already sets `jobs.replicas`, else a copy in `data_dir` with `jobs.replicas: min(N, 3)`."""
+    if config.jobs.replicas > 1 or nodes < 2:
+        return config_path
+    data = yaml.safe_load(Path(config_path).read_text(encoding="utf-8"))
+    data.setdefault("jobs", {})["replicas"] = min(nodes, 3)
+    copy = data_dir / "config-cluster.yaml"
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    copy.write_text(
+        f"# Written by `loraroute up --nats-cluster {nodes}` from {config_path}; do not edit.\n"
+        + yaml.safe_dump(data, sort_keys=False),
+        encoding="utf-8",
+    )
+    return str(copy)
+
+
+def _start_nats(
+    args: argparse.Namespace, config: Config
+) -> tuple[str, str, NatsServer | NatsCluster | None]:
+    """Start what `--nats` / `--nats-cluster` ask for; return (the URL or comma-separated URLs
+    the services get, the config path they get, the server or cluster started, if any)."""
+    if args.nats is not None:
+        return args.nats, args.config, None
+    data_dir = Path(args.data_dir)
+    max_payload = nats_max_payload(config.ingress.max_body_bytes)
+    if args.nats_cluster is None:
+        server = NatsServer(store_dir=data_dir / "nats", max_payload=max_payload)
+        url = server.start()
+        print(f"ready  nats-server    {url}  (pid {server.pid})", flush=True)
+        return url, args.config, server
+    if args.nats_cluster < 1:
+        raise LaunchError("--nats-cluster needs at least 1 node")
+    cluster = NatsCluster(
+        data_dir / "nats-cluster", nodes=args.nats_cluster, max_payload=max_payload
+    )
+    cluster.start()
+    for node in cluster.servers:
+        print(f"ready  nats-server    {node.url}  (pid {node.pid})", flush=True)
+    config_path = _cluster_config(args.config, config, data_dir, args.nats_cluster)
+    return cluster.url, config_path, cluster
 
 
 def main(argv: list[str]) -> int:
@@ -209,7 +269,7 @@ def main(argv: list[str]) -> int:
         raise _Stop
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    server: NatsServer | None = None
+    server: NatsServer | NatsCluster | None = None
     children: list[_Child] = []
     status = 0
     try:
@@ -222,15 +282,8 @@ def main(argv: list[str]) -> int:
                     "or choose another port in the config"
                 )
 
-        nats_url = args.nats
-        if nats_url is None:
-            server = NatsServer(
-                store_dir=Path(args.data_dir) / "nats",
-                max_payload=nats_max_payload(config.ingress.max_body_bytes),
-            )
-            nats_url = server.start()
-            print(f"ready  nats-server    {nats_url}  (pid {server.pid})", flush=True)
-        env = {**os.environ, "LORAROUTE_NATS_URL": nats_url, "LORAROUTE_CONFIG": args.config}
+        nats_url, config_path, server = _start_nats(args, config)
+        env = {**os.environ, "LORAROUTE_NATS_URL": nats_url, "LORAROUTE_CONFIG": config_path}
 
         for name, address, mock_port, base, adapters in plan:
             mock_args = ["mock-vllm", "--host", address, "--port", str(mock_port), "--model", base]
@@ -252,7 +305,7 @@ def main(argv: list[str]) -> int:
                 flush=True,
             )
 
-        common = ["--nats", nats_url, "--config", args.config]
+        common = ["--nats", nats_url, "--config", config_path]
         for name in ("classifier", "dispatcher", "jobs"):
             children.append(_Child(name, [name, *common], env))
         ingress = _Child("ingress", ["ingress", *common, "--host", host, "--port", str(port)], env)

@@ -323,9 +323,9 @@ class NatsCluster:
         """`urls` as the comma-separated list that `--nats` and `LORAROUTE_NATS_URL` take."""
         return ",".join(self.urls)
 
-    def running(self) -> list[bool]:
-        """For each node, whether its process is alive."""
-        return [server.running() for server in self.servers]
+    def running(self) -> bool:
+        """True while every node's process is alive."""
+        return all(server.running() for server in self.servers)
 
     def start(self, timeout_s: float = 30.0) -> list[str]:
         """Start every node, then wait until JetStream is ready on each (a meta leader is

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -10,9 +11,12 @@ import sys
 import time
 from pathlib import Path
 
+import nats
 import openai
 import pytest
 
+from schemas.config import load_config
+from services.common.subjects import Subjects
 from tests.processes import REPO, free_port, write_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -31,7 +35,7 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _start_up(tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path, int]:
+def _start_up(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[bytes], Path, int]:
     port, mock_port = free_port(), free_port()
     config = write_config(
         tmp_path / "config.yaml",
@@ -44,7 +48,7 @@ def _start_up(tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path, int]:
     with log_path.open("wb") as log:
         up = subprocess.Popen(
             [sys.executable, "-m", "loraroute", "up", "--config", str(config),
-             "--data-dir", str(tmp_path / "var"), "--mock-echo"],
+             "--data-dir", str(tmp_path / "var"), "--mock-echo", *extra],
             cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
     deadline = time.monotonic() + 90
@@ -110,6 +114,46 @@ def test_up_stops_everything_when_a_child_dies(tmp_path: Path) -> None:
         text = log_path.read_text()
         assert "classifier" in text and "exited with status" in text
         assert not [pid for pid in pids if _alive(pid)], "the others are stopped too"
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait(10)
+
+
+async def _replicas(urls: list[str], prefix: str) -> dict[str, int]:
+    nc = await nats.connect(servers=urls)
+    try:
+        js = nc.jetstream()
+        subjects = Subjects(prefix)
+        names = [subjects.lines_stream, subjects.results_stream, f"KV_{subjects.batches_bucket}"]
+        return {name: (await js.stream_info(name)).config.num_replicas or 0 for name in names}
+    finally:
+        await nc.close()
+
+
+def test_up_on_a_3_node_nats_cluster(tmp_path: Path) -> None:
+    up, log_path, port = _start_up(tmp_path, "--nats-cluster", "3")
+    try:
+        output = log_path.read_text()
+        urls = re.findall(r"ready  nats-server\s+(nats://\S+)", output)
+        assert len(urls) == 3, output
+        pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", output)]
+        assert len(pids) == 8, output  # 3 nats-servers, mock, classifier, dispatcher, jobs, ingress
+        copy = tmp_path / "var" / "config-cluster.yaml"
+        config, _ = load_config(copy)
+        assert config.jobs.replicas == 3
+        assert set(asyncio.run(_replicas(urls, config.nats.subject_prefix)).values()) == {3}
+        with openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0
+        ) as client:
+            raw = client.chat.completions.with_raw_response.create(
+                model="MoM",
+                messages=[{"role": "user", "content": "What causes high blood pressure?"}],
+            )
+            assert raw.headers["x-vsr-selected-model"] == "medical-lora"
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(60) == 0, log_path.read_text()
+        assert not [pid for pid in pids if _alive(pid)], "every child is stopped"
     finally:
         if up.poll() is None:
             up.kill()
