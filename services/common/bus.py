@@ -219,6 +219,8 @@ async def connect(
     max_reconnect_attempts: int = -1,
     startup_attempts: int = 20,
     drain_timeout_s: float = 30.0,
+    ping_interval_s: float = 10.0,
+    max_outstanding_pings: int = 3,
     **credentials: str,
 ) -> Client:
     """Connect to NATS at `url` as `name`, with logged error and connection-state callbacks.
@@ -232,7 +234,10 @@ async def connect(
     `NoServersError` is raised.
     Once connected, it reconnects `max_reconnect_attempts` times (-1: forever, so a restarted
     nats-server does not take the services down with it); while disconnected, publishes are
-    buffered by the client. `drain_timeout_s` bounds how long `nc.drain()` waits for in-flight
+    buffered by the client. A server that stops answering without closing the connection (a
+    network partition, a frozen host) is given up after `max_outstanding_pings` unanswered pings
+    `ping_interval_s` apart (nats-py's defaults, 2 x 120 s, would keep a service on a dead node
+    for minutes). `drain_timeout_s` bounds how long `nc.drain()` waits for in-flight
     handlers at shutdown. `credentials` (`token`, `user`, `password`, `user_credentials`) go
     to nats-py unchanged (see `services.common.settings.Settings.nats_options`).
     """
@@ -265,6 +270,8 @@ async def connect(
         # nats-py applies this limit to the first connection too, where -1 would wait forever.
         max_reconnect_attempts=max(1, startup_attempts - 1),
         drain_timeout=drain_timeout_s,
+        ping_interval=ping_interval_s,
+        max_outstanding_pings=max_outstanding_pings,
         inbox_prefix=inbox_prefix if inbox_prefix is not None else DEFAULT_INBOX_PREFIX,
         **credentials,
     )

@@ -13,6 +13,7 @@ from schemas.errors import ErrorKind
 from schemas.wire import ReplyError, reply_decoder
 from services.common import bus
 from services.common.subjects import HEADER_DEADLINE, HEADER_REQUEST_ID, HEADER_TRACEPARENT
+from tests.processes import free_port
 
 
 def _subject() -> str:
@@ -51,6 +52,18 @@ def test_server_list_splits_a_comma_separated_url() -> None:
     assert bus.server_list(" nats://a:1, nats://b:2 ,") == ["nats://a:1", "nats://b:2"]
     with pytest.raises(ValueError, match="no NATS server"):
         bus.server_list(" , ")
+
+
+@pytest.mark.integration
+async def test_a_server_list_connects_past_a_node_that_is_down(nats_cluster: NatsCluster) -> None:
+    dead = f"nats://127.0.0.1:{free_port()}"
+    for _ in range(3):  # the list is tried in random order: the dead node first, some time
+        nc = await bus.connect(f"{dead},{nats_cluster.urls[1]}", name="test", reconnect_wait_s=0.05)
+        try:
+            assert nc.connected_url is not None
+            assert nc.connected_url.geturl() == nats_cluster.urls[1]
+        finally:
+            await nc.close()
 
 
 @pytest.mark.integration
