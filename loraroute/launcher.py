@@ -11,6 +11,11 @@ A child that exits on its own is restarted after a backoff (`RestartPolicy`: 0.5
 30 s, back to 0.5 s once it has run 30 s); one that exits 5 times within 60 s makes the launcher
 stop everything and exit 1, as does the death of the embedded nats-server.
 
+With `--nats-cluster N` it starts an N-node JetStream cluster on loopback instead of one server
+(`_start_nats`), gives every service the nodes' URLs as one comma-separated list, and runs the
+services on a copy of the config in the data directory whose `jobs.replicas` is min(N, 3) when the
+config leaves it at 1, so the job streams and buckets survive the loss of a node.
+
 Refuses to start, with the fix in the message, when the config is invalid, the classifier model
 directory is missing, or a port it needs is taken.
 """
@@ -31,8 +36,9 @@ from pathlib import Path
 from types import FrameType
 
 import httpx
+import yaml
 
-from loraroute.natsserver import DEFAULT_MAX_PAYLOAD, NatsServer, NatsServerError
+from loraroute.natsserver import DEFAULT_MAX_PAYLOAD, NatsCluster, NatsServer, NatsServerError
 from schemas.config import Config, ConfigError, load_config
 
 __all__ = ["LaunchError", "RestartPolicy", "main", "mock_plan", "nats_max_payload", "supervise"]
@@ -283,7 +289,18 @@ def _parser() -> argparse.ArgumentParser:
         "127.0.0.1, on PORT, PORT+1, ... in the order they start (default: none; the ingress "
         "serves /metrics on its own port)",
     )
-    parser.add_argument("--nats", help="use this NATS server instead of starting one")
+    nats = parser.add_mutually_exclusive_group()
+    nats.add_argument(
+        "--nats",
+        help="use this NATS server (or comma-separated cluster nodes) instead of starting one",
+    )
+    nats.add_argument(
+        "--nats-cluster",
+        type=int,
+        metavar="N",
+        help="start an N-node JetStream cluster on loopback instead of one server (job streams "
+        "at min(N, 3) replicas)",
+    )
     parser.add_argument("--data-dir", default="var", help="JetStream data and logs (default var)")
     parser.add_argument("--host", help="ingress address (default: ingress.host)")
     parser.add_argument("--port", type=int, help="ingress port (default: ingress.port)")
@@ -304,21 +321,51 @@ def _replicas(text: str) -> int:
     return count
 
 
-def _start_nats(args: argparse.Namespace, config: Config, servers: list[NatsServer]) -> str:
-    """Start the embedded NATS server unless `--nats` names one; return the URL the services use.
-
-    Each server is appended to `servers` before it starts, so the caller stops it even when
-    starting fails; the launcher stops everything when one of them exits."""
-    if args.nats is not None:
-        return str(args.nats)
-    server = NatsServer(
-        store_dir=Path(args.data_dir) / "nats",
-        max_payload=nats_max_payload(config.ingress.max_body_bytes),
+def _cluster_config(config_path: str, config: Config, data_dir: Path, nodes: int) -> str:
+    """The config the services run with on an N-node cluster: `config_path` itself when it
+    already sets `jobs.replicas`, else a copy in `data_dir` with `jobs.replicas: min(N, 3)`."""
+    if config.jobs.replicas > 1 or nodes < 2:
+        return config_path
+    data = yaml.safe_load(Path(config_path).read_text(encoding="utf-8"))
+    data.setdefault("jobs", {})["replicas"] = min(nodes, 3)
+    copy = data_dir / "config-cluster.yaml"
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    copy.write_text(
+        f"# Written by `loraroute up --nats-cluster {nodes}` from {config_path}; do not edit.\n"
+        + yaml.safe_dump(data, sort_keys=False),
+        encoding="utf-8",
     )
-    servers.append(server)
-    url = server.start()
-    print(f"ready  nats-server    {url}  (pid {server.pid})", flush=True)
-    return url
+    return str(copy)
+
+
+def _start_nats(
+    args: argparse.Namespace, config: Config, servers: list[NatsServer]
+) -> tuple[str, str]:
+    """Start what `--nats` / `--nats-cluster` ask for (one embedded server by default); return
+    the URL, or comma-separated URLs, and the config path the services get.
+
+    Each server (every node of a cluster) is appended to `servers` before it starts, so the
+    caller stops it even when starting fails; the launcher stops everything when one exits."""
+    if args.nats is not None:
+        return str(args.nats), args.config
+    data_dir = Path(args.data_dir)
+    max_payload = nats_max_payload(config.ingress.max_body_bytes)
+    if args.nats_cluster is None:
+        server = NatsServer(store_dir=data_dir / "nats", max_payload=max_payload)
+        servers.append(server)
+        url = server.start()
+        print(f"ready  nats-server    {url}  (pid {server.pid})", flush=True)
+        return url, args.config
+    if args.nats_cluster < 1:
+        raise LaunchError("--nats-cluster needs at least 1 node")
+    cluster = NatsCluster(
+        data_dir / "nats-cluster", nodes=args.nats_cluster, max_payload=max_payload
+    )
+    servers.extend(cluster.servers)
+    cluster.start()
+    for node in cluster.servers:
+        print(f"ready  nats-server    {node.url}  (pid {node.pid})", flush=True)
+    return cluster.url, _cluster_config(args.config, config, data_dir, args.nats_cluster)
 
 
 def _check_model(config: Config) -> None:
@@ -377,8 +424,8 @@ def main(argv: list[str]) -> int:
                     "or choose another port"
                 )
 
-        nats_url = _start_nats(args, config, servers)
-        env = {**os.environ, "LORAROUTE_NATS_URL": nats_url, "LORAROUTE_CONFIG": args.config}
+        nats_url, config_path = _start_nats(args, config, servers)
+        env = {**os.environ, "LORAROUTE_NATS_URL": nats_url, "LORAROUTE_CONFIG": config_path}
 
         for name, address, mock_port, base, adapters in plan:
             mock_args = ["mock-vllm", "--host", address, "--port", str(mock_port), "--model", base]
@@ -400,7 +447,7 @@ def main(argv: list[str]) -> int:
                 flush=True,
             )
 
-        common = ["--nats", nats_url, "--config", args.config]
+        common = ["--nats", nats_url, "--config", config_path]
         services: list[tuple[_Child, str]] = []
         for (kind, index, count), metrics_port in zip(
             workers, metrics_ports or [None] * len(workers), strict=True

@@ -6,6 +6,15 @@ it to a ports file, so two runs never race for a port that a probe found free a 
 
     with NatsServer(store_dir=Path("data/nats")) as server:
         print(server.url)          # nats://127.0.0.1:43117
+
+`NatsCluster` runs N such servers as one JetStream cluster on loopback (nats-server routes), each
+with its own store, name and ports; a node can be stopped and started again on the same ports and
+store, which is how failover is tested:
+
+    with NatsCluster(Path("data/nats-cluster"), nodes=3) as cluster:
+        print(",".join(cluster.urls))   # nats://127.0.0.1:4222,nats://127.0.0.1:4223,...
+        cluster.stop_node(0)
+        cluster.start_node(0)
 """
 
 from __future__ import annotations
@@ -20,12 +29,16 @@ import subprocess
 import sysconfig
 import tempfile
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD",
+    "NatsCluster",
     "NatsServer",
     "NatsServerError",
     "find_binary",
@@ -60,7 +73,8 @@ class NatsServer:
 
     `store_dir` holds the JetStream data (created if absent) and, unless `log_path` says otherwise,
     the server's log `nats-server.log`. `port=None` lets the server choose a free port. The object
-    is a context manager; `stop()` may be called any number of times.
+    is a context manager; `stop()` may be called any number of times. `extra_config` is appended
+    to the server's config file (for options without a command-line flag, such as `cluster`).
     """
 
     def __init__(
@@ -73,6 +87,7 @@ class NatsServer:
         jetstream: bool = True,
         log_path: Path | None = None,
         binary: Path | None = None,
+        extra_config: str = "",
     ) -> None:
         self.store_dir = Path(store_dir)
         self.host = host
@@ -81,6 +96,7 @@ class NatsServer:
         self.jetstream = jetstream
         self.log_path = log_path if log_path is not None else self.store_dir / "nats-server.log"
         self.binary = binary
+        self.extra_config = extra_config
         self._process: subprocess.Popen[bytes] | None = None
         self._runtime_dir: Path | None = None
         self._log: IO[bytes] | None = None
@@ -123,7 +139,9 @@ class NatsServer:
         # goes to a private folder so that we read our server's file and nobody else's.
         self._runtime_dir = Path(tempfile.mkdtemp(prefix="loraroute-nats-"))
         conf = self._runtime_dir / "nats-server.conf"
-        conf.write_text(f"max_payload: {int(self.max_payload)}\n", encoding="utf-8")
+        conf.write_text(
+            f"max_payload: {int(self.max_payload)}\n{self.extra_config}", encoding="utf-8"
+        )
         args = [
             str(binary),
             "-c",
@@ -221,6 +239,147 @@ class NatsServer:
         return status
 
     def __enter__(self) -> NatsServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _free_ports(host: str, count: int) -> list[int]:
+    """`count` distinct TCP ports free on `host` right now (all held open while choosing, so they
+    differ; a small race with other processes remains until the servers bind them)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+            sockets.append(sock)
+            sock.bind((host, 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+class NatsCluster:
+    """`nodes` nats-servers forming one JetStream cluster on `host`, each a `NatsServer`.
+
+    Node `i` stores its data under `store_dir/node-<i>`, is named `<name>-<i>`, and listens on
+    three ports chosen when the object is made (clients, routes, monitoring), which it keeps
+    across `stop_node(i)` / `start_node(i)`: every node's config lists the route ports of all the
+    others, so a restarted node rejoins and catches up from its own store. `urls` lists the
+    client URLs in node order; services take them as one comma-separated list.
+    """
+
+    def __init__(
+        self,
+        store_dir: Path,
+        *,
+        nodes: int = 3,
+        name: str = "loraroute",
+        host: str = "127.0.0.1",
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+        binary: Path | None = None,
+    ) -> None:
+        if nodes < 1:
+            raise ValueError("a cluster needs at least one node")
+        self.store_dir = Path(store_dir)
+        self.name = name
+        self.host = host
+        ports = _free_ports(host, 3 * nodes)
+        self.client_ports = ports[:nodes]
+        self.route_ports = ports[nodes : 2 * nodes]
+        self.monitor_ports = ports[2 * nodes :]
+        routes = ", ".join(f'"nats-route://{host}:{port}"' for port in self.route_ports)
+        self.servers = [
+            NatsServer(
+                store_dir=self.store_dir / f"node-{i}",
+                host=host,
+                port=self.client_ports[i],
+                max_payload=max_payload,
+                binary=binary,
+                extra_config=(
+                    f'server_name: "{name}-{i}"\n'
+                    f'http: "{host}:{self.monitor_ports[i]}"\n'
+                    f'cluster {{\n  name: "{name}"\n  listen: "{host}:{self.route_ports[i]}"\n'
+                    f"  routes: [{routes}]\n}}\n"
+                ),
+            )
+            for i in range(nodes)
+        ]
+
+    @property
+    def urls(self) -> list[str]:
+        """The client URLs of every node, running or not, in node order."""
+        return [f"nats://{self.host}:{port}" for port in self.client_ports]
+
+    @property
+    def url(self) -> str:
+        """`urls` as the comma-separated list that `--nats` and `LORAROUTE_NATS_URL` take."""
+        return ",".join(self.urls)
+
+    def running(self) -> bool:
+        """True while every node's process is alive."""
+        return all(server.running() for server in self.servers)
+
+    def start(self, timeout_s: float = 30.0) -> list[str]:
+        """Start every node, then wait until JetStream is ready on each (a meta leader is
+        elected and the node is current); return `urls`. Raises `NatsServerError`, after
+        stopping every node, when one does not start or the cluster does not form in time."""
+        try:
+            for server in self.servers:
+                server.start()
+            self.wait_healthy(timeout_s=timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self.urls
+
+    def start_node(self, index: int, timeout_s: float = 30.0) -> str:
+        """Start node `index` again on its ports and store; wait until it is JetStream-current."""
+        url = self.servers[index].start()
+        self.wait_healthy([index], timeout_s)
+        return url
+
+    def stop_node(self, index: int, timeout_s: float = 5.0) -> int | None:
+        """Stop node `index` (SIGTERM, then SIGKILL); the others keep serving."""
+        return self.servers[index].stop(timeout_s)
+
+    def wait_healthy(self, nodes: Sequence[int] | None = None, timeout_s: float = 30.0) -> None:
+        """Wait until each of `nodes` (default all) answers 200 on its monitoring `/healthz`,
+        which nats-server gives only once JetStream has a meta leader and the node caught up."""
+        deadline = time.monotonic() + timeout_s
+        for index in range(len(self.servers)) if nodes is None else nodes:
+            url = f"http://{self.host}:{self.monitor_ports[index]}/healthz"
+            while not self._healthy(url):
+                if not self.servers[index].running():
+                    raise NatsServerError(f"nats-server node {index} is not running")
+                if time.monotonic() > deadline:
+                    raise NatsServerError(
+                        f"nats-server node {index} not healthy after {timeout_s:.0f} s: "
+                        f"{self.servers[index]._log_tail()}"
+                    )
+                time.sleep(0.1)
+
+    @staticmethod
+    def _healthy(url: str) -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop every node, last first; never raises for nodes already gone."""
+        for server in reversed(self.servers):
+            server.stop(timeout_s)
+
+    def __enter__(self) -> NatsCluster:
         self.start()
         return self
 

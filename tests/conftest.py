@@ -1,5 +1,5 @@
-"""Fixtures shared by the whole suite: the repository root, the built default models and one real
-nats-server per run.
+"""Fixtures shared by the whole suite: the repository root, the built default models, one real
+nats-server per run and, for the tests that ask for it, one 3-node JetStream cluster per run.
 
 `make test` builds the models first (`make model`), so a missing model directory is a failure
 with the command to fix it, not a skip.
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from loraroute.natsserver import NatsServer
+from loraroute.natsserver import NatsCluster, NatsServer
 
 
 @pytest.fixture(scope="session")
@@ -59,3 +59,16 @@ def nats_url(nats_server: NatsServer) -> str:
     """`nats://127.0.0.1:<port>` of the session's nats-server. Tests sharing it must use their
     own subjects (e.g. a unique `Subjects` prefix), since the server is not reset between tests."""
     return nats_server.url
+
+
+@pytest.fixture(scope="session")
+def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    """A real 3-node JetStream cluster on loopback (`cluster.url`: the comma-separated list the
+    services take), stopped at the end of the run. A test that stops a node must start it again
+    (`start_node`) before it ends; tests sharing it must use their own subjects."""
+    cluster = NatsCluster(tmp_path_factory.mktemp("nats-cluster"), nodes=3)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -50,6 +50,7 @@ __all__ = [
     "ping",
     "reply_error",
     "reply_subject",
+    "server_list",
     "to_ms",
 ]
 
@@ -196,6 +197,18 @@ async def reply_error(
     return body
 
 
+def server_list(url: str) -> list[str]:
+    """The servers in `url`, one URL or several separated by commas (a cluster's nodes):
+    `"nats://a:4222, nats://b:4222"` -> `["nats://a:4222", "nats://b:4222"]`.
+
+    Raises `ValueError` when it names none.
+    """
+    servers = [part.strip() for part in url.split(",") if part.strip()]
+    if not servers:
+        raise ValueError(f"no NATS server in {url!r}")
+    return servers
+
+
 async def connect(
     url: str,
     *,
@@ -206,16 +219,25 @@ async def connect(
     max_reconnect_attempts: int = -1,
     startup_attempts: int = 20,
     drain_timeout_s: float = 30.0,
+    ping_interval_s: float = 10.0,
+    max_outstanding_pings: int = 3,
     **credentials: str,
 ) -> Client:
     """Connect to NATS at `url` as `name`, with logged error and connection-state callbacks.
 
-    The first connection is tried `startup_attempts` times, `reconnect_wait_s` apart (a service
+    `url` is one server or a comma-separated list of a cluster's nodes (`server_list`); the
+    client connects to one of them at random (so clients spread over the nodes), learns the
+    rest of the cluster from the server, and on losing its server moves to another at once
+    (`reconnect_wait_s` is only the pause before trying the same server again). The first
+    connection is tried `startup_attempts` times, `reconnect_wait_s` apart (a service
     started together with its server waits for it; at least twice), then nats-py's
     `NoServersError` is raised.
     Once connected, it reconnects `max_reconnect_attempts` times (-1: forever, so a restarted
     nats-server does not take the services down with it); while disconnected, publishes are
-    buffered by the client. `drain_timeout_s` bounds how long `nc.drain()` waits for in-flight
+    buffered by the client. A server that stops answering without closing the connection (a
+    network partition, a frozen host) is given up after `max_outstanding_pings` unanswered pings
+    `ping_interval_s` apart (nats-py's defaults, 2 x 120 s, would keep a service on a dead node
+    for minutes). `drain_timeout_s` bounds how long `nc.drain()` waits for in-flight
     handlers at shutdown. `credentials` (`token`, `user`, `password`, `user_credentials`) go
     to nats-py unchanged (see `services.common.settings.Settings.nats_options`).
     """
@@ -235,8 +257,9 @@ async def connect(
     async def on_closed() -> None:
         log.info("nats_closed")
 
+    servers = server_list(url)
     nc: Client = await nats.connect(
-        servers=url,
+        servers=servers,
         name=name,
         error_cb=on_error,
         disconnected_cb=on_disconnected,
@@ -247,11 +270,17 @@ async def connect(
         # nats-py applies this limit to the first connection too, where -1 would wait forever.
         max_reconnect_attempts=max(1, startup_attempts - 1),
         drain_timeout=drain_timeout_s,
+        ping_interval=ping_interval_s,
+        max_outstanding_pings=max_outstanding_pings,
         inbox_prefix=inbox_prefix if inbox_prefix is not None else DEFAULT_INBOX_PREFIX,
         **credentials,
     )
     nc.options["max_reconnect_attempts"] = max_reconnect_attempts
-    log.debug("nats_connected", url=url, max_payload=nc.max_payload)
+    log.debug(
+        "nats_connected",
+        url=str(nc.connected_url.geturl()) if nc.connected_url else None,
+        max_payload=nc.max_payload,
+    )
     return nc
 
 

@@ -1,7 +1,8 @@
 """Addresses and secrets from the environment, read once at start-up.
 
 Knobs live in the config file (`schemas.config`); the environment carries only where things are
-(`LORAROUTE_NATS_URL`, `LORAROUTE_CONFIG`) and secrets (NATS credentials, the vLLM API key), so
+(`LORAROUTE_NATS_URL`: one server, or a cluster's nodes as comma-separated URLs;
+`LORAROUTE_CONFIG`) and secrets (NATS credentials, the vLLM API key), so
 that a config file can be shared and committed while secrets stay out of it and out of the logs.
 """
 
@@ -22,6 +23,7 @@ class Settings:
     """What the environment says. Secrets are excluded from `repr`, so logging this is safe."""
 
     nats_url: str = DEFAULT_NATS_URL
+    """One NATS URL or several, comma-separated (see `services.common.bus.server_list`)."""
     config_path: str = DEFAULT_CONFIG_PATH
     nats_token: str | None = field(default=None, repr=False)
     nats_user: str | None = None

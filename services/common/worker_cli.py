@@ -56,7 +56,8 @@ def _parser(kind: str, description: str, settings: Settings) -> argparse.Argumen
     p.add_argument(
         "--nats",
         default=settings.nats_url,
-        help=f"NATS URL (default {settings.nats_url}; env LORAROUTE_NATS_URL)",
+        help=f"NATS URL, or a cluster's nodes as comma-separated URLs (default "
+        f"{settings.nats_url}; env LORAROUTE_NATS_URL)",
     )
     p.add_argument(
         "--config", default=settings.config_path, help="config file (env LORAROUTE_CONFIG)"

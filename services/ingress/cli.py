@@ -22,7 +22,9 @@ __all__ = ["main"]
 def _parser(settings: Settings) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loraroute ingress", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--nats", default=settings.nats_url, help="NATS URL (env LORAROUTE_NATS_URL)"
+        "--nats",
+        default=settings.nats_url,
+        help="NATS URL, or a cluster's nodes as comma-separated URLs (env LORAROUTE_NATS_URL)",
     )
     parser.add_argument(
         "--config", default=settings.config_path, help="config file (env LORAROUTE_CONFIG)"

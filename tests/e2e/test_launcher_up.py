@@ -3,6 +3,7 @@ child cleanly; with several processes of each kind every one of them does work."
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import json
@@ -19,9 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import nats
 import openai
 import pytest
 
+from schemas.config import load_config
+from services.common.subjects import Subjects
 from tests.processes import REPO, free_port, merge, write_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -321,3 +325,43 @@ def test_up_restarts_a_killed_classifier(
     assert up.poll() is None, "the rest kept running"
 
     _stop(up, log_path, [*ready.values(), restarted])
+
+
+async def _replicas(urls: list[str], prefix: str) -> dict[str, int]:
+    nc = await nats.connect(servers=urls)
+    try:
+        js = nc.jetstream()
+        subjects = Subjects(prefix)
+        names = [subjects.lines_stream, subjects.results_stream, f"KV_{subjects.batches_bucket}"]
+        return {name: (await js.stream_info(name)).config.num_replicas or 0 for name in names}
+    finally:
+        await nc.close()
+
+
+def test_up_on_a_3_node_nats_cluster(tmp_path: Path) -> None:
+    up, log_path, port = _start_up(tmp_path, flags=("--nats-cluster", "3"))
+    try:
+        output = log_path.read_text()
+        urls = re.findall(r"ready  nats-server\s+(nats://\S+)", output)
+        assert len(urls) == 3, output
+        pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", output)]
+        assert len(pids) == 8, output  # 3 nats-servers, mock, classifier, dispatcher, jobs, ingress
+        copy = tmp_path / "var" / "config-cluster.yaml"
+        config, _ = load_config(copy)
+        assert config.jobs.replicas == 3
+        assert set(asyncio.run(_replicas(urls, config.nats.subject_prefix)).values()) == {3}
+        with openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0
+        ) as client:
+            raw = client.chat.completions.with_raw_response.create(
+                model="MoM",
+                messages=[{"role": "user", "content": "What causes high blood pressure?"}],
+            )
+            assert raw.headers["x-vsr-selected-model"] == "medical-lora"
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(60) == 0, log_path.read_text()
+        assert not [pid for pid in pids if _alive(pid)], "every child is stopped"
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait(10)

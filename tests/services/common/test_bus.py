@@ -8,10 +8,12 @@ import uuid
 import nats
 import pytest
 
+from loraroute.natsserver import NatsCluster
 from schemas.errors import ErrorKind
 from schemas.wire import ReplyError, reply_decoder
 from services.common import bus
 from services.common.subjects import HEADER_DEADLINE, HEADER_REQUEST_ID, HEADER_TRACEPARENT
+from tests.processes import free_port
 
 
 def _subject() -> str:
@@ -43,6 +45,61 @@ class TestRequestMeta:
         assert meta.expired(now=10_000)
         assert not bus.RequestMeta(request_id="r").expired()
         assert bus.RequestMeta(request_id="r", deadline_ms=bus.deadline_after(5)).remaining_s()
+
+
+def test_server_list_splits_a_comma_separated_url() -> None:
+    assert bus.server_list("nats://a:4222") == ["nats://a:4222"]
+    assert bus.server_list(" nats://a:1, nats://b:2 ,") == ["nats://a:1", "nats://b:2"]
+    with pytest.raises(ValueError, match="no NATS server"):
+        bus.server_list(" , ")
+
+
+@pytest.mark.integration
+async def test_a_server_list_connects_past_a_node_that_is_down(nats_cluster: NatsCluster) -> None:
+    dead = f"nats://127.0.0.1:{free_port()}"
+    for _ in range(3):  # the list is tried in random order: the dead node first, some time
+        nc = await bus.connect(f"{dead},{nats_cluster.urls[1]}", name="test", reconnect_wait_s=0.05)
+        try:
+            assert nc.connected_url is not None
+            assert nc.connected_url.geturl() == nats_cluster.urls[1]
+        finally:
+            await nc.close()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+async def test_a_client_of_the_cluster_moves_to_another_node(nats_cluster: NatsCluster) -> None:
+    """Connected through the list, a client survives its node's stop: it reconnects to another
+    node at once and a request through the cluster works again."""
+    subject = _subject()
+    server = await bus.connect(nats_cluster.url, name="responder")
+    client = await bus.connect(nats_cluster.url, name="requester")
+    try:
+
+        async def echo(msg: bus.Msg) -> None:
+            await server.publish(msg.reply, msg.data)
+
+        await server.subscribe(subject, cb=echo)
+        await server.flush()
+        assert client.connected_url is not None
+        node = nats_cluster.urls.index(client.connected_url.geturl())
+        nats_cluster.stop_node(node)
+        try:
+            answer = None
+            for _ in range(50):
+                try:
+                    answer = await client.request(subject, b"hi", timeout=0.5)
+                    break
+                except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                    await asyncio.sleep(0.1)
+            assert answer is not None and answer.data == b"hi"
+            assert client.connected_url is not None
+            assert client.connected_url.geturl() != nats_cluster.urls[node]
+        finally:
+            nats_cluster.start_node(node)
+    finally:
+        await client.close()
+        await server.close()
 
 
 @pytest.mark.integration
