@@ -9,8 +9,10 @@ dispatcher and ingress, all on 127.0.0.1 free ports, then for each target:
 - `stream`       passthrough with `stream: true`: each piece of the streamed answer crosses
                  NATS as a message of its own (the reply path of streamed answers)
 
-measures latency at 1 request in flight (p50/p99), throughput at `--concurrency` in flight, and
-the CPU time per request of every process (from /proc/<pid>/stat, before and after each phase).
+`--classifiers N`, `--dispatchers N` and `--nats-cluster N` run several processes of those
+kinds and an N-node NATS cluster instead of one server. It measures latency at 1 request in
+flight (p50/p99), throughput at `--concurrency` in flight, and the CPU time per request of
+every process (from /proc/<pid>/stat, before and after each phase).
 `passthrough` minus `direct` is the plumbing; `auto` minus `passthrough` is the classifier's
 forward pass. Loopback only, bounded in requests and time. Not a test: it prints a table and
 writes JSON for docs/benchmarks.md.
@@ -43,7 +45,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from loraroute.natsserver import NatsServer  # noqa: E402
+from loraroute.natsserver import NatsCluster, NatsServer  # noqa: E402
 
 QUERIES = [
     "Explain async/await in JavaScript",
@@ -113,7 +115,7 @@ class Bench:
         self.args = args
         self.workdir = workdir
         self.procs: list[Proc] = []
-        self.nats: NatsServer | None = None
+        self.nats: NatsServer | NatsCluster | None = None
         self.mock_port = free_port()
         self.ingress_port = free_port()
 
@@ -162,8 +164,14 @@ class Bench:
 
     def start(self) -> None:
         config = self._config()
-        self.nats = NatsServer(store_dir=self.workdir / "nats")
-        url = self.nats.start()
+        nodes = getattr(self.args, "nats_cluster", None)
+        if nodes:
+            self.nats = NatsCluster(self.workdir / "nats", nodes=nodes)
+            self.nats.start()
+            url = self.nats.url
+        else:
+            self.nats = NatsServer(store_dir=self.workdir / "nats")
+            url = self.nats.start()
         env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
         self._spawn(
             "mock-vllm",
@@ -186,8 +194,10 @@ class Bench:
         )
         self._wait(f"http://127.0.0.1:{self.mock_port}/health")
         common = ["--nats", url, "--config", str(config)]
-        self._spawn("classifier", ["classifier", *common], env)
-        self._spawn("dispatcher", ["dispatcher", *common], env)
+        for kind in ("classifier", "dispatcher"):
+            count = getattr(self.args, f"{kind}s", 1)
+            for i in range(count):
+                self._spawn(kind if count == 1 else f"{kind}-{i + 1}", [kind, *common], env)
         self._spawn("ingress", ["ingress", *common, "--port", str(self.ingress_port)], env)
         self._wait(f"http://127.0.0.1:{self.ingress_port}/ready")
 
@@ -205,8 +215,10 @@ class Bench:
 
     def pids(self) -> dict[str, int]:
         pids = {p.name: p.pid for p in self.procs}
-        if self.nats is not None and self.nats.pid is not None:
-            pids["nats-server"] = self.nats.pid
+        servers = self.nats.servers if isinstance(self.nats, NatsCluster) else [self.nats]
+        for i, server in enumerate(servers):
+            if server is not None and server.pid is not None:
+                pids["nats-server" if len(servers) == 1 else f"nats-server-{i + 1}"] = server.pid
         return pids
 
     # ------------------------------------------------------------------ load
@@ -304,7 +316,11 @@ def _table(results: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['target']} | {r['kind']} | {r['req_per_s']} | {r.get('p50_ms', '')} | "
             f"{r.get('p99_ms', '')} | {r['errors']} | "
-            + " | ".join(f"{cpu.get(n, 0.0):.3f}" for n in names)
+            # Replicas (classifier-1, classifier-2, nats-server-1, ...) count under their kind.
+            + " | ".join(
+                f"{sum(v for k, v in cpu.items() if k == n or k.startswith(n + '-')):.3f}"
+                for n in names
+            )
             + " |"
         )
     return "\n".join(lines)
@@ -338,6 +354,11 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=40)
     parser.add_argument("--reps", type=int, default=1)
     parser.add_argument("--out", help="write the JSON report here")
+    parser.add_argument("--classifiers", type=int, default=1, help="classifier processes")
+    parser.add_argument("--dispatchers", type=int, default=1, help="dispatcher processes")
+    parser.add_argument(
+        "--nats-cluster", type=int, metavar="N", help="an N-node NATS cluster, not one server"
+    )
     parser.add_argument(
         "--targets",
         nargs="+",
