@@ -1,13 +1,17 @@
 """`loraroute ingress --nats URL --config FILE [--host H --port P]`: run the HTTP ingress alone.
 
 Served by uvicorn with uvloop and httptools (measured in docs/benchmarks.md). SIGINT/SIGTERM stop
-intake, let in-flight requests finish for up to `--graceful-timeout` seconds, then close NATS.
+intake (the listening socket closes, idle keep-alive connections close), let in-flight requests
+finish for up to `--graceful-timeout` seconds while their replies still arrive on the NATS inbox,
+then unsubscribe, drain NATS and exit 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+from types import FrameType
 
 from schemas.config import ConfigError, load_config
 from services.common.log import configure, get_logger
@@ -41,6 +45,10 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
         "--loop", default="uvloop", choices=["uvloop", "asyncio"], help=argparse.SUPPRESS
     )
     return parser
+
+
+def _stopped(signum: int, frame: FrameType | None) -> None:
+    """The signal uvicorn raises again after its graceful stop: the stop is already done."""
 
 
 def main(argv: list[str]) -> int:
@@ -82,6 +90,10 @@ def main(argv: list[str]) -> int:
             proxy_headers=False,
         )
     )
+    # uvicorn stops gracefully on SIGINT/SIGTERM, restores the handlers it found, then raises the
+    # signal again; with these (which do nothing) in place, a clean stop exits 0 as the workers do.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _stopped)
     try:
         server.run()
     except OSError as error:
