@@ -1,6 +1,7 @@
 """`loraroute ingress --nats URL --config FILE [--host H --port P]`: run the HTTP ingress alone.
 
-Served by uvicorn with uvloop and httptools (measured in docs/benchmarks.md). SIGINT/SIGTERM stop
+Served by uvicorn with uvloop and httptools (measured in docs/benchmarks.md). SIGINT/SIGTERM (after
+`--shutdown-delay` seconds of `/ready` answering 503 while everything is still served) stop
 intake (the listening socket closes, idle keep-alive connections close), let in-flight requests
 finish for up to `--graceful-timeout` seconds while their replies still arrive on the NATS inbox,
 then unsubscribe, drain NATS and exit 0.
@@ -11,11 +12,17 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import threading
+from collections.abc import Callable
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from schemas.config import ConfigError, load_config
 from services.common.log import configure, get_logger
 from services.common.settings import Settings
+
+if TYPE_CHECKING:
+    import uvicorn
 
 __all__ = ["main"]
 
@@ -36,6 +43,14 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
         default=30.0,
         help="seconds in-flight requests may take to finish on shutdown (default 30)",
     )
+    parser.add_argument(
+        "--shutdown-delay",
+        type=float,
+        default=0.0,
+        help="seconds between SIGTERM and closing the port, while /ready answers 503 and every "
+        "request is still served, so a balancer checking /ready stops sending here first "
+        "(default 0)",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     # For measurements (loadtest/bench_ingress_server.py); the defaults are the measured best.
     parser.add_argument(
@@ -45,6 +60,29 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
         "--loop", default="uvloop", choices=["uvloop", "asyncio"], help=argparse.SUPPRESS
     )
     return parser
+
+
+def _server(
+    delay_s: float, mark_draining: Callable[[], None], config: uvicorn.Config
+) -> uvicorn.Server:
+    """uvicorn's server, whose first SIGTERM/SIGINT marks the ingress draining (`/ready` 503)
+    and starts the graceful stop only `delay_s` later; a second signal starts it at once."""
+    import uvicorn
+
+    class DelayedStop(uvicorn.Server):
+        delayed: threading.Timer | None = None
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if delay_s <= 0 or self.delayed is not None or not self.started:
+                super().handle_exit(sig, frame)
+                return
+            mark_draining()
+            get_logger().info("ingress_draining", shutdown_delay_s=delay_s)
+            self.delayed = threading.Timer(delay_s, super().handle_exit, (sig, frame))
+            self.delayed.daemon = True
+            self.delayed.start()
+
+    return DelayedStop(config)
 
 
 def _stopped(signum: int, frame: FrameType | None) -> None:
@@ -71,9 +109,12 @@ def main(argv: list[str]) -> int:
 
     host = args.host or config.ingress.host
     port = args.port or config.ingress.port
-    server = uvicorn.Server(
+    app = build_app(config, args.nats, settings)
+    server = _server(
+        args.shutdown_delay,
+        lambda: setattr(app.state.ingress, "draining", True),
         uvicorn.Config(
-            build_app(config, args.nats, settings),
+            app,
             host=host,
             port=port,
             loop=args.loop,
@@ -88,7 +129,7 @@ def main(argv: list[str]) -> int:
             # No X-Forwarded-* rewriting: the ingress never uses the client address, and the
             # middleware costs a layer on every request.
             proxy_headers=False,
-        )
+        ),
     )
     # uvicorn stops gracefully on SIGINT/SIGTERM, restores the handlers it found, then raises the
     # signal again; with these (which do nothing) in place, a clean stop exits 0 as the workers do.

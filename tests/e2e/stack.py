@@ -99,10 +99,17 @@ class Stack:
             health_url=f"http://127.0.0.1:{self.mock_port}/health",
         ).start()
 
-    def start(self, kind: str, *, port: int | None = None, timeout_s: float = 90.0) -> Service:
-        """Start one `kind` process (an ingress on `port`) and wait until it is ready."""
+    def start(
+        self,
+        kind: str,
+        *extra: str,
+        port: int | None = None,
+        timeout_s: float = 90.0,
+    ) -> Service:
+        """Start one `kind` process (an ingress on `port`) with options `extra`, and wait until
+        it is ready."""
         log = self.folder / f"{kind}-{next(self._serial)}.log"
-        args = [kind, "--nats", self.nats_url, "--config", str(self.config)]
+        args = [kind, "--nats", self.nats_url, "--config", str(self.config), *extra]
         if kind == "ingress":
             assert port is not None
             service = Service(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import signal
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,6 +27,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.slow, pytest
 
 TTFT_MS = 1500
 QUEUE_MS = 600
+DELAY_S = 1.0
 
 
 class Drained:
@@ -38,7 +40,11 @@ class Drained:
         self.running: dict[str, Service] = {}
 
     def start(self, kind: str) -> None:
-        self.running[kind] = self.stack.start(kind, port=self.port if kind == "ingress" else None)
+        if kind == "ingress":
+            service = self.stack.start(kind, "--shutdown-delay", str(DELAY_S), port=self.port)
+        else:
+            service = self.stack.start(kind)
+        self.running[kind] = service
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +94,23 @@ def test_ingress_finishes_the_requests_it_holds(drained: Drained) -> None:
     sigterm_during_request(drained, "ingress", after_s=0.3)
     with pytest.raises(httpx.ConnectError):  # intake stopped: the port is closed
         ask(drained.url, "What causes asthma?")
+    drained.start("ingress")
+
+
+def test_ingress_says_draining_and_serves_during_its_shutdown_delay(drained: Drained) -> None:
+    service = drained.running.pop("ingress")
+    assert service.process is not None
+    started = time.monotonic()
+    service.process.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    ready = httpx.get(f"{drained.url}/ready", timeout=5.0)
+    assert ready.status_code == 503 and ready.json() == {"ready": False, "draining": True}
+    response = ask(drained.url, "What causes asthma?")  # sent inside the delay, still served
+    assert response.status_code == 200, response.text
+    assert service.process.wait(30) == 0, service.log_tail()
+    assert time.monotonic() - started >= DELAY_S
+    assert '"ingress_draining"' in service.log_tail()
+    service.stop()
     drained.start("ingress")
 
 
