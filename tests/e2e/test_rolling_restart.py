@@ -79,7 +79,9 @@ class Balancer:
                 time.sleep(0.05)
             except httpx.HTTPError as error:
                 ready = dict(self.ready)
-                raise AssertionError(f"request {i} to {url} at {time.monotonic():.2f}: {error!r}, ready: {ready}") from error
+                raise AssertionError(
+                    f"request {i} to {url} at {time.monotonic():.2f}: {error!r}, ready: {ready}"
+                ) from error
         raise AssertionError(f"request {i}: no ingress accepted the connection")
 
 
@@ -99,7 +101,7 @@ def run_load(
 def start(stack: Stack, kind: str, port: int | None) -> Service:
     if kind == "ingress":
         return stack.start(kind, "--shutdown-delay", str(SHUTDOWN_DELAY_S), port=port)
-    return stack.start(kind, *(("--log-level", "debug") if kind == "jobs" else ()))
+    return stack.start(kind)
 
 
 @pytest.fixture
@@ -147,7 +149,7 @@ def test_rolling_restart_fails_no_request(stack: Stack) -> None:
             time.sleep(1.0)
             for index, (kind, port, service) in enumerate(running):
                 print(f"{time.monotonic():.2f} stopping {kind} {port}", flush=True)
-                status, took = terminate(service, 70)
+                status, took = terminate(service)
                 print(f"{time.monotonic():.2f} stopped {kind} {port}", flush=True)
                 assert status == 0, f"{kind} exited {status}\n{stack.logs()}"
                 restarts.append((kind, took))
