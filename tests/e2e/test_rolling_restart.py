@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(480)]
 RATE_PER_S = 20
 BATCH_LINES = 150
 CHECK_S = 0.25
-SHUTDOWN_DELAY_S = 1.0
+SHUTDOWN_DELAY_S = 2.0
 ORDER = ("jobs", "classifier", "dispatcher", "ingress")
 
 
@@ -47,20 +47,23 @@ class Balancer:
         self.retried = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._checker = threading.Thread(target=self._check, daemon=True)
-        self._checker.start()
+        self._checkers = [
+            threading.Thread(target=self._check, args=(url,), daemon=True) for url in urls
+        ]
+        for checker in self._checkers:
+            checker.start()
 
-    def _check(self) -> None:
+    def _check(self, url: str) -> None:
         while not self._stop.wait(CHECK_S):
-            for url in self.urls:
-                try:
-                    self.ready[url] = httpx.get(f"{url}/ready", timeout=1.0).status_code == 200
-                except httpx.HTTPError:
-                    self.ready[url] = False
+            try:
+                self.ready[url] = httpx.get(f"{url}/ready", timeout=3.0).status_code == 200
+            except httpx.HTTPError:
+                self.ready[url] = False
 
     def close(self) -> None:
         self._stop.set()
-        self._checker.join()
+        for checker in self._checkers:
+            checker.join()
 
     def ask(self, i: int) -> httpx.Response:
         body = {
