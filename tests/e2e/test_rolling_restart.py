@@ -114,7 +114,9 @@ def stack(nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
     stack = Stack(
         nats_url,
         tmp_path_factory.mktemp("rolling"),
-        mock_args=("--ttft-ms", "100"),
+        # Room for every adapter at once: with vLLM's default of one, the steady interactive load
+        # on one adapter starves the batch lines' other adapters for longer than a drain lasts.
+        mock_args=("--ttft-ms", "100", "--max-loras", "4"),
         # /ready pings the workers; a longer ping timeout keeps a busy machine's slow answer from
         # counting as "not ready" on both ingresses at once.
         changes={"jobs": {"concurrency": 2}, "ingress": {"ready_timeout_s": 2.0}},
