@@ -1,7 +1,10 @@
 """`loraroute ingress --nats URL --config FILE [--host H --port P]`: run the HTTP ingress alone.
 
-Served by uvicorn with uvloop and httptools (measured in docs/benchmarks.md). SIGINT/SIGTERM stop
-intake, let in-flight requests finish for up to `--graceful-timeout` seconds, then close NATS.
+Served by uvicorn with uvloop and httptools (measured in docs/benchmarks.md). SIGINT/SIGTERM (after
+`--shutdown-delay` seconds of `/ready` answering 503 while everything is still served) stop
+intake (the listening socket closes, idle keep-alive connections close), let in-flight requests
+finish for up to `--graceful-timeout` seconds while their replies still arrive on the NATS inbox,
+then unsubscribe, drain NATS and exit 0.
 With `--reuse-port` several ingress processes listen on the same port (SO_REUSEPORT, Linux and
 the BSDs) and the kernel spreads new connections over them; `loraroute up --ingresses N` does so.
 """
@@ -9,12 +12,20 @@ the BSDs) and the kernel spreads new connections over them; `loraroute up --ingr
 from __future__ import annotations
 
 import argparse
+import signal
 import socket
 import sys
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from schemas.config import ConfigError, load_config
 from services.common.log import configure, get_logger
 from services.common.settings import Settings
+
+if TYPE_CHECKING:
+    import uvicorn
 
 __all__ = ["main"]
 
@@ -43,6 +54,14 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
         help="share the port with other ingress processes (SO_REUSEPORT): the kernel spreads "
         "connections over them",
     )
+    parser.add_argument(
+        "--shutdown-delay",
+        type=float,
+        default=0.0,
+        help="seconds between SIGTERM and closing the port, while /ready answers 503 and every "
+        "request is still served, so a balancer checking /ready stops sending here first "
+        "(default 0)",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     # For measurements (loadtest/bench_ingress_server.py); the defaults are the measured best.
     parser.add_argument(
@@ -70,6 +89,33 @@ def _shared_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _server(
+    delay_s: float, mark_draining: Callable[[], None], config: uvicorn.Config
+) -> uvicorn.Server:
+    """uvicorn's server, whose first SIGTERM/SIGINT marks the ingress draining (`/ready` 503)
+    and starts the graceful stop only `delay_s` later; a second signal starts it at once."""
+    import uvicorn
+
+    class DelayedStop(uvicorn.Server):
+        delayed: threading.Timer | None = None
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if delay_s <= 0 or self.delayed is not None or not self.started:
+                super().handle_exit(sig, frame)
+                return
+            mark_draining()
+            get_logger().info("ingress_draining", shutdown_delay_s=delay_s)
+            self.delayed = threading.Timer(delay_s, super().handle_exit, (sig, frame))
+            self.delayed.daemon = True
+            self.delayed.start()
+
+    return DelayedStop(config)
+
+
+def _stopped(signum: int, frame: FrameType | None) -> None:
+    """The signal uvicorn raises again after its graceful stop: the stop is already done."""
+
+
 def main(argv: list[str]) -> int:
     """Run the ingress until SIGINT/SIGTERM; 0 on a clean stop, 1 when it cannot start."""
     settings = Settings.from_env()
@@ -90,9 +136,12 @@ def main(argv: list[str]) -> int:
 
     host = args.host or config.ingress.host
     port = args.port or config.ingress.port
-    server = uvicorn.Server(
+    app = build_app(config, args.nats, settings)
+    server = _server(
+        args.shutdown_delay,
+        lambda: setattr(app.state.ingress, "draining", True),
         uvicorn.Config(
-            build_app(config, args.nats, settings),
+            app,
             host=host,
             port=port,
             loop=args.loop,
@@ -107,8 +156,12 @@ def main(argv: list[str]) -> int:
             # No X-Forwarded-* rewriting: the ingress never uses the client address, and the
             # middleware costs a layer on every request.
             proxy_headers=False,
-        )
+        ),
     )
+    # uvicorn stops gracefully on SIGINT/SIGTERM, restores the handlers it found, then raises the
+    # signal again; with these (which do nothing) in place, a clean stop exits 0 as the workers do.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _stopped)
     try:
         if args.reuse_port:
             with _shared_socket(host, port) as sock:

@@ -61,6 +61,9 @@ class IngressState:
     body_limit: int
     connected: Callable[[], bool]
     metrics: IngressMetrics
+    #: Set on SIGTERM for `--shutdown-delay` seconds before intake stops: `/ready` says 503 so
+    #: a balancer stops sending here while every request still gets served.
+    draining: bool = False
 
 
 def _state(request: Request) -> IngressState:
@@ -202,8 +205,11 @@ async def health(request: Request) -> Response:
 
 async def ready(request: Request) -> Response:
     """`GET /ready`: 200 when NATS is connected and a classifier and a dispatcher for every
-    base model answer a ping; 503 otherwise, with what is missing in the body."""
+    base model answer a ping; 503 otherwise, with what is missing in the body, and 503
+    `{"ready": false, "draining": true}` once the process is shutting down."""
     state = _state(request)
+    if state.draining:
+        return Response(b'{"ready":false,"draining":true}', 503, media_type=_JSON)
     report: dict[str, Any] = {"nats": state.connected()}
     if report["nats"]:
         report.update(await state.exchange.readiness())

@@ -4,8 +4,9 @@
 consumers), then serves the lines consumer (up to `jobs.concurrency` lines at once), the control
 consumer, JetStream's advisory of lines that reached their last delivery unsettled, and a
 periodic sweep for running batches ready to end (window passed, or every line answered). `stop` drains:
-no more fetching, lines in flight finish (or are nak'ed for another worker after the timeout),
-then the connection closes.
+no more fetching, lines in flight finish (or are nak'ed for another worker after the timeout;
+a line only waiting for the pipeline to come back is nak'ed at once), then the connection
+closes.
 """
 
 from __future__ import annotations
@@ -133,6 +134,8 @@ class JobsWorker:
         if self.nc is None:
             return
         nc, self.nc = self.nc, None
+        if self.handlers is not None:
+            self.handlers.stopping.set()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -14,6 +14,7 @@ end but were not finalized.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Mapping
 
@@ -65,6 +66,10 @@ class _MaxDeliveries(msgspec.Struct):
 _advisory_decoder = msgspec.json.Decoder(_MaxDeliveries)
 
 
+class _HandedBack(Exception):
+    """The worker stops while a line waits for the pipeline: the line goes back to the stream."""
+
+
 class JobsHandlers:
     """Entry points bound to one connection, the job buckets and the config's `jobs` section."""
 
@@ -86,6 +91,8 @@ class JobsHandlers:
         self.batches = batches
         self.files = files
         self.metrics = metrics
+        #: Set when the worker stops: a line waiting for the pipeline goes back to the stream.
+        self.stopping = asyncio.Event()
 
     # ------------------------------------------------------------------ lines
 
@@ -96,6 +103,9 @@ class JobsHandlers:
         self.metrics.in_flight.inc()
         try:
             await self._line(msg, deliveries)
+        except _HandedBack:  # the worker stops while the pipeline is down: no delivery used up
+            self.metrics.lines.labels("retried").inc()
+            await self._nak(msg, 0)
         except asyncio.CancelledError:  # the worker stops: let another one take the line
             await asyncio.shield(self._nak(msg, 0))
             raise
@@ -149,7 +159,8 @@ class JobsHandlers:
         no dispatcher), hold the delivery (`in_progress`) and try again with a growing pause,
         up to `jobs.line_timeout_s`: an outage of the pipeline must not use up the line's
         deliveries and dead-letter a whole batch. A failure that may be the line's own is
-        returned at once."""
+        returned at once. Raises `_HandedBack` when the worker stops during a pause, so a
+        stopping worker never waits for the pipeline."""
         give_up = time.monotonic() + self.jobs.line_timeout_s
         pause = _FIRST_PAUSE_S
         outcome = await self._run(line)
@@ -159,7 +170,10 @@ class JobsHandlers:
             and time.monotonic() + pause < give_up
         ):
             self.metrics.lines.labels("waiting").inc()
-            await asyncio.sleep(pause)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), pause)
+            if self.stopping.is_set():
+                raise _HandedBack
             await msg.in_progress()
             pause = min(pause * 2, _LAST_PAUSE_S)
             outcome = await self._run(line)

@@ -12,6 +12,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from nats.js.api import ConsumerConfig
+from prometheus_client import CollectorRegistry
 
 from schemas.jobs import CancelBatch, DeadLetter, JobLine, result_decoder
 from services.common.jetstream import JetStreamSetupError
@@ -302,3 +303,30 @@ def test_the_command_refuses_a_mismatched_consumer_with_status_2(
     )
     assert done.returncode == 2, done.stderr
     assert "job-control" in done.stderr and "max_deliver" in done.stderr
+
+
+async def test_stop_hands_back_a_line_waiting_for_the_pipeline_at_once(
+    nats_url: str, jobs_folder: Path, fast_mock: int
+) -> None:
+    # No classifier runs: the line waits for the pipeline (line_timeout_s is long); stopping
+    # the worker must not wait for it but give the line back, without using up a delivery.
+    config, _ = job_config(jobs_folder, fast_mock, line_timeout_s=120.0, max_deliver=2)
+    async with harness(nats_url, config, pipeline=False, jobs_worker=False) as h:
+        registry = CollectorRegistry()
+        worker = JobsWorker(config, nats_url, registry=registry)
+        await worker.start()
+        line = JobLine(job_id="rawjob", custom_id="waits", body=msgspec.Raw(b'{"messages":[]}'))
+        await h.js.publish(h.subjects.job_lines("rawjob"), msgspec.json.encode(line))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while registry.get_sample_value("loraroute_jobs_lines_in_flight") != 1:
+            assert loop.time() < deadline, "the line never started"
+            await asyncio.sleep(0.05)
+        started = loop.time()
+        await worker.stop(30)
+        assert loop.time() - started < 5
+        # Handed back (nak'ed for redelivery), neither dead-lettered nor answered.
+        info = await h.js.consumer_info(h.subjects.lines_stream, h.subjects.line_consumer)
+        assert info.num_ack_pending == 1 and info.num_pending == 0
+        assert (await h.js.stream_info(h.subjects.dead_stream)).state.messages == 0
+        assert (await h.js.stream_info(h.subjects.results_stream)).state.messages == 0
