@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import os
 import signal
 import socket
@@ -38,7 +37,13 @@ from types import FrameType
 import httpx
 import yaml
 
-from loraroute.natsserver import DEFAULT_MAX_PAYLOAD, NatsCluster, NatsServer, NatsServerError
+from loraroute.natsserver import (
+    DEFAULT_MAX_PAYLOAD,
+    NatsCluster,
+    NatsServer,
+    NatsServerError,
+    die_with_parent,
+)
 from schemas.config import Config, ConfigError, load_config
 
 __all__ = ["LaunchError", "RestartPolicy", "main", "mock_plan", "nats_max_payload", "supervise"]
@@ -93,12 +98,6 @@ def _port_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def _die_with_parent() -> None:
-    # Linux: a child gets SIGTERM if the launcher itself is killed, so nothing is orphaned.
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class RestartPolicy:
@@ -167,7 +166,7 @@ class _Child:
             # A session of its own: Ctrl-C reaches only the launcher, which then stops the
             # children in order instead of all of them dying at once under each other.
             start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            preexec_fn=die_with_parent if sys.platform == "linux" else None,
         )
 
     def restart(self) -> None:

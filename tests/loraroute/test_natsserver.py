@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import nats
@@ -14,11 +18,13 @@ pytestmark = pytest.mark.integration
 
 
 def _alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie waiting to be reaped counts as gone)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (ProcessLookupError, OSError):
         return False
-    return True
+    return state != "Z"
 
 
 def test_find_binary_returns_an_executable() -> None:
@@ -75,3 +81,39 @@ def test_missing_binary_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises((NatsServerError, OSError)):
         server.start()
     assert not server.running()
+
+
+def test_the_server_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
+    """A launcher killed with SIGKILL leaves no nats-server behind (Linux: PR_SET_PDEATHSIG)."""
+    program = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from loraroute.natsserver import NatsServer\n"
+        "server = NatsServer(store_dir=Path(sys.argv[1]))\n"
+        "server.start()\n"
+        "print(server.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", program, str(tmp_path / "nats")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert parent.stdout is not None
+        pid = int(parent.stdout.readline())
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if not _alive(pid):
+                return
+            time.sleep(0.1)
+        os.kill(pid, signal.SIGKILL)
+        raise AssertionError("nats-server outlived the process that started it")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(10)
+        if parent.stdout is not None:
+            parent.stdout.close()
