@@ -36,7 +36,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Self
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD",
@@ -78,7 +78,29 @@ def die_with_parent() -> None:
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-class NatsServer:
+class _Running:
+    """`with x:` starts `x` and stops it on the way out, whatever happens inside."""
+
+    def start(self) -> object:
+        raise NotImplementedError
+
+    def stop(self) -> object:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class NatsServer(_Running):
     """One nats-server child process with JetStream on.
 
     `store_dir` holds the JetStream data (created if absent) and, unless `log_path` says otherwise,
@@ -249,18 +271,6 @@ class NatsServer:
             self._runtime_dir = None
         return status
 
-    def __enter__(self) -> NatsServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
 
 def _free_ports(host: str, count: int) -> list[int]:
     """`count` distinct TCP ports free on `host` right now (all held open while choosing, so they
@@ -277,7 +287,7 @@ def _free_ports(host: str, count: int) -> list[int]:
             sock.close()
 
 
-class NatsCluster:
+class NatsCluster(_Running):
     """`nodes` nats-servers forming one JetStream cluster on `host`, each a `NatsServer`.
 
     Node `i` stores its data under `store_dir/node-<i>`, is named `<name>-<i>`, and listens on
@@ -389,15 +399,3 @@ class NatsCluster:
         """Stop every node, last first; never raises for nodes already gone."""
         for server in reversed(self.servers):
             server.stop(timeout_s)
-
-    def __enter__(self) -> NatsCluster:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import yaml
 
-__all__ = ["Service", "free_port", "merge", "write_config"]
+__all__ = ["Service", "free_port", "merge", "write_config", "write_stack_config"]
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -62,6 +62,20 @@ def write_config(
     merge(data, changes)
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return path
+
+
+def write_stack_config(
+    path: Path, *, prefix: str, mock_port: int, changes: Mapping[str, Any] | None = None
+) -> Path:
+    """The shipped config for a stack of real processes: one vLLM endpoint on 127.0.0.1
+    `mock_port`, subjects under `prefix`, a short `/ready` ping, then `changes` merged in."""
+    endpoint = {"name": "vllm-primary", "address": "127.0.0.1", "port": mock_port, "weight": 1}
+    base: dict[str, Any] = {
+        "vllm_endpoints": [endpoint],
+        "nats": {"subject_prefix": prefix},
+        "ingress": {"ready_timeout_s": 0.5},
+    }
+    return write_config(path, merge(base, changes or {}))
 
 
 class Service:

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from tests.processes import Service, free_port, merge, write_config
+from tests.processes import Service, free_port, write_stack_config
 
 __all__ = ["SERVED", "Stack", "batch_lines", "terminate", "wait_logged"]
 
@@ -68,23 +68,8 @@ class Stack:
         self.prefix = f"s{uuid.uuid4().hex[:8]}"
         self.mock_port = free_port()
         self.mock_args = mock_args
-        self.config = write_config(
-            folder / "config.yaml",
-            merge(
-                {
-                    "vllm_endpoints": [
-                        {
-                            "name": "vllm-primary",
-                            "address": "127.0.0.1",
-                            "port": self.mock_port,
-                            "weight": 1,
-                        }
-                    ],
-                    "nats": {"subject_prefix": self.prefix},
-                    "ingress": {"ready_timeout_s": 0.5},
-                },
-                changes or {},
-            ),
+        self.config = write_stack_config(
+            folder / "config.yaml", prefix=self.prefix, mock_port=self.mock_port, changes=changes
         )
         self.mock: Service | None = None
         self.services: list[Service] = []

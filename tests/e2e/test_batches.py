@@ -29,7 +29,7 @@ from openai.types import Batch
 
 from loraroute.natsserver import NatsServer
 from tests.e2e.conftest import MODEL_DIR
-from tests.processes import Service, free_port, merge, write_config
+from tests.processes import Service, free_port, write_stack_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -76,23 +76,11 @@ class BatchSystem:
         self.nats_port, self.mock_port, self.port = free_port(), free_port(), free_port()
         self.nats = NatsServer(store_dir=folder / "nats", port=self.nats_port)
         self.mock_args = mock_args
-        self.config = write_config(
+        self.config = write_stack_config(
             folder / "config.yaml",
-            merge(
-                {
-                    "vllm_endpoints": [
-                        {
-                            "name": "vllm-primary",
-                            "address": "127.0.0.1",
-                            "port": self.mock_port,
-                            "weight": 1,
-                        }
-                    ],
-                    "nats": {"subject_prefix": self.prefix},
-                    "ingress": {"port": self.port, "ready_timeout_s": 0.5},
-                },
-                {"jobs": jobs},
-            ),
+            prefix=self.prefix,
+            mock_port=self.mock_port,
+            changes={"ingress": {"port": self.port}, "jobs": jobs},
         )
         self.services: dict[str, Service] = {}
 
