@@ -227,30 +227,32 @@ def _submit(client: BatchClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def _save(client: BatchClient, file_id: str | None, path: Path, lines: int, empty: str) -> None:
+    """Download `file_id` to `path` (an empty file when there is none, saying `empty`)."""
+    if file_id:
+        size = client.download(file_id, path)
+        print(f"{path}: {lines} lines, {size} bytes", file=sys.stderr)
+    else:
+        path.write_bytes(b"")
+        print(f"{path}: empty ({empty})", file=sys.stderr)
+
+
 def _results(client: BatchClient, args: argparse.Namespace) -> int:
     batch = client.retrieve(args.id)
     if batch.status not in FINAL:
         raise BatchCommandError(f"{batch.id} is {batch.status}; its results come when it ends")
-    output = Path(args.output)
-    if batch.output_file_id:
-        size = client.download(batch.output_file_id, output)
-        print(f"{output}: {batch.request_counts.completed} lines, {size} bytes", file=sys.stderr)
-    else:
-        output.write_bytes(b"")
-        print(f"{output}: empty (no line of {batch.id} was answered)", file=sys.stderr)
+    counts = batch.request_counts
+    _save(
+        client,
+        batch.output_file_id,
+        Path(args.output),
+        counts.completed,
+        f"no line of {batch.id} was answered",
+    )
     if args.errors:
-        errors = Path(args.errors)
-        if batch.error_file_id:
-            size = client.download(batch.error_file_id, errors)
-            print(f"{errors}: {batch.request_counts.failed} lines, {size} bytes", file=sys.stderr)
-        else:
-            errors.write_bytes(b"")
-            print(f"{errors}: empty (no line failed)", file=sys.stderr)
+        _save(client, batch.error_file_id, Path(args.errors), counts.failed, "no line failed")
     elif batch.error_file_id:
-        print(
-            f"{batch.request_counts.failed} lines failed; --errors FILE downloads them",
-            file=sys.stderr,
-        )
+        print(f"{counts.failed} lines failed; --errors FILE downloads them", file=sys.stderr)
     return 0
 
 
