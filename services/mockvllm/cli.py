@@ -173,7 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--lora-load-ms",
         type=float,
         default=0.0,
-        help="extra delay when an adapter takes a free --max-loras slot (an adapter swap)",
+        help="reading an adapter from disk into the CPU cache (--max-cpu-loras): paid by a runtime "
+        "load, and by a request whose adapter was evicted from that cache",
+    )
+    g.add_argument(
+        "--lora-swap-ms",
+        type=float,
+        default=0.0,
+        help="bringing an adapter that is not in a --max-loras GPU slot into one (a swap); the "
+        "requests for it wait. The cost that routing by adapter affinity saves",
     )
     g = p.add_argument_group("capacity")
     g.add_argument(
@@ -194,8 +202,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-loras",
         type=int,
         default=1,
-        help="distinct adapters running at once; requests for another adapter wait for a slot "
-        "(vLLM's default 1 serialises mixed-adapter traffic; raise it to let adapters overlap)",
+        help="GPU slots: distinct adapters running at once; requests for another adapter wait for "
+        "a slot. An adapter keeps its slot when idle until another one evicts it (least recently "
+        "used first). vLLM's default 1 serialises mixed-adapter traffic (default: %(default)s)",
+    )
+    g.add_argument(
+        "--max-cpu-loras",
+        type=int,
+        default=None,
+        help="adapters kept in the CPU cache (least recently used evicted); at least --max-loras "
+        "(default: --max-loras, as vLLM)",
     )
     g = p.add_argument_group("faults")
     g.add_argument(
@@ -235,16 +251,21 @@ def settings_from_args(args: argparse.Namespace) -> MockSettings:
         ttft_ms=args.ttft_ms,
         itl_ms=args.itl_ms,
         lora_load_ms=args.lora_load_ms,
+        lora_swap_ms=args.lora_swap_ms,
         max_num_seqs=args.max_num_seqs,
         max_num_queued_reqs=args.max_num_queued_reqs,
         max_loras=args.max_loras,
+        max_cpu_loras=args.max_cpu_loras,
         faults=tuple(args.fault),
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse flags, build the app and serve it until SIGINT/SIGTERM; returns the exit status."""
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    parser = build_parser()
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.max_cpu_loras is not None and args.max_cpu_loras < args.max_loras:
+        parser.error(f"max_cpu_loras ({args.max_cpu_loras}) must be >= max_loras ({args.max_loras})")
     settings = settings_from_args(args)
 
     import uvicorn

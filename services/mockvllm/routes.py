@@ -121,7 +121,7 @@ async def load_lora_adapter(request: Request) -> Response:
     req = decode_request(await request.body(), LoadLoRAAdapterRequest)
     if isinstance(req, ErrorResponse):
         return _error(request, req)
-    result = _serving(request).registry.load(req.lora_name, req.lora_path, req.load_inplace)
+    result = await _serving(request).load_adapter(req.lora_name, req.lora_path, req.load_inplace)
     if isinstance(result, ErrorResponse):
         return _error(request, result)
     return Response(result, status_code=200)  # plain text, no content-type: as vLLM
@@ -133,7 +133,7 @@ async def unload_lora_adapter(request: Request) -> Response:
     req = decode_request(await request.body(), UnloadLoRAAdapterRequest)
     if isinstance(req, ErrorResponse):
         return _error(request, req)
-    result = _serving(request).registry.unload(req.lora_name)
+    result = _serving(request).unload_adapter(req.lora_name)
     if isinstance(result, ErrorResponse):
         return _error(request, result)
     return Response(result, status_code=200)
@@ -153,6 +153,12 @@ async def mock_faults(request: Request) -> Response:
     return _json({"count": plan.count, "faults": [str(f) for f in plan.faults]})
 
 
+async def mock_lora(request: Request) -> Response:
+    """Mock-only: the adapters in GPU slots and in the CPU cache (least recently used first), and
+    the swaps and disk loads counted since start."""
+    return _json(_serving(request).lora_state())
+
+
 #: (path, handler, methods, needs runtime LoRA updating)
 ROUTES: list[tuple[str, Any, list[str], bool]] = [
     ("/health", health, ["GET"], False),
@@ -165,4 +171,5 @@ ROUTES: list[tuple[str, Any, list[str], bool]] = [
     ("/v1/load_lora_adapter", load_lora_adapter, ["POST"], True),
     ("/v1/unload_lora_adapter", unload_lora_adapter, ["POST"], True),
     ("/mock/faults", mock_faults, ["GET", "POST"], False),
+    ("/mock/lora", mock_lora, ["GET"], False),
 ]

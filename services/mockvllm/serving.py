@@ -90,13 +90,48 @@ class Serving:
         self.engine = Engine(
             max_num_seqs=settings.max_num_seqs,
             max_loras=settings.max_loras,
+            max_cpu_loras=settings.max_cpu_loras,
             max_num_queued_reqs=settings.max_num_queued_reqs,
             latency=LatencyModel(
-                settings.ttft_ms / 1000, settings.itl_ms / 1000, settings.lora_load_ms / 1000
+                settings.ttft_ms / 1000,
+                settings.itl_ms / 1000,
+                settings.lora_load_ms / 1000,
+                settings.lora_swap_ms / 1000,
             ),
             on_change=self.metrics.engine_changed,
         )
+        for name in self.registry.adapters:  # vLLM reads static adapters at start-up
+            self.engine.preload(name)
         self.faults = FaultPlan(parse_fault(spec) for spec in settings.faults)
+
+    # ------------------------------------------------------------------- runtime adapters
+    async def load_adapter(self, name: str, path: str, load_inplace: bool) -> str | ErrorResponse:
+        """``POST /v1/load_lora_adapter``: register, then read the adapter into the CPU cache
+        (vLLM preloads it, so the call takes the disk read)."""
+        result = self.registry.load(name, path, load_inplace)
+        if isinstance(result, str):
+            self.engine.forget(name)  # new weights, or an in-place reload
+            await asyncio.sleep(self.engine.preload(name))
+        return result
+
+    def unload_adapter(self, name: str) -> str | ErrorResponse:
+        """``POST /v1/unload_lora_adapter``."""
+        result = self.registry.unload(name)
+        if isinstance(result, str):
+            self.engine.forget(name)
+        return result
+
+    def lora_state(self) -> dict[str, object]:
+        """Mock only: the adapter caches and how often adapters were swapped in and loaded."""
+        engine = self.engine
+        return {
+            "max_loras": engine.max_loras,
+            "max_cpu_loras": engine.max_cpu_loras,
+            "gpu": engine.gpu_adapters,
+            "cpu": engine.cpu_adapters,
+            "swaps": engine.swaps,
+            "loads": engine.loads,
+        }
 
     # ------------------------------------------------------------------------------ chat
     async def chat(self, body: bytes, headers: Mapping[str, str]) -> Result:

@@ -47,10 +47,13 @@ class MockSettings:
     ttft_ms: float = 0.0
     itl_ms: float = 0.0
     lora_load_ms: float = 0.0
+    lora_swap_ms: float = 0.0
     # capacity
     max_num_seqs: int = 256
     max_num_queued_reqs: int | None = None
     max_loras: int = 1
+    #: vLLM's default: ``max_loras``.
+    max_cpu_loras: int | None = None
     # faults, as given on the command line (parsed by faults.parse_fault)
     faults: tuple[str, ...] = field(default_factory=tuple)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from services.mockvllm.engine import Engine, LatencyModel
 
 
@@ -78,3 +80,63 @@ async def test_every_change_is_reported() -> None:
     assert t1 and t2
     engine.release(t1)
     assert seen == [(1, 0), (1, 1), (1, 0)]
+
+
+async def _run(engine: Engine, adapter: str) -> bool:
+    """One request for `adapter`, start to finish; True when it swapped its adapter in."""
+    swaps = engine.swaps
+    ticket = engine.submit(adapter)
+    assert ticket is not None and ticket.running
+    engine.release(ticket)
+    return engine.swaps > swaps
+
+
+async def test_an_idle_adapter_keeps_its_slot_until_the_least_recently_used_is_evicted() -> None:
+    engine = Engine(max_num_seqs=4, max_loras=2)
+    assert [await _run(engine, a) for a in "aab"] == [True, False, True]
+    assert engine.gpu_adapters == ["a", "b"]
+    assert not await _run(engine, "a")  # resident; now b is the least recently used
+    assert await _run(engine, "c")
+    assert engine.gpu_adapters == ["a", "c"] and engine.swaps == 3
+
+
+async def test_a_running_adapter_is_never_evicted() -> None:
+    engine = Engine(max_num_seqs=4, max_loras=2)
+    await _run(engine, "a")
+    busy = engine.submit("b")
+    assert busy and busy.running
+    assert await _run(engine, "c")
+    assert engine.gpu_adapters == ["b", "c"]  # a, idle and older, went; b runs on
+
+
+async def test_the_cpu_cache_spares_the_disk_read_of_a_swap() -> None:
+    latency = LatencyModel(lora_load_s=0.5, lora_swap_s=0.1)
+    engine = Engine(max_num_seqs=4, max_loras=1, max_cpu_loras=2, latency=latency)
+    assert engine.preload("a") == 0.5 and engine.preload("a") == 0.0
+
+    def swap_cost(adapter: str) -> float:
+        ticket = engine.submit(adapter)
+        assert ticket is not None
+        engine.release(ticket)
+        return ticket.scheduled.result()
+
+    assert swap_cost("a") == 0.1  # in the CPU cache: the copy into the slot only
+    assert swap_cost("b") == 0.6  # read from disk, then copied
+    assert swap_cost("a") == 0.1
+    assert (engine.swaps, engine.loads, engine.cpu_adapters) == (3, 2, ["b", "a"])
+    engine.forget("a")
+    assert engine.cpu_adapters == ["b"] and engine.gpu_adapters == []
+
+
+async def test_requests_joining_a_swap_wait_for_the_rest_of_it() -> None:
+    engine = Engine(max_num_seqs=4, max_loras=1, latency=LatencyModel(lora_swap_s=60.0))
+    first, second = engine.submit("a"), engine.submit("a")
+    assert first and second
+    assert first.scheduled.result() == 60.0
+    assert 0.0 < second.scheduled.result() <= 60.0
+    assert engine.swaps == 1
+
+
+def test_the_cpu_cache_holds_at_least_the_gpu_slots() -> None:
+    with pytest.raises(ValueError, match=r"max_cpu_loras \(1\) must be >= max_loras \(2\)"):
+        Engine(max_num_seqs=1, max_loras=2, max_cpu_loras=1)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -200,23 +202,47 @@ async def test_base_model_requests_need_no_adapter_slot(start_mock: StartMock) -
         await asyncio.gather(adapter, return_exceptions=True)
 
 
-async def test_lora_load_ms_delays_an_adapter_taking_a_slot(start_mock: StartMock) -> None:
-    url = start_mock("--lora-modules", "a=/a", "--lora-load-ms", "200")
+async def test_lora_swap_ms_delays_an_adapter_taking_a_slot_once(start_mock: StartMock) -> None:
+    url = start_mock("--lora-modules", "a=/a", "--lora-swap-ms", "200")
     started = time.monotonic()
     await _concurrent(url, [{"model": "a", "messages": HI}])
     assert time.monotonic() - started >= 0.2
-    # While an adapter loads (held here for a minute), requests needing no load are answered.
-    url = start_mock("--lora-modules", "a=/a", "--lora-load-ms", "60000")
+    await _concurrent(url, [{"model": "a", "messages": HI}])  # still in its slot: no swap
+    state = httpx.get(url + "/mock/lora").json()
+    assert state == {"max_loras": 1, "max_cpu_loras": 1, "gpu": ["a"], "cpu": ["a"],
+                     "swaps": 1, "loads": 1}  # fmt: skip
+    # While an adapter swaps in (held here for a minute), requests needing no swap are answered.
+    url = start_mock("--lora-modules", "a=/a", "--lora-swap-ms", "60000")
     loading = asyncio.ensure_future(_concurrent(url, [{"model": "a", "messages": HI}]))
     try:
         await _until_running(url, 1, loading)
         assert not loading.done()
         (base,) = await _concurrent(url, [{"messages": HI}])
         assert base.status_code == 200
-        assert not loading.done(), "a base-model request waited for an adapter's load"
+        assert not loading.done(), "a base-model request waited for an adapter's swap"
     finally:
         loading.cancel()
         await asyncio.gather(loading, return_exceptions=True)
+
+
+async def test_an_adapter_out_of_the_cpu_cache_is_read_from_disk(start_mock: StartMock) -> None:
+    # Static adapters are read at start-up; with one CPU cache entry only b stays cached.
+    url = start_mock("--lora-modules", "a=/a", "b=/b", "--lora-load-ms", "200")
+    assert httpx.get(url + "/mock/lora").json()["cpu"] == ["b"]
+    started = time.monotonic()
+    await _concurrent(url, [{"model": "a", "messages": HI}])
+    assert time.monotonic() - started >= 0.2
+    state = httpx.get(url + "/mock/lora").json()
+    assert (state["cpu"], state["gpu"], state["loads"]) == (["a"], ["a"], 3)
+
+
+def test_fewer_cpu_than_gpu_slots_is_refused_at_start() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "loraroute", "mock-vllm", "--max-loras", "2", "--max-cpu-loras", "1"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "max_cpu_loras (1) must be >= max_loras (2)" in done.stderr
 
 
 def test_api_key_guards_v1_only(start_mock: StartMock) -> None:
