@@ -35,6 +35,7 @@ __all__ = [
     "Ingress",
     "Jobs",
     "Lora",
+    "LoraAffinity",
     "ModelConfig",
     "ModelScore",
     "ModelTarget",
@@ -104,6 +105,11 @@ class Lora(_Strict):
 
     name: Annotated[str, msgspec.Meta(min_length=1)]
     description: str = ""
+    path: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+    """Addition: the adapter's directory as the vLLM servers see it (vLLM resolves a relative
+    path against its own working directory). With a path, the dispatcher loads the adapter at
+    run time (`POST /v1/load_lora_adapter`) on one endpoint when none of the base model's
+    endpoints lists it, and unloads it when it leaves the config (`dispatcher.lora_affinity`)."""
 
 
 class ModelConfig(_Strict):
@@ -264,6 +270,35 @@ class Inference(_Strict):
     faster on CPUs, but a text's result then varies slightly with its batch mates."""
 
 
+class LoraAffinity(_Strict):
+    """`dispatcher.lora_affinity`: send a request to an endpoint that already holds its adapter.
+
+    Every `poll_interval_s` the dispatcher reads each endpoint's `/v1/models` (the adapters it
+    serves) and `/metrics` (`vllm:lora_requests_info`: running and waiting adapters, `max_lora`;
+    `vllm:num_requests_running`/`waiting`), off the request path. An adapter request then goes,
+    among the route's endpoints that are up and weighted, first to one where the adapter sits in
+    a LoRA slot, then to one with a free slot, then to one whose slot holder is idle, and last to
+    one that does not list the adapter; ties keep the weighted order."""
+
+    enabled: bool = True
+    """Off: endpoints are chosen by weight alone, and no adapter is loaded or unloaded."""
+    poll_interval_s: Annotated[float, msgspec.Meta(gt=0.0)] = 2.0
+    """How often each endpoint is read. Shorter follows other dispatchers' traffic sooner;
+    each poll costs every vLLM two small GETs."""
+    poll_timeout_s: Annotated[float, msgspec.Meta(gt=0.0)] = 2.0
+    """A poll slower than this fails; after a failed poll an endpoint's adapters count as
+    unknown (neither preferred nor avoided)."""
+    max_extra_load: Annotated[int, msgspec.Meta(ge=0)] = 8
+    """An endpoint keeps its affinity preference only while its load (requests in flight from
+    this dispatcher, or vLLM's running plus waiting, whichever is larger) exceeds the least
+    loaded candidate's by at most this many requests; beyond, it is chosen by weight like the
+    others, so one hot adapter does not pile onto one server. 0 prefers only among the least
+    loaded."""
+    load_adapters: bool = True
+    """Load adapters that have a `path` where no endpoint lists them, and unload those removed
+    from the config. Needs `VLLM_ALLOW_RUNTIME_LORA_UPDATING=1` on the vLLM servers."""
+
+
 class Dispatcher(_Strict):
     """`dispatcher`: calls to vLLM."""
 
@@ -275,6 +310,7 @@ class Dispatcher(_Strict):
     """Endpoints tried per request, only while nothing has been sent to the client."""
     check_response_model: bool = True
     """Fail a response whose `model` differs from the adapter asked for (a misconfigured vLLM)."""
+    lora_affinity: LoraAffinity = msgspec.field(default_factory=LoraAffinity)
 
 
 DEFAULT_AUTO_MODEL_NAMES: tuple[str, ...] = ("MoM", "auto", "vllm-sr/auto")

@@ -22,6 +22,8 @@ from services.common.subjects import DISPATCHERS_QUEUE, Subjects
 from services.dispatcher.dispatch import Dispatch
 from services.dispatcher.endpoints import EndpointPool
 from services.dispatcher.handlers import DispatcherHandlers
+from services.dispatcher.lora_state import LoraState
+from services.dispatcher.lora_sync import LoraSync
 from services.dispatcher.metrics import DispatcherMetrics
 from services.dispatcher.upstream import Upstream
 
@@ -47,6 +49,10 @@ class DispatcherWorker:
         self.subjects = Subjects(config.nats.subject_prefix)
         self.metrics = DispatcherMetrics(registry if registry is not None else CollectorRegistry())
         self.pool = EndpointPool(config.vllm_endpoints)
+        self.lora = LoraState()
+        #: Adapter reads and loads; `await worker.lora_sync.apply(config)` follows a new config.
+        self.lora_sync: LoraSync | None = None
+        self._lora_task: asyncio.Task[None] | None = None
         self.vllm_api_key = vllm_api_key
         self.nats_options = nats_options or {}
         self.nc: Client | None = None
@@ -73,7 +79,11 @@ class DispatcherWorker:
         except BaseException:
             await self.upstream.close()
             raise
-        dispatch = Dispatch(config=settings, pool=self.pool, upstream=self.upstream)
+        self.lora_sync = LoraSync(self.lora, self.config, api_key=self.vllm_api_key)
+        # The first read and reconcile run in the background: a vLLM that is down or slow must
+        # not hold up the dispatcher's start.
+        self._lora_task = asyncio.create_task(self._sync_adapters(self.lora_sync))
+        dispatch = Dispatch(config=settings, pool=self.pool, upstream=self.upstream, lora=self.lora)
         self.handlers = DispatcherHandlers(nc=self.nc, dispatch=dispatch, metrics=self.metrics)
         for subject in self.dispatch_subjects:
             self._subs.append(
@@ -86,6 +96,11 @@ class DispatcherWorker:
             self.subjects.cancel_all, cb=self.handlers.on_cancel
         )
         await self.nc.flush()
+
+    async def _sync_adapters(self, sync: LoraSync) -> None:
+        with contextlib.suppress(Exception):  # failures are logged; run() retries them
+            await sync.apply(self.config)
+        await sync.run()
 
     async def stop(self, timeout_s: float = 30.0) -> None:
         """Drain: stop intake, finish requests in flight (cancelled after `timeout_s`), close."""
@@ -104,6 +119,14 @@ class DispatcherWorker:
             if late:
                 await asyncio.wait(late)
         await bus.close(nc)
+        if self._lora_task is not None:
+            self._lora_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lora_task
+            self._lora_task = None
+        if self.lora_sync is not None:
+            await self.lora_sync.close()
+            self.lora_sync = None
         if self.upstream is not None:
             await self.upstream.close()
             self.upstream = None

@@ -18,6 +18,7 @@ re-shaped into the current envelope when vLLM sent the legacy flat one.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ from schemas.wire import (
 from services.common.bus import RequestMeta
 from services.dispatcher.apply import BodyError, apply_route
 from services.dispatcher.endpoints import EndpointPool
+from services.dispatcher.lora_state import LoraState
 from services.dispatcher.upstream import Upstream, UpstreamError, UpstreamResponse
 
 __all__ = ["CHAT_PATH", "Dispatch", "Outcome", "Send"]
@@ -142,10 +144,13 @@ class Dispatch:
         config: DispatcherConfig,
         pool: EndpointPool,
         upstream: Upstream,
+        lora: LoraState | None = None,
     ) -> None:
         self.config = config
         self.pool = pool
         self.upstream = upstream
+        self.lora = lora
+        """Adapter-aware endpoint order (`dispatcher.lora_affinity`); None: by weight alone."""
 
     async def run(self, request: DispatchRequest, meta: RequestMeta, send: Send) -> Outcome:
         """Answer `request` through `send` (exactly one final answer); never raises for
@@ -194,6 +199,8 @@ class Dispatch:
         (error, False) for a final error, and (error, True) when every endpoint failed in a
         way another model's endpoints might not (nothing was sent)."""
         endpoints = self.pool.order(route.endpoints)
+        if self.lora is not None:
+            endpoints = self.lora.order(endpoints, route.model, self.pool.is_down)
         if not endpoints:
             return _error(
                 ErrorKind.UNAVAILABLE, f"no vLLM endpoint is configured for {route.model}", route
@@ -212,8 +219,14 @@ class Dispatch:
             tried.add(endpoint.name)
             outcome.attempts = attempt + 1
             outcome.endpoint = endpoint.name
+            sending = (
+                self.lora.sending(endpoint.name, route.model)
+                if self.lora is not None
+                else contextlib.nullcontext()
+            )
             try:
-                await self._once(endpoint, body, route, meta, send, outcome)
+                with sending:
+                    await self._once(endpoint, body, route, meta, send, outcome)
             except _Retry as retry:
                 last = retry.reply
                 if retry.mark_down:

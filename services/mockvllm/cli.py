@@ -265,7 +265,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.max_cpu_loras is not None and args.max_cpu_loras < args.max_loras:
-        parser.error(f"max_cpu_loras ({args.max_cpu_loras}) must be >= max_loras ({args.max_loras})")
+        parser.error(
+            f"max_cpu_loras ({args.max_cpu_loras}) must be >= max_loras ({args.max_loras})"
+        )
     settings = settings_from_args(args)
 
     import uvicorn

@@ -65,9 +65,7 @@ class Engine:
     ) -> None:
         if max_cpu_loras is not None and max_cpu_loras < max_loras:
             # vLLM's LoRAConfig refuses this at start-up with the same words.
-            raise ValueError(
-                f"max_cpu_loras ({max_cpu_loras}) must be >= max_loras ({max_loras})"
-            )
+            raise ValueError(f"max_cpu_loras ({max_cpu_loras}) must be >= max_loras ({max_loras})")
         self.max_num_seqs = max_num_seqs
         self.max_loras = max_loras
         self.max_cpu_loras = max_loras if max_cpu_loras is None else max_cpu_loras
