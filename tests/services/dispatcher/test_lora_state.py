@@ -150,7 +150,5 @@ vllm:num_requests_running{engine="1",model_name="m"} 1.0
 # TYPE vllm:num_requests_waiting gauge
 vllm:num_requests_waiting{engine="0",model_name="m"} 2.0
 """
-    assert parse_metrics(text) == Polled(
-        running=("b", "c"), waiting=("d",), max_lora=2, queued=6
-    )
+    assert parse_metrics(text) == Polled(running=("b", "c"), waiting=("d",), max_lora=2, queued=6)
     assert parse_metrics("# nothing here\n") == Polled()
