@@ -1,12 +1,12 @@
 """How closely the mock vLLM keeps its latency model: the delays asked for vs the delays seen.
 
 Starts `loraroute mock-vllm` on a free loopback port with `--ttft-ms`, `--itl-ms`,
-`--output-tokens N:N` and `--lora-load-ms`, then, one request at a time, `--reps` times each:
+`--output-tokens N:N` and `--lora-swap-ms` (one LoRA slot, two adapters), then, one request at a time, `--reps` times each:
 
 - `whole`            a non-streaming base-model request: expected TTFT + (N - 1) x ITL;
 - `ttft`, `itl`      a streaming one: the first content chunk, then the gaps between chunks;
-- `adapter load`     an adapter request on a free slot (the adapter not loaded): `whole` + load;
-- `base while load`  a base-model request sent while an adapter loads: `whole`, no wait for it.
+- `adapter load`     an adapter request that swaps its adapter into the slot: `whole` + swap;
+- `base while load`  a base-model request sent while an adapter swaps in: `whole`, no wait for it.
 
 The tests check only what cannot flake (order, counts, lower bounds); this prints the figures,
 medians and worst case over the configured value. Loopback only, a few seconds. Not a test.
@@ -45,8 +45,8 @@ def _start(args: argparse.Namespace, log: Path) -> tuple[subprocess.Popen[bytes]
     command = [sys.executable, "-m", "loraroute", "mock-vllm", "--port", str(port)]
     command += ["--ttft-ms", str(args.ttft_ms), "--itl-ms", str(args.itl_ms)]
     command += ["--output-tokens", f"{args.tokens}:{args.tokens}"]
-    command += ["--lora-modules", "a=/a", "--max-loras", "2"]
-    command += ["--lora-load-ms", str(args.load_ms)]
+    command += ["--lora-modules", "a=/a", "b=/b", "--max-loras", "1"]
+    command += ["--lora-swap-ms", str(args.load_ms)]
     with log.open("ab") as out:
         process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -90,13 +90,13 @@ async def _measure(url: str, reps: int) -> dict[str, list[float]]:
         k: [] for k in ("whole", "ttft", "itl", "adapter load", "base while load")
     }
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-        for _ in range(reps):
+        for rep in range(reps):
             seen["whole"].append(await _whole(client))
             ttft, gaps = await _stream(client)
             seen["ttft"].append(ttft)
             seen["itl"].extend(gaps)
-            # The adapter's slot is released after each request, so each one loads it again.
-            loading = asyncio.create_task(_whole(client, "a"))
+            # One slot, adapters taken in turn: each request swaps its adapter in.
+            loading = asyncio.create_task(_whole(client, "ab"[rep % 2]))
             await asyncio.sleep(0.01)  # the adapter request is in and loading
             seen["base while load"].append(await _whole(client))
             seen["adapter load"].append(await loading)
