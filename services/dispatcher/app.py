@@ -1,8 +1,10 @@
 """The dispatcher, wired: one NATS connection, one upstream client, one subscription per base model.
 
 `DispatcherWorker.start` connects and subscribes to `<prefix>.dispatch.<base model>` for every
-configured base model, in queue group `dispatchers`; `stop` drains: no new messages, every
-request in flight finished (or cut at the timeout), then the client and connection close.
+configured base model, in queue group `dispatchers`, and starts `LoraSync` in the background
+(reads of every endpoint's adapters, runtime loads; `lora_sync.apply(config)` follows a new
+config); `stop` drains: no new messages, every request in flight finished (or cut at the
+timeout), then the adapter reads stop and the clients and connection close.
 """
 
 from __future__ import annotations
