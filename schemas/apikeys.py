@@ -96,14 +96,14 @@ def parse_env_keys(text: str) -> list[ApiKeyEntry]:
     for number, item in enumerate((part.strip() for part in text.split(",")), start=1):
         if not item:
             continue
-        key, _, models = item.partition(":")
+        key, colon, models = item.partition(":")
         if not _KEY.match(key):
             raise KeysError(
                 f"LORAROUTE_API_KEYS: key {number} is not 16 to 512 characters of "
                 "letters, digits and ._~+/=-"
             )
         allowed = None
-        if models:
+        if colon:
             allowed = [model.strip() for model in models.split("|") if model.strip()]
             if not allowed:
                 raise KeysError(f"LORAROUTE_API_KEYS: key {number} names no model after ':'")
