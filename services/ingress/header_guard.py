@@ -76,7 +76,7 @@ class _GuardedHttpTools(HttpToolsProtocol):
         self._timer = None
         if self.transport.is_closing():
             return
-        if self._header_bytes:
+        if self._header_bytes and not self._answering():
             self.transport.write(self._timed_out)
         self.transport.close()
 
@@ -113,8 +113,14 @@ class _GuardedHttpTools(HttpToolsProtocol):
 
     def _refuse_large(self) -> None:
         self._disarm()
-        self.transport.write(self._too_large)
+        if not self._answering():
+            self.transport.write(self._too_large)
         self.transport.close()
+
+    def _answering(self) -> bool:
+        """An earlier request's answer is being sent (a pipelined client): writing an error now
+        would land inside its bytes, so the connection is only closed."""
+        return self.cycle is not None and not self.cycle.response_complete
 
     # -------------------------------------------------------------- parser callbacks
 
