@@ -388,6 +388,8 @@ def main(argv: list[str]) -> int:
 
     host = args.host or config.ingress.host
     port = args.port or config.ingress.port
+    admin = config.ingress.admin
+    admin_address = None if admin.port is None else (admin.host or host, admin.port)
     use_mock = args.mock_vllm
     if use_mock is None:
         use_mock = all(e.address in _LOOPBACK for e in config.vllm_endpoints)
@@ -415,6 +417,8 @@ def main(argv: list[str]) -> int:
     try:
         _check_model(config)
         wanted = [("ingress", host, port)] + [(f"mock vLLM {n}", a, p) for n, a, p, _, _ in plan]
+        if admin_address is not None:
+            wanted.append(("ingress admin address", *admin_address))
         wanted += [("metrics", "127.0.0.1", p) for p in metrics_ports]
         for what, address, wanted_port in wanted:
             if not _port_free(address, wanted_port):
@@ -463,17 +467,27 @@ def main(argv: list[str]) -> int:
             services.append((_Child(name, ingress_args, env), ""))
         children += [child for child, _ in services]
         base_url = f"http://{host}:{port}"
+        # `/ready` is on the admin address when the config gives one (`ingress.admin`).
+        admin_url = base_url if admin_address is None else "http://{}:{}".format(*admin_address)
         # With several ingresses these answer from whichever replica the kernel picks; one that
         # is not listening yet gets no connections, so none is refused meanwhile.
         _wait_until(_http_ok(f"{base_url}/health"), children, args.ready_timeout, "the ingress")
         _wait_until(
-            _http_ok(f"{base_url}/ready"), children, args.ready_timeout, "classifier and dispatcher"
+            _http_ok(f"{admin_url}/ready"),
+            children,
+            args.ready_timeout,
+            "classifier and dispatcher",
         )
         for child, where in services:
+            if child.name.startswith("ingress") and admin_address is not None:
+                where = f"/ready and /metrics on {admin_url}  "
             print(f"ready  {child.name:<14} {where}(pid {child.pid})", flush=True)
+        keys_on = config.ingress.auth.keys_file is not None or env.get("LORAROUTE_API_KEYS")
+        key_header = ' -H "authorization: Bearer $KEY"' if keys_on else ""
         print(
             f"\nloraroute is up on {base_url}  (Ctrl-C stops everything)\n\n"
-            f"  curl -s {base_url}/v1/chat/completions -H 'content-type: application/json' \\\n"
+            f"  curl -s {base_url}/v1/chat/completions{key_header} "
+            "-H 'content-type: application/json' \\\n"
             '    -d \'{"model": "MoM", "messages": [{"role": "user", '
             '"content": "Explain async/await in JavaScript"}]}\' -D - \n',
             flush=True,

@@ -33,6 +33,9 @@ __all__ = [
     "Dispatcher",
     "Inference",
     "Ingress",
+    "IngressAdmin",
+    "IngressAuth",
+    "IngressHttp",
     "Jobs",
     "Lora",
     "LoraAffinity",
@@ -174,6 +177,40 @@ class Nats(_Strict):
     """Prefix of every subject, so several deployments can share one NATS cluster."""
 
 
+class IngressAuth(_Strict):
+    """`ingress.auth`: API keys at the door (`schemas.apikeys`). With no key configured here or
+    in `LORAROUTE_API_KEYS`, every request is let in."""
+
+    keys_file: str | None = None
+    """YAML file of hashed keys (`loraroute keys add FILE` writes entries), read at start-up."""
+
+
+class IngressAdmin(_Strict):
+    """`ingress.admin`: a separate listener for `/metrics` and `/ready`."""
+
+    host: str | None = None
+    """Admin listen address; null: `ingress.host`."""
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] | None = None
+    """With a port, `/metrics` and `/ready` are served there only (404 on the public port);
+    null: on the public port, open to every client."""
+
+
+class IngressHttp(_Strict):
+    """`ingress.http`: limits on a connection before its request is read."""
+
+    header_timeout_s: Annotated[float, msgspec.Meta(gt=0.0)] = 10.0
+    """A connection must deliver a request's whole header within this long (from connecting, or
+    from the first byte of a later request on a kept-alive one), else it is closed (408 when
+    part of a header came). Too small cuts off clients on slow links; too large lets idle or
+    slow-loris connections hold sockets."""
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1024 * 1024)] = 32 * 1024
+    """Request line plus headers; larger gets 431 and the connection closes."""
+    backlog: Annotated[int, msgspec.Meta(ge=1)] = 4096
+    """Connections the kernel queues before the ingress accepts them (capped by the kernel's
+    `net.core.somaxconn`). Too small drops connection attempts in a burst, which clients retry
+    only after 1, 3, 7 s; too large only holds kernel memory."""
+
+
 class Ingress(_Strict):
     """`ingress`: the HTTP front door."""
 
@@ -198,6 +235,9 @@ class Ingress(_Strict):
     occupy the classifier's batches and delay chat traffic."""
     ready_timeout_s: Annotated[float, msgspec.Meta(gt=0.0)] = 1.0
     """How long `/ready` waits for each worker kind's ping answer."""
+    auth: IngressAuth = msgspec.field(default_factory=IngressAuth)
+    admin: IngressAdmin = msgspec.field(default_factory=IngressAdmin)
+    http: IngressHttp = msgspec.field(default_factory=IngressHttp)
 
 
 class Routing(_Strict):

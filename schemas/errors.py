@@ -65,6 +65,17 @@ class ErrorKind(enum.Enum):
     #: The client closed its connection before the answer (nginx's 499); logged and counted,
     #: never seen by that client.
     CLIENT_GONE = "ClientClosedRequest"
+    #: No API key, or one the ingress does not know (OpenAI's 401; the official client raises
+    #: `AuthenticationError`).
+    AUTHENTICATION = "AuthenticationError"
+    #: The API key may not use the model it named (OpenAI's 403; `PermissionDeniedError`).
+    PERMISSION_DENIED = "PermissionDeniedError"
+    #: The connection did not deliver its request's header in time (`ingress.http`); sent
+    #: just before the ingress closes the connection.
+    HEADER_TIMEOUT = "RequestTimeoutError"
+    #: The request's header is larger than the ingress accepts (`ingress.http`); the
+    #: connection is closed after it.
+    HEADER_TOO_LARGE = "RequestHeaderFieldsTooLargeError"
 
 
 #: The one mapping from kind to HTTP status.
@@ -84,6 +95,10 @@ STATUS: dict[ErrorKind, int] = {
     ErrorKind.TIMEOUT: 504,
     ErrorKind.CONFLICT: 409,
     ErrorKind.CLIENT_GONE: 499,
+    ErrorKind.AUTHENTICATION: 401,
+    ErrorKind.PERMISSION_DENIED: 403,
+    ErrorKind.HEADER_TIMEOUT: 408,
+    ErrorKind.HEADER_TOO_LARGE: 431,
 }
 
 

@@ -20,6 +20,9 @@ import yaml
 from modelkit.cli.average import build_parser as average_parser
 from modelkit.cli.memory import build_parser as memory_parser
 from modelkit.cli.train import build_parser
+from schemas.apikeys import hash_key, load_keys_file
+from schemas.config import decode_config
+from services.ingress.auth import load_keyring
 from tests.processes import REPO, Service, free_port
 
 EXAMPLES = REPO / "docs" / "examples"
@@ -144,3 +147,31 @@ def test_training_examples_name_real_options(tmp_path: Path) -> None:
             done = _run(shlex.join([sys.executable, *words[1:]]))
             assert done.returncode == 0, done.stderr
             assert done.stdout.count("|") > 10  # a table row
+
+
+def test_api_keys_example_writes_a_keys_file_the_ingress_config_names(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(REPO),  # this checkout's `loraroute`, wherever it is installed from
+    }
+    done = subprocess.run(
+        ["bash", "-e", str(EXAMPLES / "api-keys.sh")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    key = done.stdout.strip()
+    entries = load_keys_file(tmp_path / "keys.yaml")
+    assert [(e.name, e.models) for e in entries] == [("team-a", ["MoM"]), ("ops", None)]
+    assert entries[0].sha256 == hash_key(key)
+    data = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
+    data["ingress"] = yaml.safe_load((EXAMPLES / "ingress-door.yaml").read_text())["ingress"]
+    data["ingress"]["auth"]["keys_file"] = str(tmp_path / "keys.yaml")
+    config = decode_config(data)
+    assert config.ingress.admin.port == 9090
+    assert load_keyring(config, None).names == ["team-a", "ops"]

@@ -2,7 +2,7 @@
 
 Knobs live in the config file (`schemas.config`); the environment carries only where things are
 (`LORAROUTE_NATS_URL`: one server, or a cluster's nodes as comma-separated URLs;
-`LORAROUTE_CONFIG`) and secrets (NATS credentials, the vLLM API key), so
+`LORAROUTE_CONFIG`) and secrets (NATS credentials, the vLLM API key, the ingress's API keys), so
 that a config file can be shared and committed while secrets stay out of it and out of the logs.
 """
 
@@ -31,6 +31,8 @@ class Settings:
     nats_creds: str | None = None
     """Path of a NATS `.creds` file (the path is not secret; its content is)."""
     vllm_api_key: str | None = field(default=None, repr=False)
+    api_keys: str | None = field(default=None, repr=False)
+    """`LORAROUTE_API_KEYS`: the ingress's plain API keys (`schemas.apikeys.parse_env_keys`)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -49,6 +51,7 @@ class Settings:
             nats_password=get("LORAROUTE_NATS_PASSWORD"),
             nats_creds=get("LORAROUTE_NATS_CREDS"),
             vllm_api_key=get("LORAROUTE_VLLM_API_KEY"),
+            api_keys=get("LORAROUTE_API_KEYS"),
         )
 
     def nats_options(self) -> dict[str, str]:

@@ -1,5 +1,9 @@
 """Wires the ingress: Starlette app, NATS connection, the one reply subscription, shutdown.
 
+`build_app` reads the API keys first (a bad keys file stops the start-up) and puts the door
+(`door.Door`: keys, early 429) in front of the routes; with `ingress.admin.port` set, `/ready` and
+`/metrics` leave the public app for `build_admin_app`'s, which shares its state.
+
 Start-up (lifespan): connect to NATS, subscribe `<inbox>.*` once for every reply this process
 will get, size the body limit to what one NATS message can carry, build the `Exchange` and the
 `/v1/models` body; create the Batch API's JetStream streams and buckets when missing (a
@@ -22,6 +26,7 @@ from nats.aio.msg import Msg
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -32,17 +37,19 @@ from services.common.jetstream import ensure_job_resources
 from services.common.log import get_logger
 from services.common.settings import Settings
 from services.common.subjects import Subjects
+from services.ingress.auth import load_keyring
 from services.ingress.batch_routes import BATCH_ROUTES, BatchApi
 from services.ingress.batches import Batches
+from services.ingress.door import Door
 from services.ingress.exchange import Exchange, PublishError
 from services.ingress.files import Files
 from services.ingress.inbox import Inbox
 from services.ingress.metrics import IngressMetrics
 from services.ingress.models import model_list
-from services.ingress.routes import ROUTES, IngressState
+from services.ingress.routes import ADMIN_ROUTES, PUBLIC_ROUTES, ROUTES, IngressState
 from services.ingress.validation import body_limit, envelope_headroom
 
-__all__ = ["build_app"]
+__all__ = ["build_admin_app", "build_app"]
 
 _log = get_logger()
 
@@ -92,7 +99,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 def build_app(config: Config, nats_url: str, settings: Settings | None = None) -> Starlette:
-    """The ingress ASGI app for `config`, talking to NATS at `nats_url`."""
+    """The ingress ASGI app for `config`, talking to NATS at `nats_url`.
+
+    Raises `schemas.apikeys.KeysError` or `OSError` when the API keys cannot be read."""
+    keyring = load_keyring(config, settings.api_keys if settings is not None else None)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -124,21 +134,29 @@ def build_app(config: Config, nats_url: str, settings: Settings | None = None) -
             in_flight=lambda: len(inbox),
             late_replies=lambda: inbox.dropped,
         )
+        created = int(time.time())
         app.state.ingress = IngressState(
             config=config,
             exchange=Exchange(config, inbox, _publisher(nc)),
-            models_body=model_list(config, int(time.time())),
+            models_body=model_list(config, created),
             body_limit=limit,
             connected=lambda: nc.is_connected,
             metrics=metrics,
+            models_created=created,
         )
         files = Files(jobs.files, config.jobs)
         app.state.batch_api = BatchApi(
             files=files,
             batches=Batches(js, subjects, config.jobs, jobs.batches, files),
             metrics=metrics,
+            default_model=config.default_model,
         )
-        _log.info("ingress_started", nats=nats_url, body_limit=limit)
+        _log.info(
+            "ingress_started",
+            nats=nats_url,
+            body_limit=limit,
+            api_keys=keyring.names if keyring.enabled else "off",
+        )
         try:
             yield
         finally:
@@ -149,8 +167,21 @@ def build_app(config: Config, nats_url: str, settings: Settings | None = None) -
             await bus.close(nc)
             _log.info("ingress_stopped", late_replies_dropped=inbox.dropped)
 
+    separate_admin = config.ingress.admin.port is not None
     return Starlette(
-        routes=[*ROUTES, *BATCH_ROUTES],
+        routes=[*(PUBLIC_ROUTES if separate_admin else ROUTES), *BATCH_ROUTES],
+        middleware=[Middleware(Door, keyring=keyring)],
         lifespan=lifespan,
         exception_handlers={Exception: _server_error, HTTPException: _http_error},
     )
+
+
+def build_admin_app(app: Starlette) -> Starlette:
+    """`/ready` and `/metrics` alone, for `ingress.admin`'s address: no keys, no lifespan of its
+    own; it answers from `app`'s state, so it must serve only while `app` runs."""
+    admin = Starlette(
+        routes=ADMIN_ROUTES,
+        exception_handlers={Exception: _server_error, HTTPException: _http_error},
+    )
+    admin.state = app.state
+    return admin

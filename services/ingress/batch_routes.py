@@ -23,7 +23,9 @@ from starlette.routing import Route as HttpRoute
 from starlette.types import Message
 
 from schemas.errors import ErrorKind, ErrorResponse, error_response
+from services.common.log import get_logger
 from services.ingress import headers
+from services.ingress.auth import Keyring, api_key
 from services.ingress.batches import MAX_LIST_LIMIT, Batches, parse_batch_request
 from services.ingress.files import Files, file_too_large
 from services.ingress.metrics import IngressMetrics
@@ -32,6 +34,7 @@ from services.ingress.validation import check_content_type, too_large
 __all__ = ["BATCH_ROUTES", "BatchApi"]
 
 _JSON = "application/json"
+_log = get_logger()
 #: Bytes a multipart upload may carry beyond its file: the boundaries, part headers and the
 #: `purpose` field.
 _FORM_OVERHEAD = 64 * 1024
@@ -46,6 +49,8 @@ class BatchApi:
     files: Files
     batches: Batches
     metrics: IngressMetrics
+    #: The model a line without `model` runs on (`default_model`), for the key's model check.
+    default_model: str = ""
 
 
 class _TooLarge(Exception):
@@ -165,7 +170,19 @@ async def create_batch(request: Request) -> Response:
     parsed = parse_batch_request(b"".join(chunks))
     if isinstance(parsed, ErrorResponse):
         return _answer(parsed)
-    return _answer(await _api(request).batches.create(parsed))
+    api = _api(request)
+    key = api_key(request.scope)
+    if key is None or key.models is None:
+        return _answer(await api.batches.create(parsed))
+
+    def permits(model: str | None) -> bool:
+        return Keyring.allows(key, model or api.default_model)
+
+    answer = await api.batches.create(parsed, permits)
+    if isinstance(answer, ErrorResponse) and answer.status == 403:
+        api.metrics.refused("model")
+        _log.info("model_refused", key=key.name, batch_input=parsed.input_file_id)
+    return _answer(answer)
 
 
 async def retrieve_batch(request: Request) -> Response:

@@ -14,6 +14,7 @@ import asyncio
 import re
 import secrets
 import time
+from collections.abc import Callable
 
 import msgspec
 from nats.js import JetStreamContext
@@ -32,6 +33,7 @@ from schemas.jobs import (
     BatchList,
     BatchRequest,
     CancelBatch,
+    InputLine,
     StartBatch,
     window_seconds,
 )
@@ -50,6 +52,7 @@ __all__ = [
     "Batches",
     "new_batch_id",
     "parse_batch_request",
+    "refused_model",
 ]
 
 #: `GET /v1/batches?limit=` at most (OpenAI's bound).
@@ -77,6 +80,35 @@ def new_batch_id() -> str:
 
 def _bad(message: str, param: str | None) -> ErrorResponse:
     return error_response(ErrorKind.BAD_REQUEST, message, param)
+
+
+class _LineModel(msgspec.Struct):
+    model: str | None = None
+
+
+_line_model = msgspec.json.Decoder(_LineModel)
+
+
+def refused_model(
+    lines: list[InputLine], permits: Callable[[str | None], bool]
+) -> ErrorResponse | None:
+    """The 403 for the first line whose `model` the caller's API key may not use (`permits`),
+    or None. A line whose body has no readable `model` is left to fail on its own."""
+    for line in lines:
+        if line.body is None:
+            continue
+        try:
+            model = _line_model.decode(line.body).model
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue
+        if not permits(model):
+            return error_response(
+                ErrorKind.PERMISSION_DENIED,
+                f"Line {line.number} of the input file names the model `{model}`, which this "
+                "API key may not use.",
+                "input_file_id",
+            )
+    return None
 
 
 def _no_such_batch(batch_id: str) -> ErrorResponse:
@@ -117,9 +149,12 @@ class Batches:
         self.kv = kv
         self.files = files
 
-    async def create(self, request: BatchRequest) -> Batch | ErrorResponse:
+    async def create(
+        self, request: BatchRequest, permits: Callable[[str | None], bool] | None = None
+    ) -> Batch | ErrorResponse:
         """Validate the input file and start the batch: 400 for a wrong endpoint or window or a
-        file `read_input` refuses, 404 for an unknown file, 503 when JetStream fails."""
+        file `read_input` refuses, 403 for a line naming a model `permits` refuses (the
+        caller's API key), 404 for an unknown file, 503 when JetStream fails."""
         if request.endpoint != BATCH_ENDPOINT:
             return _bad(
                 f"Invalid value for 'endpoint': {request.endpoint!r}; this server supports "
@@ -148,6 +183,10 @@ class Batches:
         read = await read_input_file(data, self.jobs)
         if read.errors:
             return input_refused(read.errors, "input_file_id")
+        if permits is not None:
+            refused = refused_model(read.lines, permits)
+            if refused is not None:
+                return refused
         now = int(time.time())
         batch = Batch(
             id=new_batch_id(),

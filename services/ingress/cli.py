@@ -7,11 +7,17 @@ finish for up to `--graceful-timeout` seconds while their replies still arrive o
 then unsubscribe, drain NATS and exit 0.
 With `--reuse-port` several ingress processes listen on the same port (SO_REUSEPORT, Linux and
 the BSDs) and the kernel spreads new connections over them; `loraroute up --ingresses N` does so.
+With `ingress.admin.port` set, a second server in the same process serves `/ready` and
+`/metrics` on that address (sharing it the same way under `--reuse-port`), from when the ingress
+has started until it has stopped. Every connection gets `ingress.http`'s header deadline and
+size cap (`header_guard`).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import signal
 import socket
 import sys
@@ -20,12 +26,14 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from schemas.config import ConfigError, load_config
+from schemas.apikeys import KeysError
+from schemas.config import Config, ConfigError, load_config
 from services.common.log import configure, get_logger
 from services.common.settings import Settings
 
 if TYPE_CHECKING:
     import uvicorn
+    from starlette.applications import Starlette
 
 __all__ = ["main"]
 
@@ -73,15 +81,17 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     return parser
 
 
-def _shared_socket(host: str, port: int) -> socket.socket:
-    """A socket bound to `host:port` with SO_REUSEPORT, not yet listening: uvicorn listens on it
-    once the app has started, so no connection is queued on a process that cannot serve yet."""
+def _shared_socket(host: str, port: int, reuse_port: bool = True) -> socket.socket:
+    """A socket bound to `host:port` (with SO_REUSEPORT unless `reuse_port` is False), not yet
+    listening: uvicorn listens on it once the app has started, so no connection is queued on a
+    process that cannot serve yet."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
     except OSError:
         sock.close()
@@ -112,6 +122,81 @@ def _server(
     return DelayedStop(config)
 
 
+def _admin_server(config: uvicorn.Config) -> uvicorn.Server:
+    """uvicorn's server for the admin address: the public server owns the signals and tells
+    this one when to stop."""
+    import uvicorn
+
+    class Follower(uvicorn.Server):
+        def capture_signals(self) -> contextlib.AbstractContextManager[None]:  # type: ignore[override]
+            return contextlib.nullcontext()
+
+    return Follower(config)
+
+
+async def _serve(
+    server: uvicorn.Server,
+    sockets: list[socket.socket] | None,
+    admin: tuple[uvicorn.Server, socket.socket] | None,
+) -> None:
+    """Run `server`; run `admin`'s server beside it from when `server` has started until it
+    has stopped."""
+    if admin is None:
+        await server.serve(sockets=sockets)
+        return
+    admin_server, admin_socket = admin
+
+    async def follow() -> None:
+        while not server.started:
+            await asyncio.sleep(0.05)
+        await admin_server.serve(sockets=[admin_socket])
+
+    follower = asyncio.ensure_future(follow())
+    try:
+        await server.serve(sockets=sockets)
+    finally:
+        admin_server.should_exit = True
+        if not admin_server.started:
+            follower.cancel()
+        await asyncio.gather(follower, return_exceptions=True)
+
+
+def _admin(
+    config: Config,
+    host: str,
+    args: argparse.Namespace,
+    http: type[asyncio.Protocol] | str,
+    app: Starlette,
+    stack: contextlib.ExitStack,
+) -> tuple[uvicorn.Server, socket.socket] | None:
+    """The admin address's server and its bound socket (closed with `stack`), when
+    `ingress.admin.port` is set. Raises OSError, naming the address, when it cannot be bound."""
+    import uvicorn
+
+    from services.ingress.app import build_admin_app
+
+    if config.ingress.admin.port is None:
+        return None
+    admin_host = config.ingress.admin.host or host
+    admin_port = config.ingress.admin.port
+    try:
+        sock = stack.enter_context(_shared_socket(admin_host, admin_port, args.reuse_port))
+    except OSError as error:
+        raise OSError(f"admin address {admin_host}:{admin_port}: {error}") from error
+    get_logger().info("admin_address", host=admin_host, port=admin_port)
+    admin_config = uvicorn.Config(
+        build_admin_app(app),
+        loop=args.loop,
+        http=http,
+        backlog=config.ingress.http.backlog,
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=1,
+    )
+    return _admin_server(admin_config), sock
+
+
 def _stopped(signum: int, frame: FrameType | None) -> None:
     """The signal uvicorn raises again after its graceful stop: the stop is already done."""
 
@@ -133,10 +218,21 @@ def main(argv: list[str]) -> int:
     import uvicorn
 
     from services.ingress.app import build_app
+    from services.ingress.header_guard import guarded_protocol
 
     host = args.host or config.ingress.host
     port = args.port or config.ingress.port
-    app = build_app(config, args.nats, settings)
+    try:
+        app = build_app(config, args.nats, settings)
+    except (KeysError, OSError) as error:
+        print(f"loraroute ingress: API keys: {error}", file=sys.stderr)
+        return 1
+    limits = config.ingress.http
+    http: type[asyncio.Protocol] | str = (
+        guarded_protocol(limits.header_timeout_s, limits.max_header_bytes)
+        if args.http == "httptools"
+        else "h11"  # measurements only: its size cap below, no header deadline
+    )
     server = _server(
         args.shutdown_delay,
         lambda: setattr(app.state.ingress, "draining", True),
@@ -145,7 +241,9 @@ def main(argv: list[str]) -> int:
             host=host,
             port=port,
             loop=args.loop,
-            http=args.http,
+            http=http,
+            h11_max_incomplete_event_size=limits.max_header_bytes,
+            backlog=limits.backlog,
             lifespan="on",
             access_log=False,
             log_level="warning",
@@ -162,15 +260,25 @@ def main(argv: list[str]) -> int:
     # signal again; with these (which do nothing) in place, a clean stop exits 0 as the workers do.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _stopped)
-    try:
-        if args.reuse_port:
-            with _shared_socket(host, port) as sock:
-                server.run(sockets=[sock])
-        else:
-            server.run()
-    except OSError as error:
-        print(f"loraroute ingress: cannot listen on {host}:{port}: {error}", file=sys.stderr)
-        return 1
+    with contextlib.ExitStack() as stack:
+        sockets = None
+        try:
+            if args.reuse_port:
+                sockets = [stack.enter_context(_shared_socket(host, port))]
+        except OSError as error:
+            print(f"loraroute ingress: cannot listen on {host}:{port}: {error}", file=sys.stderr)
+            return 1
+        try:
+            admin = _admin(config, host, args, http, app, stack)
+        except OSError as error:
+            print(f"loraroute ingress: cannot listen on the {error}", file=sys.stderr)
+            return 1
+        try:
+            with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
+                runner.run(_serve(server, sockets, admin))
+        except OSError as error:
+            print(f"loraroute ingress: cannot listen on {host}:{port}: {error}", file=sys.stderr)
+            return 1
     if not server.started:
         print("loraroute ingress: did not start (see the log above)", file=sys.stderr)
         return 1

@@ -78,7 +78,8 @@ class Exchange:
 
     # ------------------------------------------------------------------ helpers
 
-    def _overloaded(self) -> ErrorAnswer | None:
+    def overloaded(self) -> ErrorAnswer | None:
+        """The 429 to answer when `ingress.max_in_flight` requests are waiting, else None."""
         limit = self.config.ingress.max_in_flight
         if len(self.inbox) < limit:
             return None
@@ -127,7 +128,7 @@ class Exchange:
         For `stream=True` the outcome is a `StreamAnswer` once the head arrived (the caller
         must `release()` it); errors before the head are ordinary `ErrorAnswer`s.
         """
-        refused = self._overloaded()
+        refused = self.overloaded()
         if refused is not None:
             return refused
         budget = self._budget(meta)
@@ -195,7 +196,7 @@ class Exchange:
         self, texts: list[str], return_probabilities: bool, meta: RequestMeta
     ) -> ClassifyTextsResult | ErrorAnswer:
         """Classify `texts` with the classifiers' model (no dispatch)."""
-        refused = self._overloaded()
+        refused = self.overloaded()
         if refused is not None:
             return refused
         with self.inbox.open() as mailbox:

@@ -1,7 +1,8 @@
 """The ingress's Prometheus metrics (prefix `loraroute_ingress_`), served on its own `/metrics`.
 
 Built on a registry passed in, so tests and several apps in one process never collide. Labels
-stay low-cardinality: the route is one of the ingress's fixed paths, the code an HTTP status.
+stay low-cardinality: the route is one of the ingress's fixed paths, the code an HTTP status,
+the key an entry's name from the configured keys (never the key).
 """
 
 from __future__ import annotations
@@ -49,6 +50,28 @@ class IngressMetrics:
             "Replies dropped since start because their request had ended (deadline, client gone).",
             registry=registry,
         ).set_function(late_replies)
+
+        self.auth_refusals = Counter(
+            "loraroute_ingress_auth_refusals_total",
+            "Requests refused at the door: no key or an unknown one (401), or a model the key "
+            "may not use (403).",
+            ["reason"],
+            registry=registry,
+        )
+        self.key_requests = Counter(
+            "loraroute_ingress_key_requests_total",
+            "Requests let in, by the name of their API key (only while keys are configured).",
+            ["key"],
+            registry=registry,
+        )
+
+    def refused(self, reason: str) -> None:
+        """Count one refusal at the door (`missing_key`, `wrong_key`, `model`)."""
+        self.auth_refusals.labels(reason).inc()
+
+    def let_in(self, key_name: str) -> None:
+        """Count one request let in with the key named `key_name`."""
+        self.key_requests.labels(key_name).inc()
 
     def observe(self, route: str, code: int, seconds: float) -> None:
         """Count one answered request."""

@@ -23,8 +23,9 @@ def unknown_model(model: str) -> ErrorResponse:
     return error_response(ErrorKind.NOT_FOUND, f"The model `{model}` does not exist.", "model")
 
 
-def model_list(config: Config, created: int) -> bytes:
-    """The `/v1/models` body: auto names first, then each base model followed by its adapters.
+def model_list(config: Config, created: int, allowed: frozenset[str] | None = None) -> bytes:
+    """The `/v1/models` body: auto names first, then each base model followed by its adapters;
+    only the names in `allowed` when given (what an API key limited to them may see).
 
     Adapters carry `parent` = their base model (how vLLM marks them); auto names are owned by
     `loraroute`. Built once at start-up: the list changes only with the config.
@@ -44,4 +45,6 @@ def model_list(config: Config, created: int) -> bytes:
     for base, model in config.model_config.items():
         cards.append(card(base, "vllm", None))
         cards.extend(card(lora.name, "vllm", base) for lora in model.loras)
+    if allowed is not None:
+        cards = [c for c in cards if c.id in allowed]
     return msgspec.json.encode(ModelList(data=cards))

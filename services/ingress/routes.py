@@ -1,8 +1,10 @@
 """The ingress's HTTP entry points: read the request, call one plain function, send its answer.
 
-Order of checks on a POST: declared size (413 before reading), content type (400), body read with
-the limit enforced while reading (413), JSON and schema (400), model name (404); then the
-request is handed to the `Exchange` and its outcome becomes the response.
+Before any route, the door (`door.Door`) checks the API key (401) and refuses pipeline work when
+too much is in flight (429). Order of checks on a POST: declared size (413 before reading),
+content type (400), body read with the limit enforced while reading (413), JSON and schema (400),
+model name (404), the key's allowed models (403); then the request is handed to the `Exchange`
+and its outcome becomes the response.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -20,6 +22,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route as HttpRoute
 from starlette.types import Receive, Scope, Send
 
+from schemas.apikeys import ApiKeyEntry
 from schemas.classify import ClassifyBatchRequest
 from schemas.config import Config
 from schemas.errors import ErrorKind, ErrorResponse
@@ -27,9 +30,10 @@ from schemas.wire import ClassifyTextsResult
 from services.common.bus import RequestMeta, deadline_after
 from services.common.log import get_logger
 from services.ingress import classify_api, headers, sse
+from services.ingress.auth import Keyring, api_key, forbidden_model
 from services.ingress.exchange import Exchange
 from services.ingress.metrics import IngressMetrics
-from services.ingress.models import unknown_model
+from services.ingress.models import model_list, unknown_model
 from services.ingress.outcomes import (
     ErrorAnswer,
     JsonAnswer,
@@ -45,7 +49,7 @@ from services.ingress.validation import (
     too_large,
 )
 
-__all__ = ["ROUTES", "IngressState"]
+__all__ = ["ADMIN_ROUTES", "PUBLIC_ROUTES", "ROUTES", "IngressState"]
 
 _JSON = "application/json"
 _log = get_logger()
@@ -64,6 +68,15 @@ class IngressState:
     #: Set on SIGTERM for `--shutdown-delay` seconds before intake stops: `/ready` says 503 so
     #: a balancer stops sending here while every request still gets served.
     draining: bool = False
+    #: `created` of the `/v1/models` cards, and that list as each model-limited key sees it.
+    models_created: int = 0
+    models_by_key: dict[str, bytes] = field(default_factory=dict)
+
+
+def _forbidden(key: ApiKeyEntry | None, model: str, rid: str, state: IngressState) -> Response:
+    state.metrics.refused("model")
+    _log.info("model_refused", key=key.name if key else None, model=model, request_id=rid)
+    return _error(forbidden_model(model), rid)
 
 
 def _state(request: Request) -> IngressState:
@@ -157,13 +170,17 @@ async def _chat(request: Request) -> Response:
         return _error(view, rid)
     if state.config.target_of(view.model) is None:
         return _error(unknown_model(view.model or ""), rid)
+    key = api_key(request.scope)
+    named = view.model or state.config.default_model
+    if not Keyring.allows(key, named):
+        return _forbidden(key, named, rid, state)
     meta = _meta(request, rid, state.config.ingress.request_timeout_s)
     outcome = await _unless_client_leaves(
         request, state.exchange.chat(body, bool(view.stream), meta)
     )
     if outcome is None:
         await state.exchange.cancel(meta)
-        _log.info("client_gone", request_id=rid)
+        _log.info("client_gone", request_id=rid, key=key.name if key else None)
         outcome = error_answer(
             ErrorKind.CLIENT_GONE, "The client closed its connection before the answer."
         )
@@ -194,8 +211,17 @@ async def _unless_client_leaves(
 
 
 async def list_models(request: Request) -> Response:
-    """`GET /v1/models`: auto names, base models and adapters (OpenAI list shape)."""
-    return Response(_state(request).models_body, 200, media_type=_JSON)
+    """`GET /v1/models`: auto names, base models and adapters (OpenAI list shape); a key limited
+    to some models sees only those."""
+    state = _state(request)
+    key = api_key(request.scope)
+    if key is None or key.models is None:
+        return Response(state.models_body, 200, media_type=_JSON)
+    body = state.models_by_key.get(key.name)
+    if body is None:
+        body = model_list(state.config, state.models_created, frozenset(key.models))
+        state.models_by_key[key.name] = body
+    return Response(body, 200, media_type=_JSON)
 
 
 async def health(request: Request) -> Response:
@@ -271,12 +297,16 @@ async def metrics(request: Request) -> Response:
     return Response(generate_latest(registry), 200, media_type=CONTENT_TYPE_LATEST)
 
 
-ROUTES = [
+PUBLIC_ROUTES = [
     HttpRoute("/v1/chat/completions", chat_completions, methods=["POST"]),
     HttpRoute("/v1/models", list_models, methods=["GET"]),
     HttpRoute("/health", health, methods=["GET"]),
-    HttpRoute("/ready", ready, methods=["GET"]),
     HttpRoute("/api/v1/classify/intent", classify_intent, methods=["POST"]),
     HttpRoute("/api/v1/classify/batch", classify_batch, methods=["POST"]),
+]
+#: Served on the public port, or on `ingress.admin`'s address alone when it has a port.
+ADMIN_ROUTES = [
+    HttpRoute("/ready", ready, methods=["GET"]),
     HttpRoute("/metrics", metrics, methods=["GET"]),
 ]
+ROUTES = [*PUBLIC_ROUTES, *ADMIN_ROUTES]

@@ -29,7 +29,7 @@ from services.classifier.metrics import WorkerMetrics
 from services.common.subjects import Subjects
 from services.dispatcher.metrics import DispatcherMetrics
 from services.ingress.metrics import IngressMetrics
-from services.ingress.routes import ROUTES
+from services.ingress.routes import ADMIN_ROUTES, PUBLIC_ROUTES
 from services.jobs.metrics import JobsMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -393,21 +393,26 @@ def _port_number(container: dict[str, Any], port: int | str) -> int:
     return number  # type: ignore[no-any-return]
 
 
-def test_ingress_ports_and_probe_paths_are_its_own() -> None:
-    paths = {route.path for route in ROUTES}
+def test_ingress_ports_and_probe_paths_are_its_own(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(_config_text(KUBERNETES / "configmap.yaml"))
+    admin = load_config(str(path))[0].ingress.admin
+    assert admin.host == "0.0.0.0" and admin.port is not None, "else the kubelet cannot reach it"
+    public = {route.path for route in PUBLIC_ROUTES}
+    admin_paths = {route.path for route in ADMIN_ROUTES}
     (ingress,) = [d for d in _of_kind("Deployment") if _container(d)["args"][0] == "ingress"]
     container = _container(ingress)
     flags = _flags(container["args"][1:])
     assert flags["--host"] == "0.0.0.0"
     probes = _probes(container)
-    assert probes["livenessProbe"]["path"] == "/health"
-    assert probes["readinessProbe"]["path"] == "/ready"
-    for probe in probes.values():
-        assert probe["path"] in paths
-        assert _port_number(container, probe["port"]) == int(flags["--port"])
+    liveness, readiness = probes["livenessProbe"], probes["readinessProbe"]
+    assert liveness["path"] == "/health" and liveness["path"] in public
+    assert _port_number(container, liveness["port"]) == int(flags["--port"])
+    assert readiness["path"] == "/ready" and readiness["path"] in admin_paths
+    assert _port_number(container, readiness["port"]) == admin.port
     annotations = ingress["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["prometheus.io/path"] in paths
-    assert int(annotations["prometheus.io/port"]) == int(flags["--port"])
+    assert annotations["prometheus.io/path"] in admin_paths
+    assert int(annotations["prometheus.io/port"]) == admin.port
 
 
 def test_worker_ports_and_probe_paths_are_their_metrics_server() -> None:

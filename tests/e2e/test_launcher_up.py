@@ -365,3 +365,47 @@ def test_up_on_a_3_node_nats_cluster(tmp_path: Path) -> None:
         if up.poll() is None:
             up.kill()
             up.wait(10)
+
+
+def test_up_restarts_a_killed_ingress_behind_keys_and_an_admin_address(
+    tmp_path: Path, stopper: list[subprocess.Popen[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = "sk-up-0123456789abcdef"
+    monkeypatch.setenv("LORAROUTE_API_KEYS", key)
+    admin = free_port()
+    up, log_path, port = _start_up(tmp_path, {"ingress": {"admin": {"port": admin}}})
+    stopper.append(up)
+    output = log_path.read_text()
+    ready = _ready(output)
+    assert f"/ready and /metrics on http://127.0.0.1:{admin}" in output
+    assert "authorization: Bearer $KEY" in output
+    base = f"http://127.0.0.1:{port}"
+    auth = {"authorization": f"Bearer {key}"}
+    assert httpx.get(f"http://127.0.0.1:{admin}/ready").status_code == 200
+    assert httpx.get(f"{base}/ready").status_code == 404
+    assert httpx.post(f"{base}/v1/chat/completions", json=_CHAT).status_code == 401
+    assert httpx.post(f"{base}/v1/chat/completions", json=_CHAT, headers=auth).status_code == 200
+
+    os.kill(ready["ingress"], signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while not (found := re.search(r"restarted ingress \(pid (\d+)\)", log_path.read_text())):
+        assert up.poll() is None, log_path.read_text()
+        assert time.monotonic() < deadline, log_path.read_text()
+        time.sleep(0.2)
+    restarted = int(found[1])
+    deadline = time.monotonic() + 60
+    while True:
+        with contextlib.suppress(httpx.HTTPError):  # not listening yet
+            answer = httpx.post(f"{base}/v1/chat/completions", json=_CHAT, headers=auth, timeout=30)
+            if answer.status_code == 200:
+                break
+        assert time.monotonic() < deadline, log_path.read_text()
+        time.sleep(0.2)
+    text = log_path.read_text()
+    assert f"ingress (pid {ready['ingress']}) exited with status -9; restarting it in 0.5 s" in text
+    assert httpx.get(f"http://127.0.0.1:{admin}/ready").status_code == 200
+    others = [pid for name, pid in ready.items() if name != "ingress"]
+    assert all(_alive(pid) for pid in others), "the rest kept running"
+    assert key not in text, "the key is never logged"
+
+    _stop(up, log_path, [*others, restarted])
