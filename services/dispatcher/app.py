@@ -3,6 +3,7 @@
 `DispatcherWorker.start` connects and subscribes to `<prefix>.dispatch.<base model>` for every
 configured base model, in queue group `dispatchers`; `stop` drains: no new messages, every
 request in flight finished (or cut at the timeout), then the client and connection close.
+`on_config` is the one place a new live config revision reaches the dispatcher.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from prometheus_client import CollectorRegistry
 
 from schemas.config import Config
 from services.common import bus
+from services.common.live_config import LiveConfig
 from services.common.subjects import DISPATCHERS_QUEUE, Subjects
 from services.dispatcher.dispatch import Dispatch
-from services.dispatcher.endpoints import EndpointPool
+from services.dispatcher.endpoints import EndpointPool, model_endpoints
 from services.dispatcher.handlers import DispatcherHandlers
 from services.dispatcher.metrics import DispatcherMetrics
 from services.dispatcher.upstream import Upstream
@@ -40,24 +42,60 @@ class DispatcherWorker:
         registry: CollectorRegistry | None = None,
         vllm_api_key: str | None = None,
         nats_options: dict[str, str] | None = None,
+        config_revision: int = 0,
     ) -> None:
         self.config = config
         self.nats_url = nats_url
         self.name = name or f"dispatcher-{uuid.uuid4().hex[:8]}"
         self.subjects = Subjects(config.nats.subject_prefix)
         self.metrics = DispatcherMetrics(registry if registry is not None else CollectorRegistry())
-        self.pool = EndpointPool(config.vllm_endpoints)
+        self.pool = EndpointPool(config.vllm_endpoints, models=model_endpoints(config))
         self.vllm_api_key = vllm_api_key
         self.nats_options = nats_options or {}
+        self.live = LiveConfig(
+            config,
+            service="dispatcher",
+            apply=self.on_config,
+            registry=self.metrics.registry,
+            revision=config_revision,
+        )
         self.nc: Client | None = None
         self.upstream: Upstream | None = None
         self.handlers: DispatcherHandlers | None = None
-        self._subs: list[Subscription] = []
+        self._subs: dict[str, Subscription] = {}
         self._cancel_sub: Subscription | None = None
 
     @property
     def dispatch_subjects(self) -> list[str]:
         return [self.subjects.dispatch(base) for base in self.config.model_config]
+
+    async def on_config(self, config: Config, revision: int) -> None:
+        """Run a new live config revision: its endpoints and base models (requests in flight
+        finish on the endpoint they were sent to), `dispatcher.max_attempts` and
+        `check_response_model`; then subscribe to the dispatch subjects of base models it
+        adds and drain those of models it removes. The connection limits and the connect
+        timeout stay as started (`live_config.RESTART_ONLY`). Work that must follow a new
+        revision (an endpoint's adapters, say) belongs here."""
+        self.pool.update(config.vllm_endpoints, model_endpoints(config))
+        self.config = config
+        if self.handlers is not None:
+            self.handlers.dispatch.config = config.dispatcher
+        await self._subscribe()
+
+    async def _subscribe(self) -> None:
+        """Subscribe to the dispatch subject of every configured base model, and drain the
+        subscriptions of base models no longer configured."""
+        if self.nc is None or self.handlers is None:
+            return
+        wanted = self.dispatch_subjects
+        for subject in [s for s in self._subs if s not in wanted]:
+            with contextlib.suppress(Exception):  # closed: nothing more can arrive anyway
+                await self._subs.pop(subject).drain()  # type: ignore[no-untyped-call]
+        for subject in wanted:
+            if subject not in self._subs:
+                self._subs[subject] = await self.nc.subscribe(
+                    subject, queue=DISPATCHERS_QUEUE, cb=self.handlers.on_dispatch
+                )
 
     async def start(self) -> None:
         """Connect and subscribe. Raises when NATS cannot be reached."""
@@ -74,28 +112,27 @@ class DispatcherWorker:
             await self.upstream.close()
             raise
         dispatch = Dispatch(config=settings, pool=self.pool, upstream=self.upstream)
-        self.handlers = DispatcherHandlers(nc=self.nc, dispatch=dispatch, metrics=self.metrics)
-        for subject in self.dispatch_subjects:
-            self._subs.append(
-                await self.nc.subscribe(
-                    subject, queue=DISPATCHERS_QUEUE, cb=self.handlers.on_dispatch
-                )
-            )
+        self.handlers = DispatcherHandlers(
+            nc=self.nc, dispatch=dispatch, metrics=self.metrics, live=self.live
+        )
+        await self._subscribe()
         # No queue group: a cancellation must reach whichever dispatcher runs the request.
         self._cancel_sub = await self.nc.subscribe(
             self.subjects.cancel_all, cb=self.handlers.on_cancel
         )
         await self.nc.flush()
+        await self.live.start(self.nc)
 
     async def stop(self, timeout_s: float = 30.0) -> None:
         """Drain: stop intake, finish requests in flight (cancelled after `timeout_s`), close."""
         if self.nc is None:
             return
         nc, self.nc = self.nc, None
-        for sub in self._subs:
+        await self.live.stop()
+        for sub in self._subs.values():
             with contextlib.suppress(Exception):  # closed: nothing more can arrive anyway
                 await sub.drain()  # type: ignore[no-untyped-call]
-        self._subs = []
+        self._subs = {}
         if self.handlers is not None and self.handlers.tasks:
             pending = set(self.handlers.tasks)
             _done, late = await asyncio.wait(pending, timeout=timeout_s)

@@ -193,7 +193,7 @@ class Dispatch:
         """Try endpoints until one answers. Returns (None, False) when the answer was sent,
         (error, False) for a final error, and (error, True) when every endpoint failed in a
         way another model's endpoints might not (nothing was sent)."""
-        endpoints = self.pool.order(route.endpoints)
+        endpoints = self.pool.order(route.endpoints, route.base_model)
         if not endpoints:
             return _error(
                 ErrorKind.UNAVAILABLE, f"no vLLM endpoint is configured for {route.model}", route

@@ -12,6 +12,7 @@ the BSDs) and the kernel spreads new connections over them; `loraroute up --ingr
 from __future__ import annotations
 
 import argparse
+import asyncio
 import signal
 import socket
 import sys
@@ -20,7 +21,10 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
 
+import nats.errors
+
 from schemas.config import ConfigError, load_config
+from services.common.live_config import startup_config
 from services.common.log import configure, get_logger
 from services.common.settings import Settings
 
@@ -63,6 +67,11 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
         "(default 0)",
     )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    parser.add_argument(
+        "--no-config-warnings",
+        action="store_true",
+        help="do not log the config's warnings at start (`loraroute up` prints them once itself)",
+    )
     # For measurements (loadtest/bench_ingress_server.py); the defaults are the measured best.
     parser.add_argument(
         "--http", default="httptools", choices=["httptools", "h11"], help=argparse.SUPPRESS
@@ -127,8 +136,17 @@ def main(argv: list[str]) -> int:
     except (ConfigError, OSError) as error:
         print(f"loraroute ingress: {error}", file=sys.stderr)
         return 1
-    for warning in warnings:
-        log.warning("config_warning", issue=str(warning))
+    try:
+        # The stored live config revision, when there is one, wins over the file.
+        config, revision, stored_issues = asyncio.run(
+            startup_config(args.nats, config, settings.nats_options(), "ingress")
+        )
+    except (OSError, TimeoutError, nats.errors.NoServersError) as error:
+        print(f"loraroute ingress: cannot reach NATS at {args.nats}: {error!r}", file=sys.stderr)
+        return 1
+    if not args.no_config_warnings:
+        for issue in stored_issues if revision else [str(w) for w in warnings]:
+            log.warning("config_warning", issue=issue)
 
     import uvicorn
 
@@ -136,7 +154,7 @@ def main(argv: list[str]) -> int:
 
     host = args.host or config.ingress.host
     port = args.port or config.ingress.port
-    app = build_app(config, args.nats, settings)
+    app = build_app(config, args.nats, settings, revision)
     server = _server(
         args.shutdown_delay,
         lambda: setattr(app.state.ingress, "draining", True),
