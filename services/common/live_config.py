@@ -129,10 +129,10 @@ async def fetch_stored(
 ) -> Stored | None:
     """The stored live config, or None when there is none (or no JetStream to keep one).
 
-    Raises what `bus.connect` raises when NATS cannot be reached.
+    Raises what `bus.connect` raises when NATS cannot be reached (tried twice, at once).
     """
     options: dict[str, Any] = dict(credentials)
-    nc = await bus.connect(nats_url, name="loraroute-config-read", **options)
+    nc = await bus.connect(nats_url, name="loraroute-config-read", startup_attempts=2, **options)
     try:
         js = nc.jetstream(timeout=timeout_s)
         try:
@@ -155,8 +155,13 @@ async def startup_config(
 ) -> tuple[Config, int, list[str]]:
     """The config a service starts on: the stored revision when there is a valid one, else
     `local` (revision 0). Returns it, its revision and its warnings' texts (none for `local`,
-    whose warnings the caller already has)."""
-    stored = await fetch_stored(nats_url, Subjects(local.nats.subject_prefix), credentials)
+    whose warnings the caller already has). NATS out of reach is not an error here: the
+    service starts on `local`, and its watch brings the stored revision once it connects."""
+    try:
+        stored = await fetch_stored(nats_url, Subjects(local.nats.subject_prefix), credentials)
+    except (OSError, TimeoutError, nats.errors.Error) as error:
+        _log.warning("live_config_unread", service=service, error=repr(error))
+        return local, 0, []
     if stored is None:
         return local, 0, []
     try:

@@ -131,13 +131,9 @@ def run_worker(
     except (ConfigError, OSError) as error:
         print(f"loraroute {kind}: {error}", file=sys.stderr)
         return 2
-    try:
-        config, revision, stored_issues = asyncio.run(
-            startup_config(args.nats, config, settings.nats_options(), kind)
-        )
-    except (OSError, TimeoutError, nats.errors.NoServersError) as error:
-        print(f"loraroute {kind}: cannot reach NATS at {args.nats}: {error!r}", file=sys.stderr)
-        return 1
+    config, revision, stored_issues = asyncio.run(
+        startup_config(args.nats, config, settings.nats_options(), kind)
+    )
     if not args.no_config_warnings:
         for issue in stored_issues if revision else [str(w) for w in warnings]:
             log.warning("config_warning", issue=issue)

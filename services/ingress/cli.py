@@ -21,8 +21,6 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
 
-import nats.errors
-
 from schemas.config import ConfigError, load_config
 from services.common.live_config import startup_config
 from services.common.log import configure, get_logger
@@ -136,14 +134,10 @@ def main(argv: list[str]) -> int:
     except (ConfigError, OSError) as error:
         print(f"loraroute ingress: {error}", file=sys.stderr)
         return 1
-    try:
-        # The stored live config revision, when there is one, wins over the file.
-        config, revision, stored_issues = asyncio.run(
-            startup_config(args.nats, config, settings.nats_options(), "ingress")
-        )
-    except (OSError, TimeoutError, nats.errors.NoServersError) as error:
-        print(f"loraroute ingress: cannot reach NATS at {args.nats}: {error!r}", file=sys.stderr)
-        return 1
+    # The stored live config revision, when there is one, wins over the file.
+    config, revision, stored_issues = asyncio.run(
+        startup_config(args.nats, config, settings.nats_options(), "ingress")
+    )
     if not args.no_config_warnings:
         for issue in stored_issues if revision else [str(w) for w in warnings]:
             log.warning("config_warning", issue=issue)
