@@ -493,7 +493,38 @@ def decode_config(data: Any) -> Config:
     try:
         return msgspec.convert(data, Config, str_keys=True)
     except msgspec.ValidationError as error:
-        raise ConfigError([_from_validation_error(error)]) from error
+        issue = _from_validation_error(error)
+        resolved = _resolve_elided(data, issue.path)
+        raise ConfigError([ConfigIssue(resolved, issue.message)]) from error
+
+
+def _resolve_elided(data: Any, path: str) -> str:
+    """`path` with msgspec's `[...]` (a mapping key it does not name) replaced by the first key
+    whose value holds the rest of the path, e.g. `model_config[...].pii_polcy` ->
+    `model_config['llama2-7b'].pii_polcy`; unchanged when nothing matches."""
+    head, sep, tail = path.partition("[...]")
+    if not sep:
+        return path
+    node: Any = data
+    for part in _split_path(head):
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return path
+    if not isinstance(node, dict):
+        return path
+    rest = _split_path(tail)
+    for key, value in node.items():
+        found: Any = value
+        for part in rest[:-1]:
+            try:
+                found = found[part]
+            except (KeyError, IndexError, TypeError):
+                break
+        else:
+            if not rest or (isinstance(found, dict) and rest[-1] in found):
+                return _resolve_elided(data, f"{head}[{str(key)!r}]{tail}")
+    return path
 
 
 def load_config(
@@ -530,11 +561,10 @@ def parse_config(
         line = mark.line + 1 if mark is not None else None
         raise ConfigError([ConfigIssue("", f"not valid YAML: {error}", line)], source) from error
     lines = _yaml_lines(text)
-    if isinstance(data, dict):
-        found = [key for key in upstream_compat.DECISIONS_KEYS if key in data]
-        if found:
-            message = upstream_compat.decisions_format_message()
-            raise ConfigError([ConfigIssue(found[0], message, lines.get((found[0],)))], source)
+    decisions = upstream_compat.decisions_format_key(data)
+    if decisions is not None:
+        message = upstream_compat.decisions_format_message()
+        raise ConfigError([ConfigIssue(decisions, message, _line_for(decisions, lines))], source)
     ignored = upstream_compat.strip_upstream_keys(data)
     try:
         config = decode_config(data)

@@ -23,6 +23,7 @@ __all__ = [
     "DECISIONS_DOCS",
     "DECISIONS_KEYS",
     "UPSTREAM_IGNORED",
+    "decisions_format_key",
     "decisions_format_message",
     "strip_upstream_keys",
 ]
@@ -71,10 +72,27 @@ UPSTREAM_IGNORED: dict[tuple[str, str], str] = {
     (_SCORE, "reasoning_description"): "a description of the entry's reasoning mode",
 }
 
-#: Top-level keys of the upstream's later "decisions" format.
-DECISIONS_KEYS = ("decisions", "strategy")
+#: Keys only the upstream's later "decisions" format has: at the top level (v0.3 nests
+#: routing under `routing`, whose keys loraroute's own `routing` table does not have).
+DECISIONS_KEYS = ("decisions", "strategy", "providers", "global", "version")
+_DECISIONS_ROUTING_KEYS = ("decisions", "strategy", "modelCards", "signals")
 #: The section of docs/config.md that maps the decisions format onto this one.
 DECISIONS_DOCS = "docs/config.md#upstream-decisions-format"
+
+
+def decisions_format_key(data: Any) -> str | None:
+    """The first key of `data` (parsed YAML) that only the decisions format has, or None."""
+    if not isinstance(data, dict):
+        return None
+    for key in DECISIONS_KEYS:
+        if key in data:
+            return key
+    routing = data.get("routing")
+    if isinstance(routing, dict):
+        for key in _DECISIONS_ROUTING_KEYS:
+            if key in routing:
+                return f"routing.{key}"
+    return None
 
 
 def decisions_format_message() -> str:
