@@ -17,6 +17,7 @@ import nats.errors
 from schemas.config import Config, ConfigError, ConfigIssue, load_config
 from services.classifier.errors import ModelDirError
 from services.classifier.model_dir import load_model_dir
+from services.common.log import configure
 from services.common.settings import Settings
 
 __all__ = ["main"]
@@ -104,8 +105,13 @@ def _get(prefix: str, revision: int | None, nats_url: str, settings: Settings) -
         print(f"loraroute config get: cannot read it at {nats_url}: {error!r}", file=sys.stderr)
         return 1
     if stored is None:
-        which = "this revision" if revision is not None else "a live config"
-        print(f"loraroute config get: no {which} stored for prefix {prefix!r}", file=sys.stderr)
+        which = f"revision {revision} of the" if revision is not None else ""
+        print(
+            f"loraroute config get: no {which} live config stored for prefix {prefix!r}".replace(
+                "no  ", "no "
+            ),
+            file=sys.stderr,
+        )
         return 1
     text, number = stored
     print(f"# revision {number}", file=sys.stderr)
@@ -114,6 +120,8 @@ def _get(prefix: str, revision: int | None, nats_url: str, settings: Settings) -
 
 
 def main(argv: list[str]) -> int:
+    # Only the bus's warnings, on stderr: `get` writes the config itself on stdout.
+    configure("config", "warning")
     settings = Settings.from_env()
     parser = argparse.ArgumentParser(prog="loraroute config", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="action", required=True)

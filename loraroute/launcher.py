@@ -56,6 +56,7 @@ from loraroute.natsserver import (
     die_with_parent,
 )
 from schemas.config import Config, ConfigError, load_config
+from services.common.log import configure
 from services.common.settings import Settings
 
 __all__ = ["LaunchError", "RestartPolicy", "main", "mock_plan", "nats_max_payload", "supervise"]
@@ -455,6 +456,7 @@ def main(argv: list[str]) -> int:
     """Run everything until Ctrl-C/SIGTERM (exit 0), a child exits too often or nats-server
     exits (exit 1)."""
     args = _parser().parse_args(argv)
+    configure("up", "warning")  # the launcher's own NATS client (the live config's push)
     try:
         args.config = _with_endpoints(args.config, args.endpoint, Path(args.data_dir))
         config, warnings = load_config(args.config)
