@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 
 import nats.errors
+import yaml
 
-from schemas.config import Config, ConfigError, ConfigIssue, load_config
+from schemas.config import Config, ConfigError, ConfigIssue, Nats, load_config
 from services.classifier.errors import ModelDirError
 from services.classifier.model_dir import load_model_dir
 from services.common.log import configure
@@ -119,6 +120,16 @@ def _get(prefix: str, revision: int | None, nats_url: str, settings: Settings) -
     return 0
 
 
+def _prefix_of(path: Path) -> str:
+    """`nats.subject_prefix` of the config file at `path`, or the default when it cannot say."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        prefix = data["nats"]["subject_prefix"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return Nats().subject_prefix
+    return prefix if isinstance(prefix, str) else Nats().subject_prefix
+
+
 def main(argv: list[str]) -> int:
     # Only the bus's warnings, on stderr: `get` writes the config itself on stdout.
     configure("config", "warning")
@@ -135,11 +146,20 @@ def main(argv: list[str]) -> int:
     push.add_argument("--nats", default=settings.nats_url, help=nats_help)
     get = sub.add_parser("get", help="print the live config (its revision goes to stderr)")
     get.add_argument("--nats", default=settings.nats_url, help=nats_help)
-    get.add_argument("--prefix", default="loraroute", help="the deployment's nats.subject_prefix")
+    get.add_argument(
+        "--prefix",
+        help="the deployment's nats.subject_prefix (default: the one in --config's file)",
+    )
+    get.add_argument(
+        "--config",
+        default=settings.config_path,
+        help="where the prefix is read when --prefix is not given (env LORAROUTE_CONFIG)",
+    )
     get.add_argument("--revision", type=int, help="an earlier revision still kept")
     args = parser.parse_args(argv)
     if args.action == "push":
         return _push(args.file, args.nats, settings)
     if args.action == "get":
-        return _get(args.prefix, args.revision, args.nats, settings)
+        prefix = args.prefix or _prefix_of(Path(args.config))
+        return _get(prefix, args.revision, args.nats, settings)
     return _check(args.file)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import uuid
@@ -66,3 +67,26 @@ def test_an_invalid_file_is_not_pushed(nats_url: str, tmp_path: Path) -> None:
     nothing = _run("get", "--nats", nats_url, "--prefix", prefix)
     assert nothing.returncode == 1 and "no a live config" not in nothing.stderr
     assert f"no live config stored for prefix {prefix!r}" in nothing.stderr
+
+
+def test_the_docs_push_example(nats_url: str, tmp_path: Path) -> None:
+    (tmp_path / "config").mkdir()
+    _write(tmp_path / "config" / "config.yaml", f"docs{uuid.uuid4().hex[:8]}")
+    # A config of the test's own prefix where the example expects it; `get` reads the prefix
+    # from it as it would from an operator's `config/config.yaml`.
+    script = (REPO / "docs" / "examples" / "config-push.sh").read_text()
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(REPO),
+        "LORAROUTE_NATS_URL": nats_url,
+    }
+    done = subprocess.run(
+        ["bash", "-e", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "pushed as revision 1" in done.stdout
+    assert (tmp_path / "running.yaml").read_text() == (
+        tmp_path / "config" / "config.yaml"
+    ).read_text()
