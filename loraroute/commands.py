@@ -25,7 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dispatcher": ("services.dispatcher.cli", "run a dispatcher alone"),
     "jobs": ("services.jobs.cli", "run a jobs worker alone"),
     "mock-vllm": ("services.mockvllm.cli", "run the vLLM stand-in"),
-    "config": ("loraroute.config_check", "check a config file: `loraroute config check FILE`"),
+    "config": (
+        "loraroute.config_check",
+        "check a config file, push it as the live config, or read the live one",
+    ),
     "model": ("loraroute.model_verbs", "build, train or evaluate the default classifier"),
     "classify": ("loraroute.classify", "classify one text with the configured model"),
     "batch": ("loraroute.batch", "submit, follow, download or cancel a batch (OpenAI Batch API)"),

@@ -16,6 +16,14 @@ With `--nats-cluster N` it starts an N-node JetStream cluster on loopback instea
 services on a copy of the config in the data directory whose `jobs.replicas` is min(N, 3) when the
 config leaves it at 1, so the job streams and buckets survive the loss of a node.
 
+The config file is the first revision of the live config: once NATS is up, `up` pushes it to
+the KV bucket `<prefix>_config` (nothing is stored when the bucket already holds this very text),
+so `loraroute config push` changes the running system later without a restart. `--endpoint
+NAME=HOST:PORT` points a configured endpoint elsewhere (e.g. a file written for another
+network, run against the local mock vLLM); the services then run on a copy of the config in the
+data directory. The config's warnings are printed once, here, and the children are told not to
+repeat them.
+
 Refuses to start, with the fix in the message, when the config is invalid, the classifier model
 directory is missing, or a port it needs is taken.
 """
@@ -23,6 +31,7 @@ directory is missing, or a port it needs is taken.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
 import signal
@@ -35,8 +44,10 @@ from pathlib import Path
 from types import FrameType
 
 import httpx
+import nats.errors
 import yaml
 
+from loraroute.config_push import push_text
 from loraroute.natsserver import (
     DEFAULT_MAX_PAYLOAD,
     NatsCluster,
@@ -45,6 +56,8 @@ from loraroute.natsserver import (
     die_with_parent,
 )
 from schemas.config import Config, ConfigError, load_config
+from services.common.log import configure
+from services.common.settings import Settings
 
 __all__ = ["LaunchError", "RestartPolicy", "main", "mock_plan", "nats_max_payload", "supervise"]
 
@@ -300,6 +313,15 @@ def _parser() -> argparse.ArgumentParser:
         help="start an N-node JetStream cluster on loopback instead of one server (job streams "
         "at min(N, 3) replicas)",
     )
+    parser.add_argument(
+        "--endpoint",
+        action="append",
+        default=[],
+        type=_endpoint,
+        metavar="NAME=HOST:PORT",
+        help="run with vllm_endpoints' NAME at HOST:PORT instead of the file's address (repeat "
+        "for several); e.g. an example config's endpoint pointed at the local mock vLLM",
+    )
     parser.add_argument("--data-dir", default="var", help="JetStream data and logs (default var)")
     parser.add_argument("--host", help="ingress address (default: ingress.host)")
     parser.add_argument("--port", type=int, help="ingress port (default: ingress.port)")
@@ -308,6 +330,60 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--stop-timeout", type=float, default=15.0, help="seconds per child")
     return parser
+
+
+def _endpoint(text: str) -> tuple[str, str, int]:
+    name, sep, where = text.partition("=")
+    host, colon, port = where.rpartition(":")
+    if not sep or not name or not colon or not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=HOST:PORT")
+    return name, host, int(port)
+
+
+def _with_endpoints(
+    config_path: str, overrides: Sequence[tuple[str, str, int]], data_dir: Path
+) -> str:
+    """`config_path` itself without `overrides`, else a copy in `data_dir` whose endpoints
+    named in them have their address and port replaced. Raises `LaunchError` for a name the
+    config does not have."""
+    if not overrides:
+        return config_path
+    data = yaml.safe_load(Path(config_path).read_text(encoding="utf-8"))
+    endpoints = {e.get("name"): e for e in data.get("vllm_endpoints") or [] if isinstance(e, dict)}
+    for name, host, port in overrides:
+        if name not in endpoints:
+            raise LaunchError(
+                f"--endpoint {name}=...: the config has no endpoint {name!r} "
+                f"(it has: {', '.join(map(str, endpoints)) or 'none'})"
+            )
+        endpoints[name]["address"], endpoints[name]["port"] = host, port
+    copy = data_dir / "config-endpoints.yaml"
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    shown = " ".join(f"--endpoint {n}={h}:{p}" for n, h, p in overrides)
+    copy.write_text(
+        f"# Written by `loraroute up {shown}` from {config_path}; do not edit.\n"
+        + yaml.safe_dump(data, sort_keys=False),
+        encoding="utf-8",
+    )
+    return str(copy)
+
+
+def _push_first_revision(nats_url: str, config_path: str, config: Config) -> None:
+    """Store the config the services run as the live config's revision (see the module
+    docstring); a NATS without JetStream only costs the live config, with a warning."""
+    text = Path(config_path).read_text(encoding="utf-8")
+    try:
+        pushed = asyncio.run(push_text(nats_url, text, config, Settings.from_env().nats_options()))
+    except (OSError, TimeoutError, nats.errors.Error) as error:
+        print(
+            f"loraroute up: warning: the live config could not be stored ({error!r}); the "
+            "services run on the file and `loraroute config push` will not reach them",
+            file=sys.stderr,
+            flush=True,
+        )
+        return
+    what = "already stored" if pushed.unchanged else "stored"
+    print(f"ready  live config    revision {pushed.revision} ({what})", flush=True)
 
 
 def _replicas(text: str) -> int:
@@ -380,11 +456,15 @@ def main(argv: list[str]) -> int:
     """Run everything until Ctrl-C/SIGTERM (exit 0), a child exits too often or nats-server
     exits (exit 1)."""
     args = _parser().parse_args(argv)
+    configure("up", "warning")  # the launcher's own NATS client (the live config's push)
     try:
-        config, _ = load_config(args.config)
-    except (ConfigError, OSError) as error:
+        args.config = _with_endpoints(args.config, args.endpoint, Path(args.data_dir))
+        config, warnings = load_config(args.config)
+    except (ConfigError, OSError, LaunchError) as error:
         print(f"loraroute up: {error}", file=sys.stderr)
         return 1
+    for warning in warnings:  # once here; the children are told not to repeat them
+        print(f"loraroute up: warning: {warning}", file=sys.stderr, flush=True)
 
     host = args.host or config.ingress.host
     port = args.port or config.ingress.port
@@ -429,6 +509,7 @@ def main(argv: list[str]) -> int:
 
         nats_url, config_path = _start_nats(args, config, servers)
         env = {**os.environ, "LORAROUTE_NATS_URL": nats_url, "LORAROUTE_CONFIG": config_path}
+        _push_first_revision(nats_url, config_path, load_config(config_path)[0])
 
         for name, address, mock_port, base, adapters in plan:
             mock_args = ["mock-vllm", "--host", address, "--port", str(mock_port), "--model", base]
@@ -450,7 +531,7 @@ def main(argv: list[str]) -> int:
                 flush=True,
             )
 
-        common = ["--nats", nats_url, "--config", config_path]
+        common = ["--nats", nats_url, "--config", config_path, "--no-config-warnings"]
         services: list[tuple[_Child, str]] = []
         for (kind, index, count), metrics_port in zip(
             workers, metrics_ports or [None] * len(workers), strict=True

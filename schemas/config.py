@@ -20,6 +20,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 import yaml
 
+from schemas import upstream_compat
+
 __all__ = [
     "DEFAULT_AUTO_MODEL_NAMES",
     "DEFAULT_REASONING_FAMILIES",
@@ -49,6 +51,7 @@ __all__ = [
     "check",
     "decode_config",
     "load_config",
+    "parse_config",
 ]
 
 
@@ -139,6 +142,10 @@ class ModelScore(_Strict):
     """True/False sends an explicit on/off through the model's reasoning family; unset sends nothing."""
     reasoning_effort: ReasoningEffort | None = None
     """This candidate's effort; falls back to `routing.default_reasoning_effort`."""
+    weight: Annotated[float, msgspec.Meta(ge=0.0)] | None = None
+    """Addition (A/B between adapter versions): this entry's share of its category's traffic
+    among the entries that share the top score (unset counts as 1, so ties split evenly; 0
+    takes none while another tied entry has weight). Ignored below the top score."""
 
 
 class Category(_Strict):
@@ -257,6 +264,10 @@ class Routing(_Strict):
     """Text classified is cut to this many characters (head and tail kept) before tokenizing;
     the tokenizer then truncates at the model's max length. Both are counted, never silent."""
     default_reasoning_effort: ReasoningEffort = "medium"
+    ab_key_header: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9-]+$")] | None = None
+    """Request header whose value picks the A/B variant among a category's top-score entries
+    (e.g. `x-user-id`: a user stays on one variant). Unset, or absent from a request: the
+    request id decides, so a retried request with the same `x-request-id` lands alike."""
 
 
 class Batching(_Strict):
@@ -558,7 +569,38 @@ def decode_config(data: Any) -> Config:
     try:
         return msgspec.convert(data, Config, str_keys=True)
     except msgspec.ValidationError as error:
-        raise ConfigError([_from_validation_error(error)]) from error
+        issue = _from_validation_error(error)
+        resolved = _resolve_elided(data, issue.path)
+        raise ConfigError([ConfigIssue(resolved, issue.message)]) from error
+
+
+def _resolve_elided(data: Any, path: str) -> str:
+    """`path` with msgspec's `[...]` (a mapping key it does not name) replaced by the first key
+    whose value holds the rest of the path, e.g. `model_config[...].pii_polcy` ->
+    `model_config['llama2-7b'].pii_polcy`; unchanged when nothing matches."""
+    head, sep, tail = path.partition("[...]")
+    if not sep:
+        return path
+    node: Any = data
+    for part in _split_path(head):
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return path
+    if not isinstance(node, dict):
+        return path
+    rest = _split_path(tail)
+    for key, value in node.items():
+        found: Any = value
+        for part in rest[:-1]:
+            try:
+                found = found[part]
+            except (KeyError, IndexError, TypeError):
+                break
+        else:
+            if not rest or (isinstance(found, dict) and rest[-1] in found):
+                return _resolve_elided(data, f"{head}[{str(key)!r}]{tail}")
+    return path
 
 
 def load_config(
@@ -566,15 +608,28 @@ def load_config(
     *,
     labels: Sequence[str] | None = None,
 ) -> tuple[Config, list[ConfigIssue]]:
-    """Read, type and cross-check the YAML file at `path`.
+    """Read, type and cross-check the YAML file at `path` (see `parse_config`).
+
+    Raises `ConfigError` listing every error, each with the YAML line where available, and
+    `OSError` when the file cannot be read.
+    """
+    return parse_config(Path(path).read_text(encoding="utf-8"), str(path), labels=labels)
+
+
+def parse_config(
+    text: str,
+    source: str = "",
+    *,
+    labels: Sequence[str] | None = None,
+) -> tuple[Config, list[ConfigIssue]]:
+    """Type and cross-check the YAML document `text` (a file, or a revision of the live config).
 
     `labels` are the classifier's labels when known (from the model directory); with them, every
     category must be reachable. Returns the config and its warnings (problems that do not stop
-    routing, e.g. an undefined reasoning family). Raises `ConfigError` listing every error, each
-    with the YAML line where available, and `OSError` when the file cannot be read.
+    routing, e.g. an undefined reasoning family, or keys of the upstream schema that loraroute
+    does not implement: one warning naming each). Raises `ConfigError` listing every error,
+    each with the YAML line where available; `source` names the document in its message.
     """
-    source = str(path)
-    text = Path(path).read_text(encoding="utf-8")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
@@ -582,6 +637,11 @@ def load_config(
         line = mark.line + 1 if mark is not None else None
         raise ConfigError([ConfigIssue("", f"not valid YAML: {error}", line)], source) from error
     lines = _yaml_lines(text)
+    decisions = upstream_compat.decisions_format_key(data)
+    if decisions is not None:
+        message = upstream_compat.decisions_format_message()
+        raise ConfigError([ConfigIssue(decisions, message, _line_for(decisions, lines))], source)
+    ignored = upstream_compat.strip_upstream_keys(data)
     try:
         config = decode_config(data)
     except ConfigError as error:
@@ -593,6 +653,17 @@ def load_config(
     warnings = [ConfigIssue(i.path, i.message, _line_for(i.path, lines)) for i in warnings]
     if errors:
         raise ConfigError(errors, source)
+    if ignored:
+        named = "; ".join(
+            f"{path} (line {_line_for(path, lines)}: {meaning})" for path, meaning in ignored
+        )
+        warnings.append(
+            ConfigIssue(
+                "",
+                f"{len(ignored)} key(s) of the upstream semantic-router schema that loraroute "
+                f"does not implement are ignored: {named}",
+            )
+        )
     return config, warnings
 
 
@@ -687,6 +758,15 @@ def check(
         index = category_names.index(name, category_names.index(name) + 1)
         errors.append(ConfigIssue(f"categories[{index}].name", f"duplicate category {name!r}"))
     for ci, category in enumerate(config.categories):
+        top = max((s.score for s in category.model_scores), default=None)
+        tied = [s for s in category.model_scores if s.score == top]
+        if len(tied) > 1 and all(s.weight == 0 for s in tied):
+            errors.append(
+                ConfigIssue(
+                    f"categories[{ci}].model_scores",
+                    "every entry sharing the top score has weight 0; give one a weight",
+                )
+            )
         for si, score in enumerate(category.model_scores):
             where = f"categories[{ci}].model_scores[{si}]"
             base = config.model_config.get(score.model)

@@ -103,6 +103,9 @@ class RouteChat(msgspec.Struct, tag="chat", kw_only=True):
     v: int = WIRE_VERSION
     body: msgspec.Raw
     """The client's JSON body, already validated by the ingress, passed on byte for byte."""
+    route_key: str | None = None
+    """The value of the request's `routing.ab_key_header` header, which then picks its A/B
+    variant instead of the request id (None: no such header configured or sent)."""
 
 
 class ClassifyTexts(msgspec.Struct, tag="texts", kw_only=True):

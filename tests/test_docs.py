@@ -112,6 +112,21 @@ def test_mmlu_categories_example_drives_the_shipped_categories(tmp_path: Path) -
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_ab_split_example_splits_nine_to_one() -> None:
+    from schemas.config import decode_config
+    from services.classifier.route import Router
+
+    data = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
+    sample = yaml.safe_load((EXAMPLES / "ab-split.yaml").read_text(encoding="utf-8"))
+    data["model_config"]["llama2-7b"]["loras"] += sample["model_config"]["llama2-7b"]["loras"][1:]
+    medical = next(c for c in data["categories"] if c["name"] == "medical")
+    medical["model_scores"] = sample["categories"][0]["model_scores"]
+    data["routing"] = {**data.get("routing", {}), **sample["routing"]}
+    router = Router(decode_config(data))
+    picks = [router.decide("medical", 0.9, key=f"user-{i}").model for i in range(5000)]
+    assert 0.08 < picks.count("medical-lora-v2") / len(picks) < 0.12
+
+
 def test_mock_vllm_example_serves_its_adapters(tmp_path: Path) -> None:
     port = free_port()
     command = " ".join((EXAMPLES / "mock-vllm.sh").read_text().replace("\\\n", " ").split())

@@ -19,15 +19,18 @@ from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 from prometheus_client import CollectorRegistry
 
-from schemas.config import Config, ConfigError, check
+from schemas.config import Config, ConfigError, ConfigIssue, check
 from services.classifier.batch_queue import Batch, BatchQueue
 from services.classifier.batcher import Batcher
+from services.classifier.errors import LabelMappingError
 from services.classifier.handlers import ClassifierHandlers
 from services.classifier.intake import BatchResult, Intake
+from services.classifier.labels import LabelMap
 from services.classifier.metrics import WorkerMetrics
 from services.classifier.route import Router
 from services.classifier.work import Item
 from services.common import bus
+from services.common.live_config import LiveConfig
 from services.common.subjects import CLASSIFIERS_QUEUE, Subjects
 
 if TYPE_CHECKING:
@@ -83,6 +86,7 @@ class ClassifierWorker:
         name: str | None = None,
         registry: CollectorRegistry | None = None,
         nats_options: dict[str, str] | None = None,
+        config_revision: int = 0,
     ) -> None:
         verify_labels(config, engine.labels)
         self.nats_options = nats_options or {}
@@ -94,10 +98,36 @@ class ClassifierWorker:
         self.metrics = WorkerMetrics(registry if registry is not None else CollectorRegistry())
         if engine.tokenizer.corrector is not None:
             self.metrics.watch_spelling(engine.tokenizer.corrector.totals)
-        self.router = Router(config)
+        self.router = Router(config, config_revision)
+        self.live = LiveConfig(
+            config,
+            service="classifier",
+            apply=self.on_config,
+            registry=self.metrics.registry,
+            revision=config_revision,
+        )
+        self.intake: Intake | None = None
         self.nc: Client | None = None
         self.batcher: Batcher[Item, Encoded, BatchResult] | None = None
         self._subs: list[Subscription] = []
+
+    async def on_config(self, config: Config, revision: int) -> None:
+        """Run a new live config revision: check it against the model's labels, build its
+        router and label map, then swap both in at once (requests already queued keep the
+        revision they arrived under). Raises `ConfigError` to refuse it. The model itself and
+        the batching and inference settings stay as started (`live_config.RESTART_ONLY`)."""
+        verify_labels(config, self.engine.labels)
+        try:
+            label_map = LabelMap.build(
+                self.engine.labels, {c.name: c.mmlu_categories for c in config.categories}
+            )
+        except LabelMappingError as error:
+            raise ConfigError([ConfigIssue("categories", str(error))]) from error
+        router = Router(config, revision)
+        self.engine.label_map = label_map
+        self.config, self.router = config, router
+        if self.intake is not None:
+            self.intake.swap(router, label_map)
 
     def _prepare(self, batch: Batch[Item]) -> Encoded:
         from services.classifier.tokens import Encoded
@@ -140,15 +170,23 @@ class ClassifierWorker:
             complete=lambda batch, result, error: handlers.complete(batch, result, error),
             expire=lambda entries: handlers.expire(entries),
         )
-        intake = Intake(
+        intake = self.intake = Intake(
             router=self.router,
             tokenizer=self.engine.tokenizer,
             batcher=self.batcher,
             metrics=self.metrics,
+            label_map=self.engine.label_map,
         )
         handlers = ClassifierHandlers(
-            nc=self.nc, subjects=self.subjects, bounce=bounce, intake=intake, metrics=self.metrics
+            nc=self.nc,
+            subjects=self.subjects,
+            bounce=bounce,
+            intake=intake,
+            metrics=self.metrics,
+            live=self.live,
         )
+        # Watch the live config; a revision pushed since the config was read arrives first.
+        await self.live.start(self.nc)
         self.batcher.start()
         # The bounce subscription first: a forward must never race its own "no responders".
         self._subs.append(await self.nc.subscribe(f"{bounce}.>", cb=handlers.on_bounce))
@@ -171,6 +209,7 @@ class ClassifierWorker:
         if self.nc is None:
             return
         nc, self.nc = self.nc, None
+        await self.live.stop()
         intake = self._subs[1:3]  # the classify subject and the job lane
         for sub in intake:
             if nc.is_closed:

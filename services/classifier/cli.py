@@ -25,6 +25,7 @@ def _build(config: Config, options: WorkerOptions) -> ClassifierWorker:
         name=options.name,
         registry=options.registry,
         nats_options=options.settings.nats_options(),
+        config_revision=options.config_revision,
     )
 
 
@@ -34,6 +35,7 @@ def _ready(worker: Worker) -> dict[str, object]:
         "subject": worker.subjects.classify,
         "labels": list(worker.engine.labels),
         "max_batch_size": worker.config.batching.max_batch_size,
+        "config_revision": worker.live.revision,
     }
 
 

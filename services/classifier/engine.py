@@ -45,6 +45,8 @@ class Classification:
     label_probabilities: npt.NDArray[np.float32]
     truncated: bool
     tokens: int
+    label_map: LabelMap | None = None
+    """The label map that folded `probabilities` (a config revision's; see `LabelMap.best`)."""
 
 
 @dataclass(slots=True)
@@ -174,10 +176,12 @@ class Engine:
         self.counters.batches += 1
         self.counters.real_tokens += batch.real_tokens
         self.counters.padded_tokens += batch.padded_tokens
+        # Read once: a config swap may replace the map while this batch runs on its thread.
+        label_map = self.label_map
         label_probs = np.stack([p.probabilities for p in predictions])
-        folded = self.label_map.category_probabilities(label_probs)
+        folded = label_map.category_probabilities(label_probs)
         best = folded.argmax(axis=1)
-        categories = self.label_map.categories
+        categories = label_map.categories
         none_column = len(categories)
         out: list[Classification] = []
         for i, (prediction, k) in enumerate(zip(predictions, best, strict=True)):
@@ -193,6 +197,7 @@ class Engine:
                     label_probabilities=prediction.probabilities,
                     truncated=bool(batch.truncated[i]),
                     tokens=int(batch.lengths[i]),
+                    label_map=label_map,
                 )
             )
         return out

@@ -32,6 +32,7 @@ from services.classifier.intake import Answer, BatchResult, Intake, Outcome
 from services.classifier.metrics import WorkerMetrics
 from services.classifier.route_chat import Forward
 from services.common import bus
+from services.common.live_config import LiveConfig
 from services.common.subjects import Subjects
 
 if TYPE_CHECKING:
@@ -54,12 +55,14 @@ class ClassifierHandlers:
         bounce: str,
         intake: Intake,
         metrics: WorkerMetrics,
+        live: LiveConfig | None = None,
     ) -> None:
         self.nc = nc
         self.subjects = subjects
         self.bounce = bounce
         self.intake = intake
         self.metrics = metrics
+        self.live = live
 
     # ------------------------------------------------------------------ entry points
 
@@ -73,14 +76,18 @@ class ClassifierHandlers:
 
     async def _classify(self, msg: Msg, lane: Lane) -> None:
         received = time.perf_counter()
+        live = self.live
         if bus.is_ping(msg):
-            await bus.answer_ping(self.nc, msg)
+            await bus.answer_ping(self.nc, msg, None if live is None else live.revision)
             return
         meta = bus.RequestMeta.from_headers(msg.headers)
         reply = msg.reply
         if not reply:
             _log.warning("no_reply_subject", request_id=meta.request_id)
             return
+        if live is not None and meta.config_revision is not None:
+            # Routed at the ingress under a revision this worker has not seen yet: take it first.
+            await live.wait_for(meta.config_revision)
         try:
             outcome = self.intake.take(msg.data, meta, reply, received, lane)
             await self._send(outcome, meta, reply)
@@ -143,9 +150,13 @@ class ClassifierHandlers:
         route = forward.route
         subject = self.subjects.dispatch(route.base_model)
         payload = encoder.encode(DispatchRequest(route=route, body=forward.body))
-        headers = msgspec.structs.replace(meta, reply_to=reply).to_headers()
-        await self.nc.publish(subject, payload, reply=f"{self.bounce}.{reply}", headers=headers)
+        forwarded = msgspec.structs.replace(meta, reply_to=reply, config_revision=forward.revision)
+        await self.nc.publish(
+            subject, payload, reply=f"{self.bounce}.{reply}", headers=forwarded.to_headers()
+        )
         self.metrics.routed.labels(route.category or "none", route.model, route.reason).inc()
+        if route.reason == "classified" and route.category is not None:
+            self.metrics.selected.labels(route.category, route.model).inc()
         _log.info(
             "routed",
             request_id=meta.request_id,
@@ -154,6 +165,7 @@ class ClassifierHandlers:
             model=route.model,
             reason=route.reason,
             truncated=route.truncated,
+            config_revision=forward.revision,
         )
 
     async def _fail(self, reply: str, meta: bus.RequestMeta, refusal: Refusal) -> None:

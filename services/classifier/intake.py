@@ -21,6 +21,7 @@ from schemas.wire import ClassifyTextsResult, RouteChat
 from services.classifier import classify_texts, route_chat
 from services.classifier.admission import OVERLOADED, Refusal, admit, read
 from services.classifier.batch_queue import LANES
+from services.classifier.labels import LabelMap
 from services.classifier.route import ClassifyText, Router
 from services.classifier.route_chat import Forward
 from services.classifier.work import ChatWork, Item, TextsWork
@@ -54,6 +55,12 @@ class Intake:
     tokenizer: Tokenizer
     batcher: Batcher[Item, Any, BatchResult]
     metrics: WorkerMetrics
+    label_map: LabelMap | None = None
+    """The current config revision's label map (the engine folds with the same one)."""
+
+    def swap(self, router: Router, label_map: LabelMap | None) -> None:
+        """Route new requests by another config revision; queued ones keep theirs."""
+        self.router, self.label_map = router, label_map
 
     def take(
         self,
@@ -71,10 +78,20 @@ class Intake:
             return message
         work: ChatWork | TextsWork
         if isinstance(message, RouteChat):
-            taken = route_chat.take_chat(message, self.router)
+            router = self.router
+            taken = route_chat.take_chat(message, router)
             if not isinstance(taken, ClassifyText):
                 return taken
-            work = ChatWork(meta, reply, message.body, taken.truncated, received)
+            work = ChatWork(
+                meta,
+                reply,
+                message.body,
+                taken.truncated,
+                received,
+                router=router,
+                label_map=self.label_map,
+                route_key=message.route_key,
+            )
             texts = {0: taken}
         else:
             work, texts = classify_texts.take_texts(message, meta, reply, received, self.router)

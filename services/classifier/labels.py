@@ -89,6 +89,13 @@ class LabelMap:
         """Labels no category claims; their probability counts as "no category"."""
         return tuple(lab for lab, c in zip(self.labels, self.category_of, strict=True) if c < 0)
 
+    def best(self, label_probabilities: FloatArray) -> tuple[str | None, float]:
+        """The most probable category (None: "no category") of one text's label
+        probabilities, and its probability."""
+        row = self.category_probabilities(label_probabilities[np.newaxis, :])[0]
+        k = int(row.argmax())
+        return (None if k == len(self.categories) else self.categories[k]), float(row[k])
+
     def category_probabilities(self, probabilities: FloatArray) -> FloatArray:
         """Fold label probabilities `[n, len(labels)]` into `[n, len(categories) + 1]`.
 

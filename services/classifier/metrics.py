@@ -66,6 +66,13 @@ class WorkerMetrics:
             ["category", "model", "reason"],
             registry=registry,
         )
+        self.selected = Counter(
+            "loraroute_route_selected_total",
+            "Classified chat requests by category and the model chosen for it: with several "
+            "entries sharing a category's top score (A/B), how the traffic splits.",
+            ["category", "model"],
+            registry=registry,
+        )
         self.rejected = Counter(
             "loraroute_classifier_rejected_total",
             "Requests answered with an error, by kind (overloaded, expired, invalid, "

@@ -12,10 +12,14 @@ answers three questions for each request:
 - `decide(...)`: the route for a classification: below the threshold (or no category) ->
   `default_model`; otherwise the category's highest-scoring candidate, whose `lora_name`
   becomes the model name and which inherits its base model's endpoints and reasoning family.
+  When several candidates share the top score (A/B between adapter versions), `pick_variant`
+  chooses one by their `weight`s from a stable hash of the request's key (its id, or the
+  header `routing.ab_key_header` names), the same on every classifier replica.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +37,7 @@ __all__ = [
     "UnknownModelError",
     "bound_text",
     "message_text",
+    "pick_variant",
 ]
 
 #: Joins the head and the tail of a text cut to `routing.max_text_chars`.
@@ -91,27 +96,49 @@ def bound_text(text: str, max_chars: int) -> ClassifyText:
     return ClassifyText(text[:head] + TRUNCATION_MARK + text[len(text) - tail :], truncated=True)
 
 
+def pick_variant(category: str, key: str, weights: Sequence[float]) -> int:
+    """The index of the variant `key` gets among `weights` (not all 0) in `category`.
+
+    A point in [0, 1) from a hash of the category and the key (BLAKE2b, so every process and
+    every run agree) falls into one variant's share of the weights' sum. The category is part
+    of the hash, so a key's variants in different categories are independent.
+    """
+    digest = hashlib.blake2b(f"{category}\0{key}".encode(), digest_size=8).digest()
+    point = int.from_bytes(digest, "big") / 2.0**64 * sum(weights)
+    for index, weight in enumerate(weights):
+        if point < weight:
+            return index
+        point -= weight
+    return max(i for i, w in enumerate(weights) if w > 0)  # rounding at the very end
+
+
 @dataclass(frozen=True, slots=True)
 class _Choice:
-    """A category's candidates, best first, resolved once at start-up."""
+    """A category's candidates, best first, resolved once per config revision; `tied` holds
+    the top-score entries' weights (unset counts as 1) when there are several."""
 
     category: Category
     scores: list[ModelScore]
+    tied: list[float]
 
 
 class Router:
     """Routing decisions for one config. Immutable; build it once and share it."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, revision: int = 0) -> None:
         self.config = config
+        self.revision = revision
+        """The live config revision `config` is (0: a local file)."""
         self.threshold = config.classifier.category_model.threshold
         self._choices: dict[str, _Choice] = {}
         for category in config.categories:
             if category.model_scores:
-                # Highest score wins; on a tie the first listed (a stable sort), so the file's
-                # order decides. The rest are the fallbacks, in the same order.
+                # Highest score wins; entries sharing it split the traffic by weight. The rest
+                # are the fallbacks, best first; equal scores keep the file's order (stable).
                 ranked = sorted(category.model_scores, key=lambda s: -s.score)
-                self._choices[category.name] = _Choice(category, ranked)
+                top = [s for s in ranked if s.score == ranked[0].score]
+                tied = [1.0 if s.weight is None else s.weight for s in top] if len(top) > 1 else []
+                self._choices[category.name] = _Choice(category, ranked, tied)
         self._endpoints: dict[str, list[str]] = {
             base: self._ordered_endpoints(base) for base in config.model_config
         }
@@ -176,12 +203,15 @@ class Router:
         *,
         truncated: bool = False,
         empty: bool = False,
+        key: str = "",
     ) -> Route:
         """The route for a classification result.
 
         `empty`: there was no text to classify -> `default_model`, reason "empty". A category
         None or below the threshold -> `default_model`, reason "below_threshold" (the
-        confidence is kept for headers and logs). Otherwise the category's winning candidate.
+        confidence is kept for headers and logs). Otherwise the category's winning candidate;
+        among entries sharing the top score, the one `key` picks (`pick_variant`), the others
+        then being the first fallbacks.
         """
         if empty:
             return self._default("empty", None, truncated)
@@ -191,9 +221,12 @@ class Router:
         if choice is None:
             # A category without candidates routes like no category at all.
             return self._default("fallback", confidence, truncated, category=category)
+        scores = choice.scores
+        if choice.tied:
+            chosen = pick_variant(category, key, choice.tied)
+            scores = [scores[chosen], *scores[:chosen], *scores[chosen + 1 :]]
         best, *rest = (
-            self._candidate(choice.category, score, confidence, truncated)
-            for score in choice.scores
+            self._candidate(choice.category, score, confidence, truncated) for score in scores
         )
         best.fallbacks = rest
         return best

@@ -30,10 +30,12 @@ _view_decoder = msgspec.json.Decoder(ChatRequestView)
 
 @dataclass(frozen=True, slots=True)
 class Forward:
-    """Forward the client's `body` to the dispatcher of `route.base_model`, with `route`."""
+    """Forward the client's `body` to the dispatcher of `route.base_model`, with `route`
+    (decided under the live config revision `revision`)."""
 
     route: Route
     body: msgspec.Raw
+    revision: int = 0
 
 
 def take_chat(message: RouteChat, router: Router) -> Forward | Refusal | ClassifyText:
@@ -47,18 +49,28 @@ def take_chat(message: RouteChat, router: Router) -> Forward | Refusal | Classif
     except UnknownModelError as error:
         return Refusal(ErrorKind.NOT_FOUND, str(error), "unknown_model", param="model")
     if route is not None:
-        return Forward(route, message.body)
+        return Forward(route, message.body, router.revision)
     text = router.text_of(view)
     if not text.text:
-        return Forward(router.decide(None, 0.0, empty=True), message.body)
+        return Forward(router.decide(None, 0.0, empty=True), message.body, router.revision)
     return text
 
 
 def classified(work: ChatWork, classification: Classification, router: Router) -> Forward:
-    """The queued chat request `work`, forwarded with the route for its classification."""
+    """The queued chat request `work`, forwarded with the route for its classification.
+
+    `work` is routed by the router (and the label map) of the config revision it arrived
+    under, when it recorded them, else by `router`."""
+    router = work.router or router
+    category, confidence = classification.category, classification.confidence
+    if work.label_map is not None and classification.label_map is not work.label_map:
+        # A config swap changed the categories while the request waited: fold its labels as
+        # the revision it arrived under does.
+        category, confidence = work.label_map.best(classification.label_probabilities)
     route = router.decide(
-        classification.category,
-        classification.confidence,
+        category,
+        confidence,
         truncated=work.truncated_chars or classification.truncated,
+        key=work.route_key or work.meta.request_id,
     )
-    return Forward(route, work.body)
+    return Forward(route, work.body, router.revision)

@@ -18,6 +18,8 @@ from services.common.bus import RequestMeta
 
 if TYPE_CHECKING:
     from services.classifier.engine import Classification
+    from services.classifier.labels import LabelMap
+    from services.classifier.route import Router
     from services.classifier.tokens import Encoded
 
 __all__ = ["ChatWork", "Item", "TextsWork", "empty_result", "text_result"]
@@ -33,6 +35,12 @@ class ChatWork:
     truncated_chars: bool
     received: float
     """`time.perf_counter()` when the message arrived."""
+    router: Router | None = None
+    label_map: LabelMap | None = None
+    """The config revision's router and label map when the request arrived: it is routed by
+    them even when a newer revision is swapped in while it waits (None: the worker's current)."""
+    route_key: str | None = None
+    """What picks its A/B variant (`Router.decide`'s `key`)."""
 
 
 @dataclass(slots=True)

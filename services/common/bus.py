@@ -29,6 +29,7 @@ from nats.aio.msg import Msg
 from schemas.errors import ErrorKind, ErrorResponse, error_response
 from schemas.wire import ReplyError, Route, encoder
 from services.common.subjects import (
+    HEADER_CONFIG_REVISION,
     HEADER_DEADLINE,
     HEADER_PING,
     HEADER_REPLY_TO,
@@ -85,12 +86,14 @@ class RequestMeta(msgspec.Struct, frozen=True):
 
     `deadline_ms` is absolute Unix time in milliseconds (None: no deadline). `reply_to` is the
     ingress inbox when the NATS reply subject is something else (see `reply_subject`).
+    `config_revision` is the live config revision the sender ran (None: not known).
     """
 
     request_id: str
     deadline_ms: int | None = None
     traceparent: str | None = None
     reply_to: str | None = None
+    config_revision: int | None = None
 
     @classmethod
     def from_headers(cls, headers: Mapping[str, str] | None) -> RequestMeta:
@@ -98,17 +101,12 @@ class RequestMeta(msgspec.Struct, frozen=True):
         (a missing request id becomes a fresh one, so logs can still follow the request)."""
         if not headers:
             return cls(request_id=new_request_id())
-        raw_deadline = headers.get(HEADER_DEADLINE)
-        deadline: int | None
-        try:
-            deadline = int(raw_deadline) if raw_deadline else None
-        except ValueError:
-            deadline = None
         return cls(
             request_id=headers.get(HEADER_REQUEST_ID) or new_request_id(),
-            deadline_ms=deadline,
+            deadline_ms=_int_header(headers, HEADER_DEADLINE),
             traceparent=headers.get(HEADER_TRACEPARENT) or None,
             reply_to=headers.get(HEADER_REPLY_TO) or None,
+            config_revision=_int_header(headers, HEADER_CONFIG_REVISION),
         )
 
     def to_headers(self) -> dict[str, str]:
@@ -120,6 +118,8 @@ class RequestMeta(msgspec.Struct, frozen=True):
             headers[HEADER_TRACEPARENT] = self.traceparent
         if self.reply_to:
             headers[HEADER_REPLY_TO] = self.reply_to
+        if self.config_revision is not None:
+            headers[HEADER_CONFIG_REVISION] = str(self.config_revision)
         return headers
 
     def remaining_s(self, now: int | None = None) -> float | None:
@@ -132,6 +132,14 @@ class RequestMeta(msgspec.Struct, frozen=True):
         """True when the deadline has passed; work for it must be dropped, with a 504 reply."""
         left = self.remaining_s(now)
         return left is not None and left <= 0.0
+
+
+def _int_header(headers: Mapping[str, str], name: str) -> int | None:
+    raw = headers.get(name)
+    try:
+        return int(raw) if raw else None
+    except ValueError:
+        return None
 
 
 def reply_subject(msg: Msg, meta: RequestMeta) -> str | None:
@@ -149,10 +157,14 @@ def is_ping(msg: Msg) -> bool:
     return bool(msg.headers) and HEADER_PING in msg.headers  # type: ignore[operator]
 
 
-async def answer_ping(nc: Client, msg: Msg) -> None:
-    """Answer a probe with an empty message; probes without a reply subject are ignored."""
+async def answer_ping(nc: Client, msg: Msg, config_revision: int | None = None) -> None:
+    """Answer a probe with an empty message, carrying the live config revision the service
+    runs when given (`Lr-Config-Revision`); probes without a reply subject are ignored."""
     if msg.reply:
-        await nc.publish(msg.reply, b"")
+        headers = (
+            None if config_revision is None else {HEADER_CONFIG_REVISION: str(config_revision)}
+        )
+        await nc.publish(msg.reply, b"", headers=headers)
 
 
 async def ping(nc: Client, subject: str, timeout_s: float = 1.0) -> bool:

@@ -12,6 +12,7 @@ import re
 __all__ = [
     "CLASSIFIERS_QUEUE",
     "DISPATCHERS_QUEUE",
+    "HEADER_CONFIG_REVISION",
     "HEADER_DEADLINE",
     "HEADER_PING",
     "HEADER_REPLY_TO",
@@ -38,6 +39,9 @@ HEADER_TRACEPARENT = "traceparent"
 HEADER_REPLY_TO = "Lr-Reply-To"
 #: A liveness probe: a service answers at once with an empty body and does no work.
 HEADER_PING = "Lr-Ping"
+#: The live config revision a request was routed under (`services.common.live_config`): a
+#: later stage that runs an older one waits briefly for it. Ping answers carry the responder's.
+HEADER_CONFIG_REVISION = "Lr-Config-Revision"
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -78,6 +82,8 @@ class Subjects:
         self.control_consumer = "job-control"
         self.batches_bucket = f"{base}_batches"
         self.files_bucket = f"{base}_files"
+        #: The live config: KV bucket, key `config` (`services.common.live_config`).
+        self.config_bucket = f"{base}_config"
         #: Where JetStream announces a line that reached `max_deliver` deliveries unsettled.
         self.lines_exhausted = (
             f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.lines_stream}.{self.line_consumer}"

@@ -20,6 +20,7 @@ import nats.errors
 from prometheus_client import CollectorRegistry, start_http_server
 
 from schemas.config import Config, ConfigError, load_config
+from services.common.live_config import startup_config
 from services.common.log import configure, get_logger
 from services.common.settings import Settings
 
@@ -44,6 +45,8 @@ class WorkerOptions:
     name: str | None
     registry: CollectorRegistry
     settings: Settings
+    config_revision: int = 0
+    """The live config revision `config` is (0: the local file; `services.common.live_config`)."""
 
 
 #: `build(config, options) -> Worker`: the service's own start-up (model loading, checks); it may
@@ -75,6 +78,11 @@ def _parser(kind: str, description: str, settings: Settings) -> argparse.Argumen
         "shorter frees the process sooner",
     )
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
+    p.add_argument(
+        "--no-config-warnings",
+        action="store_true",
+        help="do not log the config's warnings at start (`loraroute up` prints them once itself)",
+    )
     return p
 
 
@@ -120,10 +128,18 @@ def run_worker(
     log = get_logger()
     try:
         config, warnings = load_config(args.config)
-        for warning in warnings:
-            log.warning("config_warning", issue=str(warning))
+    except (ConfigError, OSError) as error:
+        print(f"loraroute {kind}: {error}", file=sys.stderr)
+        return 2
+    config, revision, stored_issues = asyncio.run(
+        startup_config(args.nats, config, settings.nats_options(), kind)
+    )
+    if not args.no_config_warnings:
+        for issue in stored_issues if revision else [str(w) for w in warnings]:
+            log.warning("config_warning", issue=issue)
+    try:
         registry = CollectorRegistry()
-        worker = build(config, WorkerOptions(args.nats, args.name, registry, settings))
+        worker = build(config, WorkerOptions(args.nats, args.name, registry, settings, revision))
     except (ConfigError, OSError, *startup_errors) as error:  # type: ignore[misc]
         print(f"loraroute {kind}: {error}", file=sys.stderr)
         return 2

@@ -2,9 +2,10 @@
 
 `DispatcherWorker.start` connects and subscribes to `<prefix>.dispatch.<base model>` for every
 configured base model, in queue group `dispatchers`, and starts `LoraSync` in the background
-(reads of every endpoint's adapters, runtime loads; `lora_sync.apply(config)` follows a new
-config); `stop` drains: no new messages, every request in flight finished (or cut at the
-timeout), then the adapter reads stop and the clients and connection close.
+(reads of every endpoint's adapters, runtime loads); `stop` drains: no new messages, every
+request in flight finished (or cut at the timeout), then the adapter reads stop and the
+clients and connection close. `on_config` is the one place a new live config revision reaches
+the dispatcher (endpoints, settings, subscriptions, and `lora_sync.apply` for the adapters).
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from prometheus_client import CollectorRegistry
 
 from schemas.config import Config
 from services.common import bus
+from services.common.live_config import LiveConfig
 from services.common.subjects import DISPATCHERS_QUEUE, Subjects
 from services.dispatcher.dispatch import Dispatch
-from services.dispatcher.endpoints import EndpointPool
+from services.dispatcher.endpoints import EndpointPool, model_endpoints
 from services.dispatcher.handlers import DispatcherHandlers
 from services.dispatcher.lora_state import LoraState
 from services.dispatcher.lora_sync import LoraSync
@@ -44,28 +46,69 @@ class DispatcherWorker:
         registry: CollectorRegistry | None = None,
         vllm_api_key: str | None = None,
         nats_options: dict[str, str] | None = None,
+        config_revision: int = 0,
     ) -> None:
         self.config = config
         self.nats_url = nats_url
         self.name = name or f"dispatcher-{uuid.uuid4().hex[:8]}"
         self.subjects = Subjects(config.nats.subject_prefix)
         self.metrics = DispatcherMetrics(registry if registry is not None else CollectorRegistry())
-        self.pool = EndpointPool(config.vllm_endpoints)
+        self.pool = EndpointPool(config.vllm_endpoints, models=model_endpoints(config))
         self.lora = LoraState()
-        #: Adapter reads and loads; `await worker.lora_sync.apply(config)` follows a new config.
+        #: Adapter reads and loads; `on_config` passes each new revision to `lora_sync.apply`.
         self.lora_sync: LoraSync | None = None
         self._lora_task: asyncio.Task[None] | None = None
+        self._lora_applies: set[asyncio.Task[None]] = set()
         self.vllm_api_key = vllm_api_key
         self.nats_options = nats_options or {}
+        self.live = LiveConfig(
+            config,
+            service="dispatcher",
+            apply=self.on_config,
+            registry=self.metrics.registry,
+            revision=config_revision,
+        )
         self.nc: Client | None = None
         self.upstream: Upstream | None = None
         self.handlers: DispatcherHandlers | None = None
-        self._subs: list[Subscription] = []
+        self._subs: dict[str, Subscription] = {}
         self._cancel_sub: Subscription | None = None
 
     @property
     def dispatch_subjects(self) -> list[str]:
         return [self.subjects.dispatch(base) for base in self.config.model_config]
+
+    async def on_config(self, config: Config, revision: int) -> None:
+        """Run a new live config revision: its endpoints and base models (requests in flight
+        finish on the endpoint they were sent to), `dispatcher.max_attempts` and
+        `check_response_model`; then subscribe to the dispatch subjects of base models it
+        adds and drain those of models it removes. The connection limits and the connect
+        timeout stay as started (`live_config.RESTART_ONLY`). Work that must follow a new
+        revision (an endpoint's adapters, say) belongs here."""
+        self.pool.update(config.vllm_endpoints, model_endpoints(config))
+        self.config = config
+        if self.handlers is not None:
+            self.handlers.dispatch.config = config.dispatcher
+        await self._subscribe()
+        if self.lora_sync is not None:
+            # In the background: reading every endpoint must not delay the revision's report.
+            self._lora_applies.add(task := asyncio.create_task(self._apply_adapters(config)))
+            task.add_done_callback(self._lora_applies.discard)
+
+    async def _subscribe(self) -> None:
+        """Subscribe to the dispatch subject of every configured base model, and drain the
+        subscriptions of base models no longer configured."""
+        if self.nc is None or self.handlers is None:
+            return
+        wanted = self.dispatch_subjects
+        for subject in [s for s in self._subs if s not in wanted]:
+            with contextlib.suppress(Exception):  # closed: nothing more can arrive anyway
+                await self._subs.pop(subject).drain()  # type: ignore[no-untyped-call]
+        for subject in wanted:
+            if subject not in self._subs:
+                self._subs[subject] = await self.nc.subscribe(
+                    subject, queue=DISPATCHERS_QUEUE, cb=self.handlers.on_dispatch
+                )
 
     async def start(self) -> None:
         """Connect and subscribe. Raises when NATS cannot be reached."""
@@ -86,18 +129,21 @@ class DispatcherWorker:
         # not hold up the dispatcher's start.
         self._lora_task = asyncio.create_task(self._sync_adapters(self.lora_sync))
         dispatch = Dispatch(config=settings, pool=self.pool, upstream=self.upstream, lora=self.lora)
-        self.handlers = DispatcherHandlers(nc=self.nc, dispatch=dispatch, metrics=self.metrics)
-        for subject in self.dispatch_subjects:
-            self._subs.append(
-                await self.nc.subscribe(
-                    subject, queue=DISPATCHERS_QUEUE, cb=self.handlers.on_dispatch
-                )
-            )
+        self.handlers = DispatcherHandlers(
+            nc=self.nc, dispatch=dispatch, metrics=self.metrics, live=self.live
+        )
+        await self._subscribe()
         # No queue group: a cancellation must reach whichever dispatcher runs the request.
         self._cancel_sub = await self.nc.subscribe(
             self.subjects.cancel_all, cb=self.handlers.on_cancel
         )
         await self.nc.flush()
+        await self.live.start(self.nc)
+
+    async def _apply_adapters(self, config: Config) -> None:
+        if self.lora_sync is not None:
+            with contextlib.suppress(Exception):  # failures are logged; run() retries them
+                await self.lora_sync.apply(config)
 
     async def _sync_adapters(self, sync: LoraSync) -> None:
         with contextlib.suppress(Exception):  # failures are logged; run() retries them
@@ -109,10 +155,11 @@ class DispatcherWorker:
         if self.nc is None:
             return
         nc, self.nc = self.nc, None
-        for sub in self._subs:
+        await self.live.stop()
+        for sub in self._subs.values():
             with contextlib.suppress(Exception):  # closed: nothing more can arrive anyway
                 await sub.drain()  # type: ignore[no-untyped-call]
-        self._subs = []
+        self._subs = {}
         if self.handlers is not None and self.handlers.tasks:
             pending = set(self.handlers.tasks)
             _done, late = await asyncio.wait(pending, timeout=timeout_s)
@@ -121,6 +168,8 @@ class DispatcherWorker:
             if late:
                 await asyncio.wait(late)
         await bus.close(nc)
+        for task in list(self._lora_applies):
+            task.cancel()
         if self._lora_task is not None:
             self._lora_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -23,12 +23,13 @@ def _build(config: Config, options: WorkerOptions) -> DispatcherWorker:
         registry=options.registry,
         vllm_api_key=options.settings.vllm_api_key,
         nats_options=options.settings.nats_options(),
+        config_revision=options.config_revision,
     )
 
 
 def _ready(worker: Worker) -> dict[str, object]:
     assert isinstance(worker, DispatcherWorker)
-    return {"subjects": worker.dispatch_subjects}
+    return {"subjects": worker.dispatch_subjects, "config_revision": worker.live.revision}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

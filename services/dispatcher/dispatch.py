@@ -198,7 +198,7 @@ class Dispatch:
         """Try endpoints until one answers. Returns (None, False) when the answer was sent,
         (error, False) for a final error, and (error, True) when every endpoint failed in a
         way another model's endpoints might not (nothing was sent)."""
-        endpoints = self.pool.order(route.endpoints)
+        endpoints = self.pool.order(route.endpoints, route.base_model)
         if self.lora is not None:
             endpoints = self.lora.order(endpoints, route.model, self.pool.is_down)
         if not endpoints:

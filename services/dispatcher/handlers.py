@@ -21,6 +21,7 @@ from nats.aio.msg import Msg
 from schemas.errors import ErrorKind
 from schemas.wire import DispatchRequest, ReplyMessage, dispatch_decoder, encode_reply
 from services.common import bus
+from services.common.live_config import LiveConfig
 from services.common.subjects import model_token
 from services.dispatcher.cancels import Cancels
 from services.dispatcher.dispatch import Dispatch
@@ -34,17 +35,25 @@ _log = structlog.get_logger("loraroute.dispatcher")
 class DispatcherHandlers:
     """Entry points bound to one connection and one `Dispatch`."""
 
-    def __init__(self, *, nc: Client, dispatch: Dispatch, metrics: DispatcherMetrics) -> None:
+    def __init__(
+        self,
+        *,
+        nc: Client,
+        dispatch: Dispatch,
+        metrics: DispatcherMetrics,
+        live: LiveConfig | None = None,
+    ) -> None:
         self.nc = nc
         self.dispatch = dispatch
         self.metrics = metrics
+        self.live = live
         self.tasks: set[asyncio.Task[None]] = set()
         self.cancels = Cancels()
 
     async def on_dispatch(self, msg: Msg) -> None:
         """One message on a dispatch subject (never raises: failures are answered)."""
         if bus.is_ping(msg):
-            await bus.answer_ping(self.nc, msg)
+            await bus.answer_ping(self.nc, msg, None if self.live is None else self.live.revision)
             return
         meta = bus.RequestMeta.from_headers(msg.headers)
         reply = bus.reply_subject(msg, meta)
@@ -90,6 +99,10 @@ class DispatcherHandlers:
             await self.nc.publish(reply, encode_reply(message))
 
         try:
+            if self.live is not None and meta.config_revision is not None:
+                # Routed under a revision this dispatcher has not seen yet (a new endpoint, a
+                # new model): take it first.
+                await self.live.wait_for(meta.config_revision)
             outcome = await self.dispatch.run(request, meta, send)
         except asyncio.CancelledError:
             self.metrics.requests.labels("cancelled", "unknown").inc()

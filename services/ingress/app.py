@@ -7,9 +7,10 @@
 Start-up (lifespan): connect to NATS, subscribe `<inbox>.*` once for every reply this process
 will get, size the body limit to what one NATS message can carry, build the `Exchange` and the
 `/v1/models` body; create the Batch API's JetStream streams and buckets when missing (a
-mismatched existing one stops the start-up). Shutdown runs after uvicorn has stopped taking
-requests and let in-flight ones finish (its graceful timeout): unsubscribe, then drain the
-connection.
+mismatched existing one stops the start-up); watch the live config, whose new revisions swap
+the config, the `/v1/models` body and the body limit between requests. Shutdown runs after
+uvicorn has stopped taking requests and let in-flight ones finish (its graceful timeout):
+unsubscribe, then drain the connection.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from schemas.config import Config
 from schemas.errors import ErrorKind, error_response
 from services.common import bus
 from services.common.jetstream import ensure_job_resources
+from services.common.live_config import LiveConfig
 from services.common.log import get_logger
 from services.common.settings import Settings
 from services.common.subjects import Subjects
@@ -98,8 +100,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     )
 
 
-def build_app(config: Config, nats_url: str, settings: Settings | None = None) -> Starlette:
-    """The ingress ASGI app for `config`, talking to NATS at `nats_url`.
+def build_app(
+    config: Config, nats_url: str, settings: Settings | None = None, config_revision: int = 0
+) -> Starlette:
+    """The ingress ASGI app for `config` (live config revision `config_revision`; 0: a local
+    file), talking to NATS at `nats_url`.
 
     Raises `schemas.apikeys.KeysError` or `OSError` when the API keys cannot be read."""
     keyring = load_keyring(config, settings.api_keys if settings is not None else None)
@@ -143,7 +148,29 @@ def build_app(config: Config, nats_url: str, settings: Settings | None = None) -
             connected=lambda: nc.is_connected,
             metrics=metrics,
             models_created=created,
+            config_revision=config_revision,
         )
+
+        async def apply(new: Config, revision: int) -> None:
+            # Everything derived first, then one synchronous swap: a request reads its
+            # config and revision together, before or after, never half of each.
+            state: IngressState = app.state.ingress
+            models = model_list(new, state.models_created)
+            limit = body_limit(
+                config.ingress.max_body_bytes, nc.max_payload, envelope_headroom(new)
+            )
+            state.exchange.config = new
+            state.config, state.config_revision = new, revision
+            state.models_body, state.body_limit = models, limit
+
+        live = LiveConfig(
+            config,
+            service="ingress",
+            apply=apply,
+            registry=metrics.registry,
+            revision=config_revision,
+        )
+        await live.start(nc)
         files = Files(jobs.files, config.jobs)
         app.state.batch_api = BatchApi(
             files=files,
@@ -160,6 +187,7 @@ def build_app(config: Config, nats_url: str, settings: Settings | None = None) -
         try:
             yield
         finally:
+            await live.stop()
             try:
                 await subscription.unsubscribe()
             except nats.errors.Error as error:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from schemas.apikeys import KeysError
 from schemas.config import Config, ConfigError, load_config
+from services.common.live_config import startup_config
 from services.common.log import configure, get_logger
 from services.common.settings import Settings
 
@@ -71,6 +72,11 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
         "(default 0)",
     )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    parser.add_argument(
+        "--no-config-warnings",
+        action="store_true",
+        help="do not log the config's warnings at start (`loraroute up` prints them once itself)",
+    )
     # For measurements (loadtest/bench_ingress_server.py); the defaults are the measured best.
     parser.add_argument(
         "--http", default="httptools", choices=["httptools", "h11"], help=argparse.SUPPRESS
@@ -212,8 +218,13 @@ def main(argv: list[str]) -> int:
     except (ConfigError, OSError) as error:
         print(f"loraroute ingress: {error}", file=sys.stderr)
         return 1
-    for warning in warnings:
-        log.warning("config_warning", issue=str(warning))
+    # The stored live config revision, when there is one, wins over the file.
+    config, revision, stored_issues = asyncio.run(
+        startup_config(args.nats, config, settings.nats_options(), "ingress")
+    )
+    if not args.no_config_warnings:
+        for issue in stored_issues if revision else [str(w) for w in warnings]:
+            log.warning("config_warning", issue=issue)
 
     import uvicorn
 
@@ -223,7 +234,7 @@ def main(argv: list[str]) -> int:
     host = args.host or config.ingress.host
     port = args.port or config.ingress.port
     try:
-        app = build_app(config, args.nats, settings)
+        app = build_app(config, args.nats, settings, revision)
     except (KeysError, OSError) as error:
         print(f"loraroute ingress: API keys: {error}", file=sys.stderr)
         return 1

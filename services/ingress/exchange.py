@@ -32,7 +32,12 @@ from schemas.wire import (
 )
 from services.common.bus import RequestMeta
 from services.common.log import get_logger
-from services.common.subjects import HEADER_PING, HEADER_REQUEST_ID, Subjects
+from services.common.subjects import (
+    HEADER_CONFIG_REVISION,
+    HEADER_PING,
+    HEADER_REQUEST_ID,
+    Subjects,
+)
 from services.ingress import sse
 from services.ingress.inbox import Inbox, Mailbox, NoResponders
 from services.ingress.outcomes import (
@@ -122,11 +127,14 @@ class Exchange:
 
     # ------------------------------------------------------------------ chat completions
 
-    async def chat(self, body: bytes, stream: bool, meta: RequestMeta) -> Outcome:
+    async def chat(
+        self, body: bytes, stream: bool, meta: RequestMeta, route_key: str | None = None
+    ) -> Outcome:
         """Send a validated chat body through the pipeline and wait for its answer.
 
         For `stream=True` the outcome is a `StreamAnswer` once the head arrived (the caller
-        must `release()` it); errors before the head are ordinary `ErrorAnswer`s.
+        must `release()` it); errors before the head are ordinary `ErrorAnswer`s. `route_key`
+        picks the A/B variant instead of the request id (`routing.ab_key_header`).
         """
         refused = self.overloaded()
         if refused is not None:
@@ -135,7 +143,7 @@ class Exchange:
         mailbox = self.inbox.open()
         handed_over = False
         try:
-            payload = encoder.encode(RouteChat(body=msgspec.Raw(body)))
+            payload = encoder.encode(RouteChat(body=msgspec.Raw(body), route_key=route_key))
             failed = await self._send(mailbox, self.subjects.classify, payload, meta)
             if failed is not None:
                 return failed
@@ -230,24 +238,33 @@ class Exchange:
 
     # ------------------------------------------------------------------ readiness
 
-    async def _ping(self, subject: str, timeout_s: float) -> bool:
+    async def _ping(self, subject: str, timeout_s: float) -> tuple[bool, int | None]:
+        """Whether a worker on `subject` answers, and the config revision it says it runs."""
         with self.inbox.open() as mailbox:
             headers = {HEADER_PING: "1", HEADER_REQUEST_ID: "ready"}
             try:
                 await self._publish(subject, b"", mailbox.reply, headers)
             except PublishError:
-                return False
+                return False, None
             try:
-                reply = await mailbox.receive(timeout_s)
+                answer, data = await mailbox.receive_raw(timeout_s)
             except TimeoutError:
-                return False
-            return not isinstance(reply, NoResponders)
+                return False, None
+            if answer is not None and answer.get("Status") == "503" and not data:
+                return False, None  # no responders
+            raw = (answer or {}).get(HEADER_CONFIG_REVISION)
+            return True, int(raw) if raw and raw.isdigit() else None
 
     async def readiness(self) -> dict[str, bool]:
+        """Which worker kinds answer a ping now (see `probe`)."""
+        return (await self.probe())[0]
+
+    async def probe(self) -> tuple[dict[str, bool], dict[str, int | None]]:
         """Which worker kinds answer a ping now: `classifier` and `dispatcher:<base model>` for
         each configured base model. A ping is an empty message with the `Lr-Ping` header on the
         worker's own subject, answered at once without work. All pings run at once; each waits
-        `ready_timeout_s`, and one nobody listens to fails at once (no responders)."""
+        `ready_timeout_s`, and one nobody listens to fails at once (no responders). Also
+        returns the live config revision each answering kind says it runs."""
         timeout_s = self.config.ingress.ready_timeout_s
         names = ["classifier", *(f"dispatcher:{base}" for base in self.config.model_config)]
         subjects = [
@@ -255,4 +272,6 @@ class Exchange:
             *(self.subjects.dispatch(base) for base in self.config.model_config),
         ]
         answers = await asyncio.gather(*(self._ping(s, timeout_s) for s in subjects))
-        return dict(zip(names, answers, strict=True))
+        alive = {name: ok for name, (ok, _) in zip(names, answers, strict=True)}
+        revisions = {name: revision for name, (_, revision) in zip(names, answers, strict=True)}
+        return alive, revisions

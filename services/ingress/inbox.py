@@ -56,19 +56,23 @@ class Mailbox:
     def put(self, item: _Item) -> None:
         self._queue.put_nowait(item)
 
+    async def receive_raw(self, timeout_s: float) -> _Item:
+        """The next message as it came: headers and payload. Raises `TimeoutError` when none
+        comes within `timeout_s`."""
+        if self._queue.empty():
+            if timeout_s <= 0:
+                raise TimeoutError
+            async with asyncio.timeout(timeout_s):
+                return await self._queue.get()
+        return self._queue.get_nowait()
+
     async def receive(self, timeout_s: float) -> ReplyMessage | NoResponders:
         """The next reply, decoded. Raises `TimeoutError` when none comes within `timeout_s`.
 
         A message that is not a valid reply (a bug or version skew upstream) becomes a 502
         `ReplyError` rather than an exception, so the request still gets one clear answer.
         """
-        if self._queue.empty():
-            if timeout_s <= 0:
-                raise TimeoutError
-            async with asyncio.timeout(timeout_s):
-                headers, data = await self._queue.get()
-        else:
-            headers, data = self._queue.get_nowait()
+        headers, data = await self.receive_raw(timeout_s)
         if headers is not None and headers.get(_STATUS) == "503" and not data:
             return NO_RESPONDERS
         try:

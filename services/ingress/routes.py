@@ -65,6 +65,8 @@ class IngressState:
     body_limit: int
     connected: Callable[[], bool]
     metrics: IngressMetrics
+    #: The live config revision `config` is (0: the local file); a request reads both once.
+    config_revision: int = 0
     #: Set on SIGTERM for `--shutdown-delay` seconds before intake stops: `/ready` says 503 so
     #: a balancer stops sending here while every request still gets served.
     draining: bool = False
@@ -142,12 +144,15 @@ async def _read_json_body(request: Request, limit: int) -> bytes | ErrorResponse
     return b"".join(chunks)
 
 
-def _meta(request: Request, rid: str, timeout_s: float) -> RequestMeta:
+def _meta(
+    request: Request, rid: str, timeout_s: float, config_revision: int | None = None
+) -> RequestMeta:
     timeout = headers.timeout_s(timeout_s, request.headers.get(headers.TIMEOUT))
     return RequestMeta(
         request_id=rid,
         deadline_ms=deadline_after(timeout),
         traceparent=headers.traceparent(request.headers.get("traceparent")),
+        config_revision=config_revision,
     )
 
 
@@ -168,15 +173,19 @@ async def _chat(request: Request) -> Response:
     view = parse_chat(body)
     if isinstance(view, ErrorResponse):
         return _error(view, rid)
-    if state.config.target_of(view.model) is None:
+    # One config revision for the whole request, also named to the later stages.
+    config, revision = state.config, state.config_revision
+    if config.target_of(view.model) is None:
         return _error(unknown_model(view.model or ""), rid)
     key = api_key(request.scope)
-    named = view.model or state.config.default_model
+    named = view.model or config.default_model
     if not Keyring.allows(key, named):
         return _forbidden(key, named, rid, state)
-    meta = _meta(request, rid, state.config.ingress.request_timeout_s)
+    meta = _meta(request, rid, config.ingress.request_timeout_s, revision)
+    key_header = config.routing.ab_key_header
+    route_key = request.headers.get(key_header) or None if key_header else None
     outcome = await _unless_client_leaves(
-        request, state.exchange.chat(body, bool(view.stream), meta)
+        request, state.exchange.chat(body, bool(view.stream), meta, route_key)
     )
     if outcome is None:
         await state.exchange.cancel(meta)
@@ -232,15 +241,20 @@ async def health(request: Request) -> Response:
 async def ready(request: Request) -> Response:
     """`GET /ready`: 200 when NATS is connected and a classifier and a dispatcher for every
     base model answer a ping; 503 otherwise, with what is missing in the body, and 503
-    `{"ready": false, "draining": true}` once the process is shutting down."""
+    `{"ready": false, "draining": true}` once the process is shutting down. The body's
+    `config_revision` says which live config revision this ingress and each worker kind that
+    answered run."""
     state = _state(request)
     if state.draining:
         return Response(b'{"ready":false,"draining":true}', 503, media_type=_JSON)
     report: dict[str, Any] = {"nats": state.connected()}
+    revisions: dict[str, int | None] = {"ingress": state.config_revision}
     if report["nats"]:
-        report.update(await state.exchange.readiness())
+        alive, answered = await state.exchange.probe()
+        report.update(alive)
+        revisions.update(answered)
     ok = all(report.values()) and len(report) > 1
-    report = {"ready": ok, **report}
+    report = {"ready": ok, **report, "config_revision": revisions}
     return Response(msgspec.json.encode(report), 200 if ok else 503, media_type=_JSON)
 
 

@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 from schemas.config import Config
 from services.common import bus
 from services.common.jetstream import ensure_job_resources
+from services.common.live_config import LiveConfig
 from services.common.subjects import JOBS_QUEUE, Subjects
 from services.jobs.consumers import (
     control_consumer,
@@ -56,6 +57,7 @@ class JobsWorker:
         name: str | None = None,
         registry: CollectorRegistry | None = None,
         nats_options: dict[str, str] | None = None,
+        config_revision: int = 0,
     ) -> None:
         self.config = config
         self.nats_url = nats_url
@@ -63,11 +65,23 @@ class JobsWorker:
         self.subjects = Subjects(config.nats.subject_prefix)
         self.metrics = JobsMetrics(registry if registry is not None else CollectorRegistry())
         self.nats_options = nats_options or {}
+        # The jobs settings are read at start-up (`live_config.RESTART_ONLY`): the worker
+        # reports the revision it runs and which pushed changes wait for its restart.
+        self.live = LiveConfig(
+            config,
+            service="jobs",
+            apply=self.on_config,
+            registry=self.metrics.registry,
+            revision=config_revision,
+        )
         self.nc: Client | None = None
         self.handlers: JobsHandlers | None = None
         self._loops: list[PullLoop] = []
         self._sweeper: asyncio.Task[None] | None = None
         self._advisories: Subscription | None = None
+
+    async def on_config(self, config: Config, revision: int) -> None:
+        """A new live config revision: nothing a jobs worker runs changes before a restart."""
 
     async def start(self) -> None:
         """Connect, create the job resources and consumers, start serving. Raises when NATS
@@ -120,6 +134,7 @@ class JobsWorker:
         for loop in self._loops:
             await loop.start()
         self._sweeper = asyncio.create_task(self._sweep(self.handlers))
+        await self.live.start(self.nc)
 
     async def _sweep(self, handlers: JobsHandlers) -> None:
         while True:
@@ -134,6 +149,7 @@ class JobsWorker:
         if self.nc is None:
             return
         nc, self.nc = self.nc, None
+        await self.live.stop()
         if self.handlers is not None:
             self.handlers.stopping.set()
         if self._sweeper is not None:

@@ -25,6 +25,7 @@ def _build(config: Config, options: WorkerOptions) -> JobsWorker:
         name=options.name,
         registry=options.registry,
         nats_options=options.settings.nats_options(),
+        config_revision=options.config_revision,
     )
 
 
@@ -33,6 +34,7 @@ def _ready(worker: Worker) -> dict[str, object]:
     return {
         "lines_stream": worker.subjects.lines_stream,
         "concurrency": worker.config.jobs.concurrency,
+        "config_revision": worker.live.revision,
     }
 
 

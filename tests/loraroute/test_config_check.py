@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.schemas.test_config import GUIDE
 
 
@@ -91,3 +93,50 @@ def test_missing_file(tmp_path: Path) -> None:
     result = _run(tmp_path / "absent.yaml", tmp_path)
     assert result.returncode == 1
     assert "cannot read" in result.stderr
+
+
+UPSTREAM_EXAMPLE = (
+    Path(__file__).resolve().parents[2].parent
+    / "shared"
+    / "reference"
+    / "upstream-lora-routing-example.yaml"
+)
+
+
+def test_the_upstreams_complete_example_passes_with_one_warning(tmp_path: Path) -> None:
+    if not UPSTREAM_EXAMPLE.is_file():
+        pytest.skip(f"{UPSTREAM_EXAMPLE} is not here (a copy of the upstream's example)")
+    result = _run(UPSTREAM_EXAMPLE, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{UPSTREAM_EXAMPLE}: OK"
+    ignored = [line for line in result.stderr.splitlines() if "upstream semantic-router" in line]
+    assert len(ignored) == 1, result.stderr
+    assert "bert_model (line 24: the BERT similarity model" in ignored[0]
+    assert "model_config['llama2-7b'].pii_policy (line 42: which PII types" in ignored[0]
+
+
+def test_a_misspelt_key_is_still_an_error_with_its_line(tmp_path: Path) -> None:
+    if not UPSTREAM_EXAMPLE.is_file():
+        pytest.skip(f"{UPSTREAM_EXAMPLE} is not here (a copy of the upstream's example)")
+    path = tmp_path / "c.yaml"
+    path.write_text(UPSTREAM_EXAMPLE.read_text().replace("pii_policy:", "pii_polcy:"))
+    result = _run(path, tmp_path)
+    assert result.returncode == 1
+    assert "line 42: model_config['llama2-7b'].pii_polcy: unknown key" in result.stderr
+
+
+def test_the_decisions_format_is_named_with_the_docs_section(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "version: v0.3\n"
+        "routing:\n"
+        "  strategy: priority\n"
+        "  decisions:\n"
+        "    - name: math\n"
+        "      rules: {operator: OR, conditions: [{type: domain, name: math}]}\n"
+        "      modelRefs: [{model: base-model, lora_name: math-expert}]\n"
+    )
+    result = _run(path, tmp_path)
+    assert result.returncode == 1
+    assert "line 1: version: this is the upstream's later decisions format" in result.stderr
+    assert "docs/config.md#upstream-decisions-format" in result.stderr

@@ -276,3 +276,44 @@ class TestTargetOf:
     def test_unknown_names_are_none(self, shipped: Config) -> None:
         assert shipped.target_of("gpt-4") is None
         assert shipped.target_of("MoM-but-not-quite") is None
+
+
+def test_a_tie_needs_one_weighted_entry(tmp_path: Path) -> None:
+    tie = GUIDE.replace(
+        '        lora_name: "medical-lora"\n        score: 1.0',
+        '        lora_name: "medical-lora"\n        score: 1.0\n        weight: 0\n'
+        '      - model: "llama2-7b"\n        lora_name: "legal-lora"\n        score: 1.0\n'
+        "        weight: 0",
+    )
+    assert "weight: 0" in tie
+    assert any(
+        "every entry sharing the top score has weight 0" in e for e in _errors(tmp_path, tie)
+    )
+    ok = tie.replace("weight: 0\n      - model", "weight: 2\n      - model", 1)
+    config, _ = load_config(_write(tmp_path, ok))
+    assert [s.weight for s in config.categories[1].model_scores] == [2.0, 0.0]
+
+
+def test_ab_key_header_is_a_header_name(tmp_path: Path) -> None:
+    good = GUIDE + "routing:\n  ab_key_header: x-user-id\n"
+    assert load_config(_write(tmp_path, good))[0].routing.ab_key_header == "x-user-id"
+    assert _errors(tmp_path, GUIDE + "routing:\n  ab_key_header: 'x user'\n")
+
+
+def test_upstream_keys_are_ignored_with_one_warning_naming_each(tmp_path: Path) -> None:
+    text = GUIDE.replace(
+        'default_model: "llama2-7b"',
+        'default_model: "llama2-7b"\nsemantic_cache:\n  enabled: true\n'
+        "prompt_guard:\n  enabled: false",
+    ).replace(
+        "        score: 1.0\n", "        score: 1.0\n        reasoning_description: deep\n", 1
+    )
+    config, warnings = load_config(_write(tmp_path, text))
+    ignored = [w for w in warnings if "upstream semantic-router" in w.message]
+    assert len(ignored) == 1
+    message = ignored[0].message
+    assert "3 key(s)" in message
+    assert "semantic_cache (line" in message and "the semantic cache of answers" in message
+    assert "prompt_guard (line" in message
+    assert "categories[0].model_scores[0].reasoning_description (line" in message
+    assert config.default_model == "llama2-7b"

@@ -18,6 +18,7 @@ from services.classifier.route import (
     UnknownModelError,
     bound_text,
     message_text,
+    pick_variant,
 )
 
 
@@ -138,12 +139,13 @@ class TestDecide:
     def test_truncation_is_carried(self, shipped: dict[str, Any]) -> None:
         assert Router(_config(shipped)).decide("legal", 0.9, truncated=True).truncated
 
-    def test_highest_score_wins_and_ties_keep_file_order(self, shipped: dict[str, Any]) -> None:
+    def test_highest_score_wins_and_the_rest_are_fallbacks(self, shipped: dict[str, Any]) -> None:
         data = copy.deepcopy(shipped)
         data["categories"][1]["model_scores"] = [
             {"model": "llama2-7b", "lora_name": "legal-lora", "score": 0.5},
             {"model": "llama2-7b", "lora_name": "medical-lora", "score": 0.9},
-            {"model": "llama2-7b", "score": 0.9},
+            # A tie with weight 0 takes no traffic: it is the first fallback.
+            {"model": "llama2-7b", "score": 0.9, "weight": 0},
         ]
         route = Router(decode_config(data)).decide("medical", 0.9)
         assert route.model == "medical-lora"
@@ -255,3 +257,75 @@ class TestPassthroughAndEndpoints:
 def test_route_encodes_on_the_wire(shipped: dict[str, Any]) -> None:
     route = Router(_config(shipped)).decide("technical", 0.9)
     assert msgspec.json.decode(msgspec.json.encode(route), type=type(route)) == route
+
+
+class TestVariants:
+    """A/B between adapter versions: entries sharing a category's top score split by weight."""
+
+    @staticmethod
+    def _ab(shipped: dict[str, Any], weights: tuple[float | None, float | None]) -> Router:
+        data = copy.deepcopy(shipped)
+        data["model_config"]["llama2-7b"]["loras"].append({"name": "medical-lora-v2"})
+        entries = []
+        for name, weight in zip(("medical-lora", "medical-lora-v2"), weights, strict=True):
+            entry: dict[str, Any] = {"model": "llama2-7b", "lora_name": name, "score": 1.0}
+            if weight is not None:
+                entry["weight"] = weight
+            entries.append(entry)
+        data["categories"][1]["model_scores"] = [
+            *entries,
+            {"model": "llama2-7b", "score": 0.5},
+        ]
+        return Router(decode_config(data))
+
+    def test_weights_set_the_split(self, shipped: dict[str, Any]) -> None:
+        router = self._ab(shipped, (1.0, 3.0))
+        picks = [router.decide("medical", 0.9, key=f"req-{i}").model for i in range(4000)]
+        share = picks.count("medical-lora-v2") / len(picks)
+        # Binomial(4000, 0.75): the standard deviation is 0.7 %, so 3 points is > 4 sigma.
+        assert 0.72 < share < 0.78
+        assert set(picks) == {"medical-lora", "medical-lora-v2"}
+
+    def test_unset_weights_split_evenly(self, shipped: dict[str, Any]) -> None:
+        router = self._ab(shipped, (None, None))
+        picks = [router.decide("medical", 0.9, key=f"user-{i}").model for i in range(4000)]
+        assert 0.46 < picks.count("medical-lora") / len(picks) < 0.54
+
+    def test_a_key_always_gets_the_same_variant_and_the_rest_follow(
+        self, shipped: dict[str, Any]
+    ) -> None:
+        router = self._ab(shipped, (1.0, 1.0))
+        again = self._ab(shipped, (1.0, 1.0))  # another replica: the same answer
+        for i in range(50):
+            first = router.decide("medical", 0.9, key=f"user-{i}")
+            assert again.decide("medical", 0.9, key=f"user-{i}").model == first.model
+            other = {"medical-lora", "medical-lora-v2"} - {first.model}
+            assert [f.model for f in first.fallbacks] == [*other, "llama2-7b"]
+
+    def test_weight_zero_drains_a_variant(self, shipped: dict[str, Any]) -> None:
+        router = self._ab(shipped, (0.0, 1.0))
+        assert {router.decide("medical", 0.9, key=str(i)).model for i in range(200)} == {
+            "medical-lora-v2"
+        }
+
+    def test_a_higher_score_still_takes_everything(self, shipped: dict[str, Any]) -> None:
+        data = copy.deepcopy(shipped)
+        data["categories"][1]["model_scores"] = [
+            {"model": "llama2-7b", "lora_name": "medical-lora", "score": 0.9, "weight": 5},
+            {"model": "llama2-7b", "lora_name": "legal-lora", "score": 1.0},
+        ]
+        router = Router(decode_config(data))
+        assert {router.decide("medical", 0.9, key=str(i)).model for i in range(200)} == {
+            "legal-lora"
+        }
+
+    def test_pick_variant_is_a_stable_hash(self) -> None:
+        # Pinned answers: every replica and every release must agree on them, so a change of
+        # hash (which would move users between variants) fails here.
+        medical = [pick_variant("medical", f"k{i}", [1.0, 1.0]) for i in range(12)]
+        assert medical == [1, 1, 1, 1, 1, 0, 1, 0, 1, 1, 0, 1]
+        # The category is part of the hash: the same keys split independently elsewhere.
+        legal = [pick_variant("legal", f"k{i}", [1.0, 1.0]) for i in range(12)]
+        assert legal == [1, 1, 0, 0, 0, 1, 0, 1, 0, 0, 1, 0]
+        assert pick_variant("medical", "k", [0.0, 2.0]) == 1
+        assert pick_variant("medical", "k", [2.0, 0.0]) == 0

@@ -1,0 +1,2 @@
+loraroute config push config/config.yaml
+loraroute config get > running.yaml
