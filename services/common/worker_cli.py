@@ -20,6 +20,7 @@ import nats.errors
 from prometheus_client import CollectorRegistry, start_http_server
 
 from schemas.config import Config, ConfigError, load_config
+from services.common import tracing
 from services.common.log import configure, get_logger
 from services.common.settings import Settings
 
@@ -122,9 +123,10 @@ def run_worker(
         config, warnings = load_config(args.config)
         for warning in warnings:
             log.warning("config_warning", issue=str(warning))
+        tracing.configure(config.tracing, kind)
         registry = CollectorRegistry()
         worker = build(config, WorkerOptions(args.nats, args.name, registry, settings))
-    except (ConfigError, OSError, *startup_errors) as error:  # type: ignore[misc]
+    except (ConfigError, OSError, tracing.TracingUnavailable, *startup_errors) as error:  # type: ignore[misc]
         print(f"loraroute {kind}: {error}", file=sys.stderr)
         return 2
     if args.metrics_port is not None:

@@ -20,7 +20,7 @@ from nats.aio.msg import Msg
 
 from schemas.errors import ErrorKind
 from schemas.wire import DispatchRequest, ReplyMessage, dispatch_decoder, encode_reply
-from services.common import bus
+from services.common import bus, tracing
 from services.common.subjects import model_token
 from services.dispatcher.cancels import Cancels
 from services.dispatcher.dispatch import Dispatch
@@ -90,7 +90,24 @@ class DispatcherHandlers:
             await self.nc.publish(reply, encode_reply(message))
 
         try:
-            outcome = await self.dispatch.run(request, meta, send)
+            with tracing.span(
+                "dispatch",
+                parent=meta.traceparent,
+                kind="consumer",
+                attributes={"loraroute.request_id": meta.request_id},
+            ) as span:
+                outcome = await self.dispatch.run(request, meta, send)
+                tracing.set_attributes(
+                    span,
+                    {
+                        "loraroute.model": outcome.model or request.route.model,
+                        "loraroute.endpoint": outcome.endpoint or "",
+                        "loraroute.attempts": outcome.attempts,
+                        "http.response.status_code": outcome.status,
+                    },
+                )
+                if outcome.error:
+                    tracing.mark_error(span, outcome.error)
         except asyncio.CancelledError:
             self.metrics.requests.labels("cancelled", "unknown").inc()
             _log.info("dispatch_cancelled", request_id=meta.request_id, model=request.route.model)

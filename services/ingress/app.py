@@ -22,12 +22,13 @@ from nats.aio.msg import Msg
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
 from schemas.config import Config
 from schemas.errors import ErrorKind, error_response
-from services.common import bus
+from services.common import bus, tracing
 from services.common.jetstream import ensure_job_resources
 from services.common.log import get_logger
 from services.common.settings import Settings
@@ -153,4 +154,5 @@ def build_app(config: Config, nats_url: str, settings: Settings | None = None) -
         routes=[*ROUTES, *BATCH_ROUTES],
         lifespan=lifespan,
         exception_handlers={Exception: _server_error, HTTPException: _http_error},
+        middleware=[Middleware(tracing.HttpSpans)] if tracing.enabled() else [],
     )

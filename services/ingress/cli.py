@@ -21,6 +21,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from schemas.config import ConfigError, load_config
+from services.common import tracing
 from services.common.log import configure, get_logger
 from services.common.settings import Settings
 
@@ -124,7 +125,8 @@ def main(argv: list[str]) -> int:
     log = get_logger()
     try:
         config, warnings = load_config(args.config)
-    except (ConfigError, OSError) as error:
+        tracing.configure(config.tracing, "ingress")
+    except (ConfigError, OSError, tracing.TracingUnavailable) as error:
         print(f"loraroute ingress: {error}", file=sys.stderr)
         return 1
     for warning in warnings:

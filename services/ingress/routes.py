@@ -24,6 +24,7 @@ from schemas.classify import ClassifyBatchRequest
 from schemas.config import Config
 from schemas.errors import ErrorKind, ErrorResponse
 from schemas.wire import ClassifyTextsResult
+from services.common import tracing
 from services.common.bus import RequestMeta, deadline_after
 from services.common.log import get_logger
 from services.ingress import classify_api, headers, sse
@@ -134,7 +135,8 @@ def _meta(request: Request, rid: str, timeout_s: float) -> RequestMeta:
     return RequestMeta(
         request_id=rid,
         deadline_ms=deadline_after(timeout),
-        traceparent=headers.traceparent(request.headers.get("traceparent")),
+        # The ingress's own span when tracing is on, else the client's value as it came.
+        traceparent=tracing.traceparent(headers.traceparent(request.headers.get("traceparent"))),
     )
 
 
