@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "model": ("loraroute.model_verbs", "build, train or evaluate the default classifier"),
     "classify": ("loraroute.classify", "classify one text with the configured model"),
     "batch": ("loraroute.batch", "submit, follow, download or cancel a batch (OpenAI Batch API)"),
+    "openapi": ("loraroute.openapi", "print the ingress's OpenAPI document (JSON)"),
 }
 
 

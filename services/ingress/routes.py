@@ -8,6 +8,7 @@ request is handed to the `Exchange` and its outcome becomes the response.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 from schemas.classify import ClassifyBatchRequest
 from schemas.config import Config
 from schemas.errors import ErrorKind, ErrorResponse
+from schemas.openapi import document_bytes
 from schemas.wire import ClassifyTextsResult
 from services.common import tracing
 from services.common.bus import RequestMeta, deadline_after
@@ -273,6 +275,16 @@ async def metrics(request: Request) -> Response:
     return Response(generate_latest(registry), 200, media_type=CONTENT_TYPE_LATEST)
 
 
+@functools.cache
+def _openapi() -> bytes:
+    return document_bytes()
+
+
+async def openapi(request: Request) -> Response:
+    """`GET /openapi.json`: this API as an OpenAPI 3.1 document (`schemas.openapi`)."""
+    return Response(_openapi(), 200, media_type=_JSON)
+
+
 ROUTES = [
     HttpRoute("/v1/chat/completions", chat_completions, methods=["POST"]),
     HttpRoute("/v1/models", list_models, methods=["GET"]),
@@ -281,4 +293,5 @@ ROUTES = [
     HttpRoute("/api/v1/classify/intent", classify_intent, methods=["POST"]),
     HttpRoute("/api/v1/classify/batch", classify_batch, methods=["POST"]),
     HttpRoute("/metrics", metrics, methods=["GET"]),
+    HttpRoute("/openapi.json", openapi, methods=["GET"]),
 ]

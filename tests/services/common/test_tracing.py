@@ -69,15 +69,14 @@ class TestOff:
             from services.common import tracing
             assert tracing.configure(Tracing(), "ingress") is False
             assert not tracing.enabled()
-            with tracing.span("x", parent="00-%s-%s-01") as span:
+            with tracing.span("x", parent=PARENT) as span:
                 assert span is None
                 assert tracing.traceparent("given") == "given"
             loaded = sorted(m for m in sys.modules if m.startswith("opentelemetry"))
             assert not loaded, loaded
             print("ok")
             """
-            % ("a" * 32, "b" * 16)
-        )
+        ).replace("PARENT", repr(CLIENT))
         result = subprocess.run(
             [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False
         )
@@ -235,9 +234,7 @@ async def test_vllm_receives_the_context_of_the_dispatchers_call_span(
     assert vllm.server.port is not None
     endpoint = VllmEndpoint(name="a", address="127.0.0.1", port=vllm.server.port)
     upstream = Upstream(max_connections_per_endpoint=4, connect_timeout_s=2.0)
-    dispatch = Dispatch(
-        config=DispatcherConfig(), pool=EndpointPool([endpoint]), upstream=upstream
-    )
+    dispatch = Dispatch(config=DispatcherConfig(), pool=EndpointPool([endpoint]), upstream=upstream)
     route = Route(model="medical-lora", base_model="llama2-7b", endpoints=["a"])
     body = msgspec.json.encode({"model": "MoM", "messages": [{"role": "user", "content": "hi"}]})
     meta = RequestMeta(request_id="r1", deadline_ms=deadline_after(10.0), traceparent=CLIENT)
