@@ -31,7 +31,7 @@ import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, Verbosity, given, settings
 from hypothesis.errors import HypothesisException
-from realstack import RealStack
+from realstack import RealStack, stop_on_sigterm
 from schemathesis import GenerationMode
 
 
@@ -47,9 +47,23 @@ class Tally:
         self.hangs: list[dict[str, Any]] = []
         self.connection_errors: list[dict[str, Any]] = []
         self.slowest_s = 0.0
+        #: The request in flight when a process was found dead (the client sends one at a time).
+        self.crash_suspects: list[dict[str, Any]] = []
+        self.dead: set[str] = set()
 
-    def call(self, case: Any, base_url: str, session: requests.Session) -> None:
+    def call(self, case: Any, base_url: str, session: requests.Session, stack: RealStack) -> None:
         label = f"{case.operation.method.upper()} {case.operation.path}"
+        try:
+            self._call(case, label, base_url, session)
+        finally:
+            dead = set(stack.exited()) - self.dead
+            if dead:
+                self.dead |= dead
+                self.crash_suspects.append(
+                    {"exited": sorted(dead), "operation": label, "body": _body(case)}
+                )
+
+    def _call(self, case: Any, label: str, base_url: str, session: requests.Session) -> None:
         self.sent += 1
         self.by_operation[label] += 1
         started = time.monotonic()
@@ -84,7 +98,7 @@ def _body(case: Any) -> str:
     return text[:300]
 
 
-def fuzz(base_url: str, total: int, tally: Tally, per_round: int) -> None:
+def fuzz(stack: RealStack, base_url: str, total: int, tally: Tally, per_round: int) -> None:
     """Send generated requests until `total` were sent."""
     schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
@@ -113,7 +127,7 @@ def fuzz(base_url: str, total: int, tally: Tally, per_round: int) -> None:
                 )
                 @given(case=operation.as_strategy(generation_mode=mode))
                 def run(case: Any) -> None:
-                    tally.call(case, base_url, session)
+                    tally.call(case, base_url, session, stack)
 
                 try:
                     run()
@@ -130,9 +144,16 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
     parser.add_argument("--per-round", type=int, default=100, help="cases per operation and mode")
+    parser.add_argument(
+        "--max-rss-mib",
+        type=float,
+        default=2048.0,
+        help="kill -9 (and count as crashed) a process whose resident memory passes this",
+    )
     parser.add_argument("--json", type=Path, help="write the report here")
     parser.add_argument("--workdir", type=Path, help="logs and config (default: a temp folder)")
     args = parser.parse_args()
+    stop_on_sigterm()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="loraroute-fuzz-"))
     stack = RealStack(workdir, jobs=1)
     tally = Tally(args.timeout)
@@ -140,12 +161,14 @@ def main() -> int:
         stack.start()
         base = stack.ingress_urls[0]
         rss_before = stack.rss()
+        watchdog = stack.watch(args.max_rss_mib)
         started = time.monotonic()
-        fuzz(base, args.requests, tally, args.per_round)
+        fuzz(stack, base, args.requests, tally, args.per_round)
         seconds = time.monotonic() - started
         time.sleep(1.0)
         rss_after = stack.rss()
         exited = stack.exited()
+        watchdog.set()
         ready = requests.get(f"{base}/ready", timeout=5).status_code
     finally:
         stack.stop()
@@ -160,6 +183,11 @@ def main() -> int:
         "hangs": len(tally.hangs),
         "connection_errors": len(tally.connection_errors),
         "crashed": exited,
+        "killed_for_memory": [
+            {"process": name, "rss_mib": rss, "at_s": round(at, 1)}
+            for name, rss, at in stack.runaways
+        ],
+        "crash_suspects": tally.crash_suspects,
         "ready_after": ready,
         "slowest_answer_s": round(tally.slowest_s, 2),
         "rss_mib_before": rss_before,

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,15 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so a script's `finally` stops every process it started."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def rss_mib(pid: int) -> float | None:
@@ -118,6 +128,8 @@ class RealStack:
     changes: dict[str, Any] = field(default_factory=dict)
     nats: NatsServer | None = None
     procs: list[Proc] = field(default_factory=list)
+    #: Processes the memory watchdog killed: (name, resident MiB, seconds since `watch`).
+    runaways: list[tuple[str, float, float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -227,6 +239,24 @@ class RealStack:
         if self.nats is not None and self.nats.pid is not None:
             out["nats-server"] = rss_mib(self.nats.pid)
         return out
+
+    def watch(self, max_rss_mib: float, every_s: float = 0.25) -> threading.Event:
+        """Kill -9 any process whose resident memory passes `max_rss_mib` (checked every
+        `every_s`), so one runaway request cannot take the whole machine; each kill is recorded
+        in `runaways`. Set the returned event to stop watching."""
+        stop = threading.Event()
+        started = time.monotonic()
+
+        def loop() -> None:
+            while not stop.wait(every_s):
+                for proc in self.procs:
+                    rss = rss_mib(proc.pid) if proc.alive() else None
+                    if rss is not None and rss > max_rss_mib:
+                        proc.kill()
+                        self.runaways.append((proc.name, rss, time.monotonic() - started))
+
+        threading.Thread(target=loop, daemon=True).start()
+        return stop
 
     def restart_nats(self, down_s: float = 1.0) -> None:
         """kill -9 the nats-server, wait `down_s`, start it again on the same port."""
