@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import itertools
 import json
 import platform
 import sys
@@ -29,7 +30,7 @@ from typing import Any
 
 import requests
 import schemathesis
-from hypothesis import HealthCheck, Phase, Verbosity, given, settings
+from hypothesis import HealthCheck, Phase, Verbosity, given, seed, settings
 from hypothesis.errors import HypothesisException
 from realstack import RealStack, stop_on_sigterm
 from schemathesis import GenerationMode
@@ -98,8 +99,12 @@ def _body(case: Any) -> str:
     return text[:300]
 
 
-def fuzz(stack: RealStack, base_url: str, total: int, tally: Tally, per_round: int) -> None:
-    """Send generated requests until `total` were sent."""
+def fuzz(
+    stack: RealStack, base_url: str, total: int, tally: Tally, per_round: int, first_seed: int
+) -> None:
+    """Send generated requests until `total` were sent; each (round, operation, mode) draws
+    from its own seed, counted up from `first_seed`, so a run can be repeated."""
+    seeds = itertools.count(first_seed)
     schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
     session = requests.Session()
@@ -117,6 +122,7 @@ def fuzz(stack: RealStack, base_url: str, total: int, tally: Tally, per_round: i
                     continue
                 budget = min(per_round, total - tally.sent)
 
+                @seed(next(seeds))
                 @settings(
                     max_examples=budget,
                     deadline=None,
@@ -144,6 +150,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
     parser.add_argument("--per-round", type=int, default=100, help="cases per operation and mode")
+    parser.add_argument("--seed", type=int, default=0, help="first random seed (see `fuzz`)")
     parser.add_argument(
         "--max-rss-mib",
         type=float,
@@ -163,7 +170,7 @@ def main() -> int:
         rss_before = stack.rss()
         watchdog = stack.watch(args.max_rss_mib)
         started = time.monotonic()
-        fuzz(stack, base, args.requests, tally, args.per_round)
+        fuzz(stack, base, args.requests, tally, args.per_round, args.seed)
         seconds = time.monotonic() - started
         time.sleep(1.0)
         rss_after = stack.rss()

@@ -32,6 +32,9 @@ NOT_RUN = {
     "up.sh": "`loraroute up` is started by tests/e2e/test_launcher_up.py",
     "routed-log.sh": "`loraroute up` is started by tests/e2e/test_launcher_up.py, which reads "
     "its `routed` log lines",
+    "fuzz-api.sh": "minutes of measurement for docs/reliability.md; its options are checked "
+    "here and tests/e2e/test_fuzz_api.py runs the same generation, smaller",
+    "faults.sh": "minutes of measurement for docs/reliability.md; its options are checked here",
 }
 
 
@@ -144,3 +147,20 @@ def test_training_examples_name_real_options(tmp_path: Path) -> None:
             done = _run(shlex.join([sys.executable, *words[1:]]))
             assert done.returncode == 0, done.stderr
             assert done.stdout.count("|") > 10  # a table row
+
+
+def test_reliability_examples_name_real_options() -> None:
+    for name in ("fuzz-api.sh", "faults.sh"):
+        words = shlex.split((EXAMPLES / name).read_text(encoding="utf-8"))
+        assert words[0] == "python"
+        shown = subprocess.run(
+            [sys.executable, words[1], "--help"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        for word in words[2:]:
+            if word.startswith("--"):
+                assert word in shown, f"{name}: {word} is not an option of {words[1]}"
