@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer
 
 __all__ = [
+    "UNTRACED_PATHS",
     "HttpSpans",
     "TracingUnavailable",
     "configure",
@@ -176,16 +177,20 @@ _Scope = dict[str, Any]
 _Asgi = Any
 
 
+#: Probes and scrapes: answered without a span, so they do not bury the requests' traces.
+UNTRACED_PATHS = frozenset({"/health", "/ready", "/metrics"})
+
+
 class HttpSpans:
     """ASGI middleware: one SERVER span per HTTP request, named `<METHOD> <route template>`,
-    with the response status; 5xx answers are marked as errors. Add it only when tracing is on
-    (`enabled()`), so a request costs nothing otherwise."""
+    with the response status; 5xx answers are marked as errors; `UNTRACED_PATHS` get none. Add
+    it only when tracing is on (`enabled()`), so a request costs nothing otherwise."""
 
     def __init__(self, app: _Asgi) -> None:
         self.app = app
 
     async def __call__(self, scope: _Scope, receive: _Asgi, send: _Asgi) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in UNTRACED_PATHS:
             await self.app(scope, receive, send)
             return
         incoming = None

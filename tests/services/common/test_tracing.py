@@ -166,10 +166,14 @@ def _app() -> Starlette:
     async def broken(request: Request) -> Response:
         return Response("no", 503)
 
+    async def health(request: Request) -> Response:
+        return Response("ok", 200)
+
     return Starlette(
         routes=[
             HttpRoute("/v1/files/{file_id}", item, methods=["GET"]),
             HttpRoute("/broken", broken, methods=["GET"]),
+            HttpRoute("/health", health, methods=["GET"]),
         ],
         middleware=[Middleware(tracing.HttpSpans)],
     )
@@ -183,6 +187,7 @@ class TestHttpSpans:
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             answer = await client.get("/v1/files/file-abc", headers={"traceparent": CLIENT})
             broken = await client.get("/broken")
+            assert (await client.get("/health")).status_code == 200
         found = _by_name(spans)
         server = found["GET /v1/files/{file_id}"]
         assert server.kind is SpanKind.SERVER
@@ -190,6 +195,7 @@ class TestHttpSpans:
         assert server.attributes["http.response.status_code"] == 200
         assert server.parent is not None and _hex(server.parent.span_id, 16) == CLIENT_SPAN
         assert answer.text == f"00-{TRACE}-{_hex(server.context.span_id, 16)}-01"
+        assert set(found) == {"GET /v1/files/{file_id}", "GET /broken"}  # no probe spans
         failed = found["GET /broken"]
         assert broken.status_code == 503
         assert failed.status.status_code is StatusCode.ERROR
