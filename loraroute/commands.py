@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "loraroute.keys",
         "add an API key for the ingress: `loraroute keys add FILE --name N`",
     ),
+    "openapi": ("loraroute.openapi", "print the ingress's OpenAPI document (JSON)"),
 }
 
 

@@ -47,6 +47,7 @@ __all__ = [
     "Nats",
     "ReasoningFamily",
     "Routing",
+    "Tracing",
     "VllmEndpoint",
     "check",
     "decode_config",
@@ -416,6 +417,27 @@ class Jobs(_Strict):
     with `s`, `m` or `h`; short windows serve tests and demos."""
 
 
+class Tracing(_Strict):
+    """`tracing`: OpenTelemetry spans of each request, exported over OTLP/HTTP. Off by default;
+    needs the `tracing` extra (`pip install 'loraroute[tracing]'`) when on.
+
+    Every service makes its own spans (ingress, classifier, dispatcher with its call to vLLM,
+    jobs worker) and links them through the W3C `traceparent` that travels with the request.
+    """
+
+    enabled: bool = False
+    """Export spans. Off: the OpenTelemetry packages are not even imported."""
+    endpoint: str = ""
+    """OTLP/HTTP traces URL, e.g. `http://collector:4318/v1/traces`. Empty: the exporter's own
+    environment (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `OTEL_EXPORTER_OTLP_ENDPOINT`), else
+    `http://localhost:4318/v1/traces`."""
+    service_name_prefix: str = "loraroute-"
+    """Each process reports as `<prefix><service>` (`loraroute-ingress`, ...)."""
+    sample_ratio: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 1.0
+    """Share of new traces recorded; a request that arrives with a sampled `traceparent` is
+    always recorded (parent-based sampling), so a trace is never cut in the middle."""
+
+
 class Config(_Strict):
     """The whole file. The first five keys are the upstream guide's; the rest are additions."""
 
@@ -435,6 +457,7 @@ class Config(_Strict):
         default_factory=lambda: dict(DEFAULT_REASONING_FAMILIES)
     )
     """Replaces the defaults (qwen3, deepseek, gpt-oss, mistral) as a whole when given."""
+    tracing: Tracing = msgspec.field(default_factory=Tracing)
 
     def base_model_of(self, name: str) -> str | None:
         """The base model serving `name` (itself for a base model, the parent for an adapter)."""

@@ -35,6 +35,9 @@ NOT_RUN = {
     "up.sh": "`loraroute up` is started by tests/e2e/test_launcher_up.py",
     "routed-log.sh": "`loraroute up` is started by tests/e2e/test_launcher_up.py, which reads "
     "its `routed` log lines",
+    "fuzz-api.sh": "minutes of measurement for docs/reliability.md; its options are checked "
+    "here and tests/e2e/test_fuzz_api.py runs the same generation, smaller",
+    "faults.sh": "minutes of measurement for docs/reliability.md; its options are checked here",
 }
 
 
@@ -190,3 +193,20 @@ def test_api_keys_example_writes_a_keys_file_the_ingress_config_names(tmp_path: 
     config = decode_config(data)
     assert config.ingress.admin.port == 9090
     assert load_keyring(config, None).names == ["team-a", "ops"]
+
+
+def test_reliability_examples_name_real_options() -> None:
+    for name in ("fuzz-api.sh", "faults.sh"):
+        words = shlex.split((EXAMPLES / name).read_text(encoding="utf-8"))
+        assert words[0] == "python"
+        shown = subprocess.run(
+            [sys.executable, words[1], "--help"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        for word in words[2:]:
+            if word.startswith("--"):
+                assert word in shown, f"{name}: {word} is not an option of {words[1]}"

@@ -31,7 +31,7 @@ from services.classifier.classify_texts import fail_once
 from services.classifier.intake import Answer, BatchResult, Intake, Outcome
 from services.classifier.metrics import WorkerMetrics
 from services.classifier.route_chat import Forward
-from services.common import bus
+from services.common import bus, tracing
 from services.common.live_config import LiveConfig
 from services.common.subjects import Subjects
 
@@ -90,7 +90,7 @@ class ClassifierHandlers:
             await live.wait_for(meta.config_revision)
         try:
             outcome = self.intake.take(msg.data, meta, reply, received, lane)
-            await self._send(outcome, meta, reply)
+            await self._send(outcome, meta, reply, received)
         except Exception as error:  # the outermost guard: answer, log, keep serving
             _log.exception("classify_failed", request_id=meta.request_id)
             failed = Refusal(ErrorKind.INTERNAL, f"classifier error: {error!r}", "engine")
@@ -131,14 +131,42 @@ class ClassifierHandlers:
     async def _answer(self, answers: Sequence[Answer]) -> None:
         for work, outcome in answers:
             try:
-                await self._send(outcome, work.meta, work.reply)
+                await self._send(outcome, work.meta, work.reply, work.received)
             except Exception as error:
                 _log.exception("answer_failed", request_id=work.meta.request_id)
                 if fail_once(work):
                     failed = Refusal(ErrorKind.INTERNAL, f"classifier error: {error!r}", "engine")
                     await self._fail(work.reply, work.meta, failed)
 
-    async def _send(self, outcome: Outcome, meta: bus.RequestMeta, reply: str) -> None:
+    async def _send(
+        self, outcome: Outcome, meta: bus.RequestMeta, reply: str, received: float
+    ) -> None:
+        if outcome is None or not tracing.enabled():  # None: queued, answered later
+            await self._send_now(outcome, meta, reply)
+            return
+        # One span from the message's arrival (the batch wait included) to its answer.
+        arrived_ns = time.time_ns() - int((time.perf_counter() - received) * 1e9)
+        with tracing.span(
+            "classify",
+            parent=meta.traceparent,
+            kind="consumer",
+            attributes={"loraroute.request_id": meta.request_id},
+            start_ns=arrived_ns,
+        ) as span:
+            if isinstance(outcome, Forward):
+                tracing.set_attributes(
+                    span,
+                    {
+                        "loraroute.category": outcome.route.category or "",
+                        "loraroute.model": outcome.route.model,
+                        "loraroute.route": outcome.route.reason,
+                    },
+                )
+            elif isinstance(outcome, Refusal):
+                tracing.mark_error(span, outcome.reason)
+            await self._send_now(outcome, meta, reply)
+
+    async def _send_now(self, outcome: Outcome, meta: bus.RequestMeta, reply: str) -> None:
         if isinstance(outcome, Forward):
             await self._forward(outcome, meta, reply)
         elif isinstance(outcome, Refusal):
@@ -150,10 +178,13 @@ class ClassifierHandlers:
         route = forward.route
         subject = self.subjects.dispatch(route.base_model)
         payload = encoder.encode(DispatchRequest(route=route, body=forward.body))
-        forwarded = msgspec.structs.replace(meta, reply_to=reply, config_revision=forward.revision)
-        await self.nc.publish(
-            subject, payload, reply=f"{self.bounce}.{reply}", headers=forwarded.to_headers()
-        )
+        headers = msgspec.structs.replace(
+            meta,
+            reply_to=reply,
+            config_revision=forward.revision,
+            traceparent=tracing.traceparent(meta.traceparent),
+        ).to_headers()
+        await self.nc.publish(subject, payload, reply=f"{self.bounce}.{reply}", headers=headers)
         self.metrics.routed.labels(route.category or "none", route.model, route.reason).inc()
         if route.reason == "classified" and route.category is not None:
             self.metrics.selected.labels(route.category, route.model).inc()

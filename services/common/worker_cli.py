@@ -20,6 +20,7 @@ import nats.errors
 from prometheus_client import CollectorRegistry, start_http_server
 
 from schemas.config import Config, ConfigError, load_config
+from services.common import tracing
 from services.common.live_config import startup_config
 from services.common.log import configure, get_logger
 from services.common.settings import Settings
@@ -138,9 +139,10 @@ def run_worker(
         for issue in stored_issues if revision else [str(w) for w in warnings]:
             log.warning("config_warning", issue=issue)
     try:
+        tracing.configure(config.tracing, kind)
         registry = CollectorRegistry()
         worker = build(config, WorkerOptions(args.nats, args.name, registry, settings, revision))
-    except (ConfigError, OSError, *startup_errors) as error:  # type: ignore[misc]
+    except (ConfigError, OSError, tracing.TracingUnavailable, *startup_errors) as error:  # type: ignore[misc]
         print(f"loraroute {kind}: {error}", file=sys.stderr)
         return 2
     if args.metrics_port is not None:

@@ -45,6 +45,7 @@ from schemas.wire import (
     Route,
     StreamChunk,
 )
+from services.common import tracing
 from services.common.bus import RequestMeta
 from services.dispatcher.apply import BodyError, apply_route
 from services.dispatcher.endpoints import EndpointPool
@@ -225,7 +226,17 @@ class Dispatch:
                 else contextlib.nullcontext()
             )
             try:
-                with sending:
+                with (
+                    sending,
+                    tracing.span(
+                        "vllm",
+                        kind="client",
+                        attributes={
+                            "loraroute.endpoint": endpoint.name,
+                            "loraroute.model": route.model,
+                        },
+                    ),
+                ):
                     await self._once(endpoint, body, route, meta, send, outcome)
             except _Retry as retry:
                 last = retry.reply
@@ -254,8 +265,9 @@ class Dispatch:
         """One attempt. Returns after the answer was sent; raises `_Retry` when nothing was
         sent and another endpoint may do better; sends a `ReplyError` itself otherwise."""
         headers = {"X-Request-Id": meta.request_id}
-        if meta.traceparent:
-            headers["traceparent"] = meta.traceparent
+        traceparent = tracing.traceparent(meta.traceparent)  # the `vllm` span's, when tracing
+        if traceparent:
+            headers["traceparent"] = traceparent
         url = endpoint.base_url + CHAT_PATH
         try:
             response = await self.upstream.post(url, body, headers, meta.remaining_s())

@@ -20,7 +20,7 @@ from nats.aio.msg import Msg
 
 from schemas.errors import ErrorKind
 from schemas.wire import DispatchRequest, ReplyMessage, dispatch_decoder, encode_reply
-from services.common import bus
+from services.common import bus, tracing
 from services.common.live_config import LiveConfig
 from services.common.subjects import model_token
 from services.dispatcher.cancels import Cancels
@@ -103,7 +103,24 @@ class DispatcherHandlers:
                 # Routed under a revision this dispatcher has not seen yet (a new endpoint, a
                 # new model): take it first.
                 await self.live.wait_for(meta.config_revision)
-            outcome = await self.dispatch.run(request, meta, send)
+            with tracing.span(
+                "dispatch",
+                parent=meta.traceparent,
+                kind="consumer",
+                attributes={"loraroute.request_id": meta.request_id},
+            ) as span:
+                outcome = await self.dispatch.run(request, meta, send)
+                tracing.set_attributes(
+                    span,
+                    {
+                        "loraroute.model": outcome.model or request.route.model,
+                        "loraroute.endpoint": outcome.endpoint or "",
+                        "loraroute.attempts": outcome.attempts,
+                        "http.response.status_code": outcome.status,
+                    },
+                )
+                if outcome.error:
+                    tracing.mark_error(span, outcome.error)
         except asyncio.CancelledError:
             self.metrics.requests.labels("cancelled", "unknown").inc()
             _log.info("dispatch_cancelled", request_id=meta.request_id, model=request.route.model)

@@ -33,7 +33,7 @@ from starlette.responses import Response
 
 from schemas.config import Config
 from schemas.errors import ErrorKind, error_response
-from services.common import bus
+from services.common import bus, tracing
 from services.common.jetstream import ensure_job_resources
 from services.common.live_config import LiveConfig
 from services.common.log import get_logger
@@ -198,7 +198,11 @@ def build_app(
     separate_admin = config.ingress.admin.port is not None
     return Starlette(
         routes=[*(PUBLIC_ROUTES if separate_admin else ROUTES), *BATCH_ROUTES],
-        middleware=[Middleware(Door, keyring=keyring)],
+        # The span (when tracing) outermost, so refusals at the door are traced too.
+        middleware=[
+            *([Middleware(tracing.HttpSpans)] if tracing.enabled() else []),
+            Middleware(Door, keyring=keyring),
+        ],
         lifespan=lifespan,
         exception_handlers={Exception: _server_error, HTTPException: _http_error},
     )

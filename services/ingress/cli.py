@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from schemas.apikeys import KeysError
 from schemas.config import Config, ConfigError, load_config
+from services.common import tracing
 from services.common.live_config import startup_config
 from services.common.log import configure, get_logger
 from services.common.settings import Settings
@@ -215,7 +216,8 @@ def main(argv: list[str]) -> int:
     log = get_logger()
     try:
         config, warnings = load_config(args.config)
-    except (ConfigError, OSError) as error:
+        tracing.configure(config.tracing, "ingress")
+    except (ConfigError, OSError, tracing.TracingUnavailable) as error:
         print(f"loraroute ingress: {error}", file=sys.stderr)
         return 1
     # The stored live config revision, when there is one, wins over the file.

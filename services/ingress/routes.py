@@ -10,6 +10,7 @@ and its outcome becomes the response.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -26,7 +27,9 @@ from schemas.apikeys import ApiKeyEntry
 from schemas.classify import ClassifyBatchRequest
 from schemas.config import Config
 from schemas.errors import ErrorKind, ErrorResponse
+from schemas.openapi import document_bytes
 from schemas.wire import ClassifyTextsResult
+from services.common import tracing
 from services.common.bus import RequestMeta, deadline_after
 from services.common.log import get_logger
 from services.ingress import classify_api, headers, sse
@@ -151,7 +154,8 @@ def _meta(
     return RequestMeta(
         request_id=rid,
         deadline_ms=deadline_after(timeout),
-        traceparent=headers.traceparent(request.headers.get("traceparent")),
+        # The ingress's own span when tracing is on, else the client's value as it came.
+        traceparent=tracing.traceparent(headers.traceparent(request.headers.get("traceparent"))),
         config_revision=config_revision,
     )
 
@@ -311,12 +315,23 @@ async def metrics(request: Request) -> Response:
     return Response(generate_latest(registry), 200, media_type=CONTENT_TYPE_LATEST)
 
 
+@functools.cache
+def _openapi() -> bytes:
+    return document_bytes()
+
+
+async def openapi(request: Request) -> Response:
+    """`GET /openapi.json`: this API as an OpenAPI 3.1 document (`schemas.openapi`)."""
+    return Response(_openapi(), 200, media_type=_JSON)
+
+
 PUBLIC_ROUTES = [
     HttpRoute("/v1/chat/completions", chat_completions, methods=["POST"]),
     HttpRoute("/v1/models", list_models, methods=["GET"]),
     HttpRoute("/health", health, methods=["GET"]),
     HttpRoute("/api/v1/classify/intent", classify_intent, methods=["POST"]),
     HttpRoute("/api/v1/classify/batch", classify_batch, methods=["POST"]),
+    HttpRoute("/openapi.json", openapi, methods=["GET"]),
 ]
 #: Served on the public port, or on `ingress.admin`'s address alone when it has a port.
 ADMIN_ROUTES = [

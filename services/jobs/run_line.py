@@ -26,6 +26,7 @@ from schemas.jobs import (
 )
 from schemas.openai import ChatRequestView
 from schemas.wire import ReplyError, ReplyResponse, Route, RouteChat, decode_reply, encoder
+from services.common import tracing
 from services.common.bus import RequestMeta
 from services.jobs.store import line_request_id
 
@@ -160,19 +161,27 @@ async def run(line: JobLine, request: Request, *, timeout_s: float) -> Outcome:
     budget = timeout_s
     if line.expires_at is not None:
         budget = min(budget, line.expires_at - now)
-    meta = RequestMeta(
-        request_id=line_request_id(line.job_id, line.custom_id),
-        deadline_ms=int((now + budget) * 1000),
-    )
-    payload = encoder.encode(RouteChat(body=line.body))
-    try:
-        reply = await request(payload, meta.to_headers(), budget)
-    except LineUnreachable as error:
-        if line.expires_at is not None and time.time() >= line.expires_at:
-            return Done(_failed(line, "batch_expired", "the batch's completion window ended"))
-        return Retry(
-            str(error),
-            _failed(line, "unavailable", str(error)),
-            pipeline_down=error.pipeline_down,
+    request_id = line_request_id(line.job_id, line.custom_id)
+    with tracing.span(
+        "job line",
+        kind="producer",
+        attributes={"loraroute.request_id": request_id, "loraroute.batch_id": line.job_id},
+    ) as span:
+        meta = RequestMeta(
+            request_id=request_id,
+            deadline_ms=int((now + budget) * 1000),
+            traceparent=tracing.traceparent(None),
         )
+        payload = encoder.encode(RouteChat(body=line.body))
+        try:
+            reply = await request(payload, meta.to_headers(), budget)
+        except LineUnreachable as error:
+            tracing.mark_error(span, str(error))
+            if line.expires_at is not None and time.time() >= line.expires_at:
+                return Done(_failed(line, "batch_expired", "the batch's completion window ended"))
+            return Retry(
+                str(error),
+                _failed(line, "unavailable", str(error)),
+                pipeline_down=error.pipeline_down,
+            )
     return outcome(line, reply)

@@ -1,0 +1,1 @@
+python loadtest/faults.py --json faults.json
