@@ -73,7 +73,12 @@ class DispatcherWorker:
         except BaseException:
             await self.upstream.close()
             raise
-        dispatch = Dispatch(config=settings, pool=self.pool, upstream=self.upstream)
+        dispatch = Dispatch(
+            config=settings,
+            pool=self.pool,
+            upstream=self.upstream,
+            max_message_bytes=self.nc.max_payload,
+        )
         self.handlers = DispatcherHandlers(nc=self.nc, dispatch=dispatch, metrics=self.metrics)
         for subject in self.dispatch_subjects:
             self._subs.append(

@@ -1,8 +1,9 @@
 """The ingress's HTTP entry points: read the request, call one plain function, send its answer.
 
 Order of checks on a POST: declared size (413 before reading), content type (400), body read with
-the limit enforced while reading (413), JSON and schema (400), model name (404); then the
-request is handed to the `Exchange` and its outcome becomes the response.
+the limit enforced while reading (413), JSON depth, JSON, schema and the caps of `limits` (400),
+model name (404); then the request is handed to the `Exchange` and its outcome becomes the
+response.
 """
 
 from __future__ import annotations
@@ -152,7 +153,7 @@ async def _chat(request: Request) -> Response:
     body = await _read_json_body(request, state.body_limit)
     if isinstance(body, ErrorResponse):
         return _error(body, rid)
-    view = parse_chat(body)
+    view = parse_chat(body, state.config.limits)
     if isinstance(view, ErrorResponse):
         return _error(view, rid)
     if state.config.target_of(view.model) is None:
@@ -224,10 +225,11 @@ async def _classify(request: Request, batch: bool) -> Response:
     body = await _read_json_body(request, state.body_limit)
     if isinstance(body, ErrorResponse):
         return _error(body, rid)
+    depth = state.config.limits.max_json_depth
     parsed = (
-        parse_classify_batch(body, state.config.ingress.max_classify_texts)
+        parse_classify_batch(body, state.config.ingress.max_classify_texts, depth)
         if batch
-        else parse_classify_intent(body)
+        else parse_classify_intent(body, depth)
     )
     if isinstance(parsed, ErrorResponse):
         return _error(parsed, rid)

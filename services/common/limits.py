@@ -1,0 +1,101 @@
+"""The caps of `limits` on what one chat request may ask: the one check every entry point runs.
+
+The ingress runs it on `/v1/chat/completions` (and the depth check on every JSON body), the
+jobs worker on each Batch API line before the line enters the pipeline, so a request is held
+to the same caps however it arrives. Each refusal is a 400 `BadRequestError` naming the field
+in `param`, worded like vLLM's own checks (`n must be at most 16384, got 20000.`).
+
+Depth comes first and without a parser: msgspec (like every recursive JSON decoder) raises
+`RecursionError` near 1000 levels, so a body must be measured before anything decodes it.
+`too_deep` strips strings, keeps only brackets and sums them, all in C (a regular expression,
+`bytes.translate` and numpy); a body with fewer brackets than the cap skips even that.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+from msgspec import UnsetType
+
+from schemas.config import Limits
+from schemas.errors import ErrorKind, ErrorResponse, error_response
+from schemas.openai import ChatRequestView
+
+__all__ = ["check_chat", "depth_error", "too_deep"]
+
+#: A JSON string, escapes included (the unrolled form: no backtracking per character).
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+#: `translate` table: braces count as brackets; `_OTHER` deletes every other byte.
+_AS_BRACKETS = bytes.maketrans(b"{}", b"[]")
+_OTHER = bytes(b for b in range(256) if b not in b"[]{}")
+#: '[' (91) and ']' (93) as +1 and -1.
+_OPEN_MINUS_CLOSE = 92
+
+
+def too_deep(body: bytes, max_depth: int) -> bool:
+    """True when arrays and objects in `body` nest deeper than `max_depth` (the top-level
+    object is level 1). Brackets inside strings do not count. For text that is not JSON the
+    answer is a guess; the decoder that runs next reports such a body."""
+    if body.count(b"[") + body.count(b"{") <= max_depth:
+        return False
+    brackets = _STRING.sub(b"", body).translate(_AS_BRACKETS, _OTHER)
+    if len(brackets) <= max_depth:
+        return False
+    steps = _OPEN_MINUS_CLOSE - np.frombuffer(brackets, dtype=np.uint8).astype(np.int32)
+    return int(np.cumsum(steps).max()) > max_depth
+
+
+def depth_error(max_depth: int) -> ErrorResponse:
+    """The 400 for a body nested deeper than `max_depth`."""
+    return error_response(
+        ErrorKind.BAD_REQUEST,
+        f"The JSON body nests arrays and objects deeper than {max_depth} levels.",
+        "body",
+    )
+
+
+def _as_int(value: Any) -> int | None:
+    """`value` as the integer vLLM would read (pydantic's lax mode: `2`, `2.0`, `"2"`, `true`);
+    None for anything vLLM refuses itself (its 400 then reaches the client unchanged)."""
+    if isinstance(value, bool | int):
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def _over(name: str, value: Any, cap: int) -> ErrorResponse | None:
+    number = _as_int(value)
+    if number is None or number <= cap:
+        return None
+    return error_response(
+        ErrorKind.BAD_REQUEST,
+        f"{name} must be at most {cap}, got {number}. (parameter={name}, value={number})",
+        name,
+    )
+
+
+def check_chat(view: ChatRequestView, limits: Limits) -> ErrorResponse | None:
+    """None when `view` is within `limits`, else the 400 naming the first field beyond its cap
+    (`messages`, `n`, `max_tokens`, `max_completion_tokens`, `min_tokens`, in that order)."""
+    if not isinstance(view.messages, UnsetType) and len(view.messages) > limits.max_messages:
+        count = len(view.messages)
+        return error_response(
+            ErrorKind.BAD_REQUEST,
+            f"messages may hold at most {limits.max_messages} messages, got {count}. "
+            f"(parameter=messages, value={count})",
+            "messages",
+        )
+    return (
+        _over("n", view.n, limits.max_n)
+        or _over("max_tokens", view.max_tokens, limits.max_tokens)
+        or _over("max_completion_tokens", view.max_completion_tokens, limits.max_tokens)
+        or _over("min_tokens", view.min_tokens, limits.max_min_tokens)
+    )
