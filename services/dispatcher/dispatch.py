@@ -7,8 +7,8 @@ and the vLLM side is an `upstream.Upstream`. `Dispatch.run` sends exactly one fi
   too large for one NATS message (`max_message_bytes`) goes as a `ReplyHead` with `whole`, its
   bytes in `StreamChunk`s and a `ReplyEnd`, which the ingress joins again;
 - streaming: `ReplyHead`, then `StreamChunk`s (vLLM's SSE bytes exactly as received, `seq` from
-  0), then `ReplyEnd` (with an error when the stream broke after its first byte); or, when it
-  failed before any byte, one `ReplyError`.
+  0, a read larger than one NATS message cut in several), then `ReplyEnd` (with an error when
+  the stream broke after its first byte); or, when it failed before any byte, one `ReplyError`.
 
 Retries follow the dispatcher retry table (reference vllm-openai-api.md section 14): another
 endpoint is tried only while nothing has been sent to the client, for a failed connect, a
@@ -342,14 +342,20 @@ class Dispatch:
             await send(ReplyResponse(status=200, body=msgspec.Raw(data), route=route))
             return
         # Too large for one message: the stream framing carries it, `whole` says to join it.
-        piece = max(1, limit - _ENVELOPE)
         await send(ReplyHead(status=200, route=route, whole=True))
-        seq = 0
+        outcome.chunks = await self._send_pieces(data, 0, send)
+        await send(ReplyEnd(chunks=outcome.chunks))
+
+    async def _send_pieces(self, data: bytes, seq: int, send: Send) -> int:
+        """Send `data` as `StreamChunk`s from `seq` on, each small enough for one NATS message
+        (one chunk when it fits); return the next `seq`. The ingress relays or joins chunks
+        byte for byte, so where `data` is cut does not matter."""
+        limit = self.max_message_bytes
+        piece = len(data) if limit is None else max(1, limit - _ENVELOPE)
         for start in range(0, len(data), piece):
             await send(StreamChunk(seq=seq, data=data[start : start + piece]))
             seq += 1
-        outcome.chunks = seq
-        await send(ReplyEnd(chunks=seq))
+        return seq
 
     async def _stream(
         self,
@@ -374,15 +380,12 @@ class Dispatch:
         # From here on bytes reach the client: no retry, failures go in-band.
         outcome.status = 200
         await send(ReplyHead(status=200, route=route))
-        seq = 0
         tail = first[-64:]
-        await send(StreamChunk(seq=seq, data=first))
-        seq += 1
+        seq = await self._send_pieces(first, 0, send)
         broken: ErrorResponse | None = None
         try:
             async for chunk in chunks:
-                await send(StreamChunk(seq=seq, data=chunk))
-                seq += 1
+                seq = await self._send_pieces(chunk, seq, send)
                 tail = (tail + chunk)[-64:]
         except UpstreamError as failure:
             broken = error_response(_kind(failure), "The stream from the model server broke.")

@@ -440,6 +440,22 @@ class TestStream:
         assert isinstance(end, ReplyEnd) and end.error is None and end.chunks == len(chunks)
         assert outcome.stream and outcome.chunks == len(chunks)
 
+    async def test_a_read_larger_than_one_message_is_cut_into_several(
+        self, vllm: FakeVllm, harness_factory: Callable[..., Harness]
+    ) -> None:
+        frames = [FRAMES[0], b"data: " + b"x" * 9000 + b"\n\n", FRAMES[-1]]
+        vllm.handler = sse_handler(frames)
+        h = harness_factory([_endpoint("a", vllm.port)], max_message_bytes=4096)
+        outcome = await h.run(STREAM)
+        head, *chunks, end = h.sent
+        assert isinstance(head, ReplyHead) and not head.whole
+        assert all(len(encode_reply(c)) <= 4096 for c in chunks)
+        assert len(chunks) >= 4  # the 9 KB frame alone needs three
+        assert [c.seq for c in chunks] == list(range(len(chunks)))  # type: ignore[union-attr]
+        assert b"".join(c.data for c in chunks) == b"".join(frames)  # type: ignore[union-attr]
+        assert isinstance(end, ReplyEnd) and end.error is None and end.chunks == len(chunks)
+        assert outcome.chunks == len(chunks)
+
     async def test_a_stream_cut_after_the_first_byte_ends_with_an_error_and_no_retry(
         self, vllm: FakeVllm, vllm2: FakeVllm, harness_factory: Callable[..., Harness]
     ) -> None:

@@ -338,7 +338,7 @@ async def test_deadline_is_504(client: httpx.AsyncClient, responder: Responder) 
     response = await client.post(
         "/v1/chat/completions", json=chat("silent"), headers={"x-loraroute-timeout": "0.3"}
     )
-    assert response.status_code == 504
+    assert response.status_code == 504, response.text
     assert response.json()["error"]["type"] == "TimeoutError"
     assert time.monotonic() - start >= 0.25  # held until the deadline, then answered
 
