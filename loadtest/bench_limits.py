@@ -75,9 +75,15 @@ def main() -> None:
             except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
                 return None
 
+        def parse(body: bytes = body) -> object:
+            return parse_chat(body)
+
+        def scan(body: bytes = body) -> object:
+            return too_deep(body, _DEPTH)
+
         decode_us = _median_us(decode, number, args.reps)
-        parse_us = _median_us(lambda body=body: parse_chat(body), number, args.reps)  # type: ignore[misc]
-        scan_us = _median_us(lambda body=body: too_deep(body, _DEPTH), number, args.reps)  # type: ignore[misc]
+        parse_us = _median_us(parse, number, args.reps)
+        scan_us = _median_us(scan, number, args.reps)
         print(f"{name:28} {len(body):>9} {decode_us:>10.1f} {parse_us:>10.1f} {scan_us:>9.1f}")
 
 

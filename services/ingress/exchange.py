@@ -6,8 +6,8 @@ an answer, an error from the pipeline, 503 at once when the bus is down or NATS 
 responders (two causes, told apart in the answer), or 504 at the deadline. A non-streamed
 answer too large for one NATS message arrives in pieces (`ReplyHead.whole`) and is joined here.
 What the client reads never names a subject, a URL or an exception; those go to the log with
-the request id. Waiting requests are bounded (`ingress.max_in_flight`): beyond it the answer is 429 with
-`Retry-After`, never an unbounded queue.
+the request id. Waiting requests are bounded (`ingress.max_in_flight`): beyond it the answer is
+429 with `Retry-After`, never an unbounded queue.
 
 Passthrough requests (an explicit model or adapter) are sent through the classifier like auto
 ones: it owns every routing decision (endpoints by weight, reasoning, fallbacks) and skips the
