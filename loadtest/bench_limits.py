@@ -7,8 +7,9 @@ For each body, µs (median over `--reps` runs of `--number` calls each) of:
 - `scan`    `services.common.limits.too_deep` alone.
 
 Bodies: a typical request (one user message), a long conversation (200 messages, past the
-bracket count that skips the scan), a 4 MiB conversation (the default body limit), and the worst
-case for the scan: 4 MiB of brackets 64 deep (refused, but only after the scan).
+bracket count that skips the scan), the same with quoted code in every message (escaped quotes
+take the scan's slower path), a 4 MiB conversation (the default body limit), and the worst case
+for the scan: 4 MiB of brackets 64 deep (refused, but only after the scan).
 
     PYTHONPATH=. nice python loadtest/bench_limits.py --number 200 --reps 5
 
@@ -34,8 +35,8 @@ _decoder = msgspec.json.Decoder(ChatRequestView)
 _DEPTH = Limits().max_json_depth
 
 
-def _chat(messages: int, words: int) -> bytes:
-    text = " ".join(["pressure"] * words)
+def _chat(messages: int, words: int, quoted: bool = False) -> bytes:
+    text = " ".join(["pressure"] * words) + (' print("a[0]", {"k": 1})' if quoted else "")
     turns = [
         {"role": "user" if i % 2 == 0 else "assistant", "content": f"{text} [{i}]"}
         for i in range(messages)
@@ -48,6 +49,7 @@ def _bodies() -> dict[str, bytes]:
     return {
         "1 message, 60 B text": _chat(1, 8),
         "200 messages, 40 KiB": _chat(200, 24),
+        "200 messages with quotes": _chat(200, 24, quoted=True),
         "4 MiB conversation": _chat(400, 1300),
         "4 MiB of brackets, 64 deep": b'{"messages":[],"x":['
         + b",".join([nest] * (4 * 1024 * 1024 // (len(nest) + 1)))

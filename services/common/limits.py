@@ -7,8 +7,8 @@ in `param`, worded like vLLM's own checks (`n must be at most 16384, got 20000.`
 
 Depth comes first and without a parser: msgspec (like every recursive JSON decoder) raises
 `RecursionError` near 1000 levels, so a body must be measured before anything decodes it.
-`too_deep` reads only the brackets, quotes and backslashes, in C (`bytes.translate`, numpy); a
-body with fewer brackets than the cap skips even that (`loadtest/bench_limits.py` measures it).
+`too_deep` reads only the brackets, quotes and backslashes, in C (`bytes.translate`, numpy);
+`loadtest/bench_limits.py` measures it.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ __all__ = ["check_chat", "depth_error", "too_deep"]
 
 #: `translate` table: 1 for the bytes the scan reads (brackets, quotes, backslashes), else 0.
 _MARK = bytes(1 if byte in b'[]{}"\\' else 0 for byte in range(256))
+#: `translate` deletion: every byte but brackets, quotes and backslashes.
+_UNMARKED = bytes(byte for byte in range(256) if byte not in b'[]{}"\\')
 #: +1 for an opening bracket, -1 for a closing one, 0 for the rest.
 _STEP = np.zeros(256, dtype=np.int8)
 _STEP[[ord("["), ord("{")]] = 1
@@ -56,13 +58,20 @@ def too_deep(body: bytes, max_depth: int) -> bool:
     object is level 1). Brackets inside strings do not count. For text that is not JSON the
     answer is a guess; the decoder that runs next reports such a body.
 
-    Only the brackets, quotes and backslashes are looked at: `bytes.translate` marks them and
-    numpy works on their positions, so the text of the messages costs one pass in C."""
-    if body.count(b"[") + body.count(b"{") <= max_depth:
+    One pass in C (`bytes.translate`) keeps the brackets, quotes and backslashes; a body with no
+    more brackets than `max_depth` ends there. Without escaped quotes (`\\"`) every quote opens
+    or closes a string, and numpy sums the brackets outside them; with them, which quotes are
+    real depends on the backslashes before them, read from their positions in `body`."""
+    kept = body.translate(None, _UNMARKED)
+    if len(kept) - kept.count(b'"') - kept.count(b"\\") <= max_depth:
         return False
-    positions = np.flatnonzero(np.frombuffer(body.translate(_MARK), dtype=np.bool_))
-    marks = np.frombuffer(body, dtype=np.uint8)[positions]
-    quotes = _real_quotes(positions, marks) if b'\\"' in body else marks == ord('"')
+    if b'\\"' in kept:  # maybe escaped quotes (or an escape next to a closing quote)
+        positions = np.flatnonzero(np.frombuffer(body.translate(_MARK), dtype=np.bool_))
+        marks = np.frombuffer(body, dtype=np.uint8)[positions]
+        quotes = _real_quotes(positions, marks)
+    else:
+        marks = np.frombuffer(kept, dtype=np.uint8)
+        quotes = marks == ord('"')
     outside = (np.cumsum(quotes, dtype=np.int32) & 1) == 0
     depth = np.cumsum(_STEP[marks] * outside, dtype=np.int32)
     return int(depth.max(initial=0)) > max_depth
