@@ -59,11 +59,11 @@ def too_deep(body: bytes, max_depth: int) -> bool:
     answer is a guess; the decoder that runs next reports such a body.
 
     One pass in C (`bytes.translate`) keeps the brackets, quotes and backslashes; a body with no
-    more brackets than `max_depth` ends there. Without escaped quotes (`\\"`) every quote opens
-    or closes a string, and numpy sums the brackets outside them; with them, which quotes are
-    real depends on the backslashes before them, read from their positions in `body`."""
+    more opening brackets than `max_depth` ends there. Without escaped quotes (`\\"`) every quote
+    opens or closes a string, and numpy sums the brackets outside them; with them, which quotes
+    are real depends on the backslashes before them, read from their positions in `body`."""
     kept = body.translate(None, _UNMARKED)
-    if len(kept) - kept.count(b'"') - kept.count(b"\\") <= max_depth:
+    if kept.count(b"[") + kept.count(b"{") <= max_depth:  # no deeper than its openers
         return False
     if b'\\"' in kept:  # maybe escaped quotes (or an escape next to a closing quote)
         positions = np.flatnonzero(np.frombuffer(body.translate(_MARK), dtype=np.bool_))
