@@ -342,7 +342,8 @@ class TestWhole:
         # The client reads the cause; the endpoint and its URL are for the log only.
         assert _only_error(h).error.error.message == "The model server could not be reached."
         assert outcome.detail is not None and "http://127.0.0.1:" in outcome.detail
-        assert outcome.detail.startswith("endpoint d2: ")
+        # The last endpoint tried (equal weights: either may go first).
+        assert outcome.detail.startswith(f"endpoint {outcome.endpoint}: ")
 
     async def test_next_best_model_when_every_endpoint_of_the_winner_is_down(
         self, vllm: FakeVllm, harness_factory: Callable[..., Harness]
