@@ -39,6 +39,7 @@ __all__ = [
     "IngressAuth",
     "IngressHttp",
     "Jobs",
+    "Limits",
     "Lora",
     "LoraAffinity",
     "ModelConfig",
@@ -438,6 +439,35 @@ class Tracing(_Strict):
     always recorded (parent-based sampling), so a trace is never cut in the middle."""
 
 
+class Limits(_Strict):
+    """`limits`: how much one chat request may ask of the system, checked before it is published
+    (the ingress for `/v1/chat/completions`, the jobs worker for each Batch API line, the
+    ingress for every JSON body's depth). A request beyond a cap gets 400 naming the field.
+
+    vLLM bounds little of this itself (`n` up to 16384, `max_tokens` up to the model's context),
+    and every choice and every token is GPU time and reply bytes the router has to carry, so
+    the defaults are set for interactive traffic; raise them for deployments that need more.
+    """
+
+    max_n: Annotated[int, msgspec.Meta(ge=1)] = 16
+    """Largest `n` (choices per request). Each choice is a full generation on vLLM, and a
+    non-streamed answer holds them all; 16 covers best-of-n sampling."""
+    max_tokens: Annotated[int, msgspec.Meta(ge=1)] = 32_768
+    """Largest `max_tokens` and `max_completion_tokens`. Above the output limit of most
+    served models (vLLM refuses more than the context anyway), while bounding what one
+    request may hold a GPU for."""
+    max_min_tokens: Annotated[int, msgspec.Meta(ge=0)] = 32_768
+    """Largest `min_tokens` (a vLLM extra that forces at least this many tokens, ignoring the
+    end of the answer)."""
+    max_messages: Annotated[int, msgspec.Meta(ge=1)] = 1024
+    """Most entries in `messages`. Long agent conversations stay well below it; the body size
+    (`ingress.max_body_bytes`) bounds the bytes, this bounds the per-message work."""
+    max_json_depth: Annotated[int, msgspec.Meta(ge=8, le=512)] = 64
+    """Deepest nesting of arrays and objects in a JSON body (chat, classification and batch
+    requests). A chat request needs about 6 levels, a tool's JSON schema some 20 more; far
+    deeper nesting only serves to exhaust a parser (Python's decoders give up near 1000)."""
+
+
 class Config(_Strict):
     """The whole file. The first five keys are the upstream guide's; the rest are additions."""
 
@@ -453,6 +483,7 @@ class Config(_Strict):
     inference: Inference = msgspec.field(default_factory=Inference)
     dispatcher: Dispatcher = msgspec.field(default_factory=Dispatcher)
     jobs: Jobs = msgspec.field(default_factory=Jobs)
+    limits: Limits = msgspec.field(default_factory=Limits)
     reasoning_families: dict[str, ReasoningFamily] = msgspec.field(
         default_factory=lambda: dict(DEFAULT_REASONING_FAMILIES)
     )

@@ -338,6 +338,8 @@ def _string(keys: dict[str, msgspec.Raw], key: str) -> str | None:
 def _read_line(number: int, raw: bytes, max_line_bytes: int) -> InputLine:
     try:
         keys = _object_decoder.decode(raw)
+    except RecursionError:  # the decoder recurses even to skip a value; the caps come later
+        return _line_error(number, None, f"line {number} nests JSON too deeply to be read")
     except (msgspec.DecodeError, msgspec.ValidationError):
         return InputLine(
             number,

@@ -61,11 +61,17 @@ class ChatRequestView(msgspec.Struct, kw_only=True):
     The ingress validates a body with it (each message's role and content types, so a malformed
     conversation is refused before the pipeline); the classifier reads the text to classify.
     ``messages`` is ``UNSET`` when the key is missing, which the ingress answers like vLLM.
+    The counts the router caps (``limits``) are read as sent, in any type vLLM's lax parsing
+    turns into an integer (``2``, ``2.0``, ``"2"``); a value vLLM refuses is left to vLLM.
     """
 
     model: str | None = None
     messages: list[ChatMessage] | UnsetType = UNSET
     stream: bool | None = False
+    n: int | float | str | bool | None = None
+    max_tokens: int | float | str | bool | None = None
+    max_completion_tokens: int | float | str | bool | None = None
+    min_tokens: int | float | str | bool | None = None
 
 
 class StreamOptions(msgspec.Struct, kw_only=True, omit_defaults=True):

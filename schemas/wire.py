@@ -160,11 +160,17 @@ class ReplyResponse(msgspec.Struct, tag="response", kw_only=True):
 
 
 class ReplyHead(msgspec.Struct, tag="head", kw_only=True):
-    """First message of a stream: the status and route, so the ingress can send headers."""
+    """First message of a stream: the status and route, so the ingress can send headers.
+
+    With `whole`, what follows is not an SSE stream but one JSON answer too large for a single
+    NATS message (the connection's `max_payload`): its bytes in numbered `StreamChunk`s, then
+    a `ReplyEnd`. The ingress joins them and answers as for a `ReplyResponse`, whether or not
+    the client asked for a stream; a reader that knows no `whole` must not be sent one."""
 
     v: int = WIRE_VERSION
     status: int = 200
     route: Route | None = None
+    whole: bool = False
 
 
 class StreamChunk(msgspec.Struct, tag="chunk", kw_only=True):

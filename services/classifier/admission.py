@@ -41,6 +41,8 @@ class Refusal:
 OVERLOADED = Refusal(
     ErrorKind.OVERLOADED, "The classifier is overloaded; please retry later.", "overloaded"
 )
+#: A bug or a failed publish in the classifier: the details are in its log, never in the answer.
+INTERNAL_ERROR = Refusal(ErrorKind.INTERNAL, "Internal error in the classifier.", "engine")
 
 
 def read(data: bytes, meta: RequestMeta) -> ClassifyMessage | Refusal:

@@ -26,7 +26,7 @@ from nats.aio.msg import Msg
 
 from schemas.errors import ErrorKind
 from schemas.wire import ClassifyTextsResult, DispatchRequest, encoder
-from services.classifier.admission import Refusal
+from services.classifier.admission import INTERNAL_ERROR, Refusal
 from services.classifier.classify_texts import fail_once
 from services.classifier.intake import Answer, BatchResult, Intake, Outcome
 from services.classifier.metrics import WorkerMetrics
@@ -91,10 +91,9 @@ class ClassifierHandlers:
         try:
             outcome = self.intake.take(msg.data, meta, reply, received, lane)
             await self._send(outcome, meta, reply, received)
-        except Exception as error:  # the outermost guard: answer, log, keep serving
+        except Exception:  # the outermost guard: answer, log (in full), keep serving
             _log.exception("classify_failed", request_id=meta.request_id)
-            failed = Refusal(ErrorKind.INTERNAL, f"classifier error: {error!r}", "engine")
-            await self._fail(reply, meta, failed)
+            await self._fail(reply, meta, INTERNAL_ERROR)
 
     async def on_bounce(self, msg: Msg) -> None:
         """A message on this worker's bounce subject: "no responders" for a forwarded request."""
@@ -102,13 +101,14 @@ class ClassifierHandlers:
             _log.warning("unexpected_bounce", subject=msg.subject)
             return
         original = msg.subject[len(self.bounce) + 1 :]
-        target = msg.headers.get("Nats-Subject", "the dispatch subject") if msg.headers else ""
+        target = msg.headers.get("Nats-Subject") if msg.headers else None
         self.metrics.rejected.labels("no_dispatcher").inc()
+        _log.warning("no_dispatcher", subject=target, reply=original)
         await bus.reply_error(
             self.nc,
             original,
             ErrorKind.UNAVAILABLE,
-            f"no dispatcher is available for {target}",
+            "No dispatcher is available for the chosen model; retry shortly.",
         )
 
     async def on_cancel(self, msg: Msg) -> None:
@@ -132,11 +132,10 @@ class ClassifierHandlers:
         for work, outcome in answers:
             try:
                 await self._send(outcome, work.meta, work.reply, work.received)
-            except Exception as error:
+            except Exception:
                 _log.exception("answer_failed", request_id=work.meta.request_id)
                 if fail_once(work):
-                    failed = Refusal(ErrorKind.INTERNAL, f"classifier error: {error!r}", "engine")
-                    await self._fail(work.reply, work.meta, failed)
+                    await self._fail(work.reply, work.meta, INTERNAL_ERROR)
 
     async def _send(
         self, outcome: Outcome, meta: bus.RequestMeta, reply: str, received: float

@@ -19,7 +19,7 @@ import structlog
 from schemas.errors import ErrorKind
 from schemas.wire import ClassifyTextsResult, RouteChat
 from services.classifier import classify_texts, route_chat
-from services.classifier.admission import OVERLOADED, Refusal, admit, read
+from services.classifier.admission import INTERNAL_ERROR, OVERLOADED, Refusal, admit, read
 from services.classifier.batch_queue import LANES
 from services.classifier.labels import LabelMap
 from services.classifier.route import ClassifyText, Router
@@ -122,7 +122,7 @@ class Intake:
         answers: list[Answer] = []
         if result is None:
             _log.error("batch_failed", size=len(batch.entries), error=repr(error))
-            failed = Refusal(ErrorKind.INTERNAL, f"classification failed: {error!r}", "engine")
+            failed = Refusal(ErrorKind.INTERNAL, "Classification failed.", "engine")
             for entry in batch.entries:
                 if classify_texts.fail_once(entry.payload.work):
                     answers.append((entry.payload.work, failed))
@@ -140,11 +140,10 @@ class Intake:
             self.metrics.stage_seconds.labels("total").observe(now - work.received)
             try:
                 outcome = self._classified(work, entry.payload.index, classification)
-            except Exception as failure:
+            except Exception:
                 _log.exception("answer_failed", request_id=work.meta.request_id)
                 if classify_texts.fail_once(work):
-                    message = f"classifier error: {failure!r}"
-                    answers.append((work, Refusal(ErrorKind.INTERNAL, message, "engine")))
+                    answers.append((work, INTERNAL_ERROR))
                 continue
             if outcome is not None:
                 answers.append((work, outcome))

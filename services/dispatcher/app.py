@@ -128,7 +128,13 @@ class DispatcherWorker:
         # The first read and reconcile run in the background: a vLLM that is down or slow must
         # not hold up the dispatcher's start.
         self._lora_task = asyncio.create_task(self._sync_adapters(self.lora_sync))
-        dispatch = Dispatch(config=settings, pool=self.pool, upstream=self.upstream, lora=self.lora)
+        dispatch = Dispatch(
+            config=settings,
+            pool=self.pool,
+            upstream=self.upstream,
+            lora=self.lora,
+            max_message_bytes=self.nc.max_payload,
+        )
         self.handlers = DispatcherHandlers(
             nc=self.nc, dispatch=dispatch, metrics=self.metrics, live=self.live
         )

@@ -3,10 +3,12 @@
 Plain async logic: the NATS side hands in a `send` callable that publishes a reply message,
 and the vLLM side is an `upstream.Upstream`. `Dispatch.run` sends exactly one final answer:
 
-- non-streaming: one `ReplyResponse` (vLLM's status and body), or one `ReplyError`;
+- non-streaming: one `ReplyResponse` (vLLM's status and body), or one `ReplyError`; an answer
+  too large for one NATS message (`max_message_bytes`) goes as a `ReplyHead` with `whole`, its
+  bytes in `StreamChunk`s and a `ReplyEnd`, which the ingress joins again;
 - streaming: `ReplyHead`, then `StreamChunk`s (vLLM's SSE bytes exactly as received, `seq` from
-  0), then `ReplyEnd` (with an error when the stream broke after its first byte); or, when it
-  failed before any byte, one `ReplyError`.
+  0, a read larger than one NATS message cut in several), then `ReplyEnd` (with an error when
+  the stream broke after its first byte); or, when it failed before any byte, one `ReplyError`.
 
 Retries follow the dispatcher retry table (reference vllm-openai-api.md section 14): another
 endpoint is tried only while nothing has been sent to the client, for a failed connect, a
@@ -14,6 +16,10 @@ broken connection, a timeout before the answer, a 503, a 500 (once), a 404 for t
 one endpoint when another remains, and a response that names another model than the one asked
 for (when `check_response_model` is on). Everything else is the client's answer: vLLM's error,
 re-shaped into the current envelope when vLLM sent the legacy flat one.
+
+What the client reads names no endpoint, URL or exception: a failure is said in the client's
+terms ("the model server could not be reached"), and the details (endpoint, URL, error) go to
+`Outcome.detail`, which the dispatcher logs with the request id.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from schemas.wire import (
     ReplyResponse,
     Route,
     StreamChunk,
+    encoder,
 )
 from services.common import tracing
 from services.common.bus import RequestMeta
@@ -60,6 +67,8 @@ CHAT_PATH = "/v1/chat/completions"
 Send = Callable[[ReplyMessage], Awaitable[None]]
 
 _DONE = b"data: [DONE]"
+#: Bytes a reply message needs beyond its body: its JSON fields or a chunk's header line.
+_ENVELOPE = 1024
 
 
 class _ModelView(msgspec.Struct):
@@ -83,15 +92,23 @@ class Outcome:
     elapsed_s: float = 0.0
     fallbacks_used: int = 0
     model: str | None = None
+    detail: str | None = None
+    """What went wrong, for the log only (endpoint, URL, exception); never sent to the client."""
 
 
 class _Retry(Exception):
-    """This attempt failed in a way another endpoint may fix; `reply` answers if none does."""
+    """This attempt failed in a way another endpoint may fix; `reply` answers if none does.
+    `detail` (the exception's text) says what happened for the log."""
 
     def __init__(
-        self, reply: ReplyError, *, mark_down: bool = False, same_endpoint_ok: bool = True
+        self,
+        reply: ReplyError,
+        *,
+        mark_down: bool = False,
+        same_endpoint_ok: bool = True,
+        detail: str | None = None,
     ) -> None:
-        super().__init__(reply.error.error.message)
+        super().__init__(detail or reply.error.error.message)
         self.reply = reply
         self.mark_down = mark_down
         self.same_endpoint_ok = same_endpoint_ok
@@ -109,6 +126,14 @@ def _kind(error: UpstreamError) -> ErrorKind:
     return ErrorKind.TIMEOUT if error.stage == "timeout" else ErrorKind.BAD_GATEWAY
 
 
+#: What the client reads for a failed call to vLLM, by `UpstreamError.stage`.
+_SAID = {
+    "connect": "The model server could not be reached.",
+    "timeout": "The model server did not answer in time.",
+    "io": "The connection to the model server failed.",
+}
+
+
 def _retry(error: UpstreamError, endpoint: VllmEndpoint, route: Route) -> _Retry:
     """A failed call to `endpoint` as a retry whose error answers if no other endpoint does.
 
@@ -116,8 +141,9 @@ def _retry(error: UpstreamError, endpoint: VllmEndpoint, route: Route) -> _Retry
     a slow answer may be tried once more on the same endpoint.
     """
     connect = error.stage == "connect"
-    reply = _error(_kind(error), f"vLLM endpoint {endpoint.name}: {error}", route)
-    return _Retry(reply, mark_down=connect, same_endpoint_ok=not connect)
+    reply = _error(_kind(error), _SAID[error.stage], route)
+    detail = f"endpoint {endpoint.name}: {error}"
+    return _Retry(reply, mark_down=connect, same_endpoint_ok=not connect, detail=detail)
 
 
 def _upstream_error(status: int, body: bytes, route: Route) -> ReplyError:
@@ -128,11 +154,25 @@ def _upstream_error(status: int, body: bytes, route: Route) -> ReplyError:
     info = parse_error_body(body, status)
     if status in (401, 403):
         return _error(
-            ErrorKind.BAD_GATEWAY, f"vLLM refused the request ({status}): {info.message}", route
+            ErrorKind.BAD_GATEWAY,
+            f"The model server refused the router's credentials ({status}).",
+            route,
         )
     if status < 400:
-        return _error(ErrorKind.BAD_GATEWAY, f"unexpected status {status} from vLLM", route)
-    info = ErrorInfo(message=info.message, type=info.type or "Error", param=info.param, code=status)
+        return _error(
+            ErrorKind.BAD_GATEWAY,
+            f"The model server answered an unexpected status {status}.",
+            route,
+        )
+    if not info.type:
+        # Not vLLM's envelope (a proxy's page, a bare text): it may name hosts and paths.
+        message = f"The model server answered {status}."
+        return ReplyError(
+            status=status,
+            error=ErrorResponse(error=ErrorInfo(message=message, type="Error", code=status)),
+            route=route,
+        )
+    info = ErrorInfo(message=info.message, type=info.type, param=info.param, code=status)
     return ReplyError(status=status, error=ErrorResponse(error=info), route=route)
 
 
@@ -146,12 +186,15 @@ class Dispatch:
         pool: EndpointPool,
         upstream: Upstream,
         lora: LoraState | None = None,
+        max_message_bytes: int | None = None,
     ) -> None:
         self.config = config
         self.pool = pool
         self.upstream = upstream
         self.lora = lora
         """Adapter-aware endpoint order (`dispatcher.lora_affinity`); None: by weight alone."""
+        #: The bus's largest message (the connection's `max_payload`); None: never split.
+        self.max_message_bytes = max_message_bytes
 
     async def run(self, request: DispatchRequest, meta: RequestMeta, send: Send) -> Outcome:
         """Answer `request` through `send` (exactly one final answer); never raises for
@@ -170,6 +213,8 @@ class Dispatch:
             if reply is not None:
                 outcome.status = reply.status
                 outcome.error = reply.error.error.message
+                if outcome.detail is None and outcome.error:
+                    outcome.detail = outcome.error
                 await send(reply)
         finally:
             outcome.elapsed_s = time.perf_counter() - started
@@ -204,7 +249,7 @@ class Dispatch:
             endpoints = self.lora.order(endpoints, route.model, self.pool.is_down)
         if not endpoints:
             return _error(
-                ErrorKind.UNAVAILABLE, f"no vLLM endpoint is configured for {route.model}", route
+                ErrorKind.UNAVAILABLE, f"No model server is configured for {route.model}.", route
             ), True
         last: ReplyError | None = None
         tried: set[str] = set()
@@ -240,6 +285,7 @@ class Dispatch:
                     await self._once(endpoint, body, route, meta, send, outcome)
             except _Retry as retry:
                 last = retry.reply
+                outcome.detail = str(retry)
                 if retry.mark_down:
                     self.pool.mark_down(endpoint.name)
                 # A broken pooled connection or a slow answer is worth another try on the same
@@ -251,7 +297,7 @@ class Dispatch:
                 return final.reply, False
             self.pool.mark_up(endpoint.name)
             return None, False
-        return last or _error(ErrorKind.BAD_GATEWAY, "no vLLM endpoint answered", route), True
+        return last or _error(ErrorKind.BAD_GATEWAY, "No model server answered.", route), True
 
     async def _once(
         self,
@@ -290,7 +336,8 @@ class Dispatch:
         try:
             data = await response.read(meta.remaining_s())
         except UpstreamError as error:
-            raise _Retry(_error(ErrorKind.BAD_GATEWAY, str(error), route)) from error
+            reply = _error(ErrorKind.BAD_GATEWAY, _SAID[error.stage], route)
+            raise _Retry(reply, detail=f"endpoint {endpoint.name}: {error}") from error
         reply = _upstream_error(response.status, data, route)
         status = response.status
         if status == 503 or status == 500:
@@ -315,7 +362,25 @@ class Dispatch:
             raise _retry(error, endpoint, route) from error
         self._check_model(data, endpoint, route)
         outcome.status = 200
-        await send(ReplyResponse(status=200, body=msgspec.Raw(data), route=route))
+        limit = self.max_message_bytes
+        if limit is None or len(data) + len(encoder.encode(route)) + _ENVELOPE <= limit:
+            await send(ReplyResponse(status=200, body=msgspec.Raw(data), route=route))
+            return
+        # Too large for one message: the stream framing carries it, `whole` says to join it.
+        await send(ReplyHead(status=200, route=route, whole=True))
+        outcome.chunks = await self._send_pieces(data, 0, send)
+        await send(ReplyEnd(chunks=outcome.chunks))
+
+    async def _send_pieces(self, data: bytes, seq: int, send: Send) -> int:
+        """Send `data` as `StreamChunk`s from `seq` on, each small enough for one NATS message
+        (one chunk when it fits); return the next `seq`. The ingress relays or joins chunks
+        byte for byte, so where `data` is cut does not matter."""
+        limit = self.max_message_bytes
+        piece = len(data) if limit is None else max(1, limit - _ENVELOPE)
+        for start in range(0, len(data), piece):
+            await send(StreamChunk(seq=seq, data=data[start : start + piece]))
+            seq += 1
+        return seq
 
     async def _stream(
         self,
@@ -333,35 +398,28 @@ class Dispatch:
             raise _retry(error, endpoint, route) from error
         if not first:
             raise _Retry(
-                _error(
-                    ErrorKind.BAD_GATEWAY,
-                    f"vLLM endpoint {endpoint.name} sent an empty stream",
-                    route,
-                )
+                _error(ErrorKind.BAD_GATEWAY, "The model server sent an empty stream.", route),
+                detail=f"endpoint {endpoint.name} sent an empty stream",
             )
         self._check_model(_first_frame(first), endpoint, route)
         # From here on bytes reach the client: no retry, failures go in-band.
         outcome.status = 200
         await send(ReplyHead(status=200, route=route))
-        seq = 0
         tail = first[-64:]
-        await send(StreamChunk(seq=seq, data=first))
-        seq += 1
+        seq = await self._send_pieces(first, 0, send)
         broken: ErrorResponse | None = None
         try:
             async for chunk in chunks:
-                await send(StreamChunk(seq=seq, data=chunk))
-                seq += 1
+                seq = await self._send_pieces(chunk, seq, send)
                 tail = (tail + chunk)[-64:]
         except UpstreamError as failure:
-            broken = error_response(
-                _kind(failure), f"the stream from vLLM endpoint {endpoint.name} broke: {failure}"
-            )
+            broken = error_response(_kind(failure), "The stream from the model server broke.")
+            outcome.detail = f"endpoint {endpoint.name}: {failure}"
         if broken is None and _DONE not in tail:
             broken = error_response(
-                ErrorKind.BAD_GATEWAY,
-                f"the stream from vLLM endpoint {endpoint.name} ended without [DONE]",
+                ErrorKind.BAD_GATEWAY, "The stream from the model server ended without [DONE]."
             )
+            outcome.detail = f"endpoint {endpoint.name}: the stream ended without [DONE]"
         outcome.chunks = seq
         if broken is not None:
             outcome.error = broken.error.message
@@ -379,10 +437,11 @@ class Dispatch:
             raise _Retry(
                 _error(
                     ErrorKind.BAD_GATEWAY,
-                    f"vLLM endpoint {endpoint.name} answered for model {model!r}, not {route.model!r}",
+                    f"The model server answered for another model than {route.model!r}.",
                     route,
                 ),
                 same_endpoint_ok=False,
+                detail=f"endpoint {endpoint.name} answered for model {model!r}",
             )
 
 

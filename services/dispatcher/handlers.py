@@ -63,11 +63,12 @@ class DispatcherHandlers:
         try:
             request = dispatch_decoder.decode(msg.data)
         except (msgspec.DecodeError, msgspec.ValidationError) as error:
+            _log.warning("invalid_dispatch_message", request_id=meta.request_id, error=str(error))
             await bus.reply_error(
                 self.nc,
                 reply,
                 ErrorKind.VALIDATION,
-                f"invalid dispatch message: {error}",
+                "The dispatcher could not read the request.",
                 meta=meta,
             )
             return
@@ -125,10 +126,10 @@ class DispatcherHandlers:
             self.metrics.requests.labels("cancelled", "unknown").inc()
             _log.info("dispatch_cancelled", request_id=meta.request_id, model=request.route.model)
             raise
-        except Exception as error:  # the outermost guard: a failed publish or a bug
+        except Exception:  # the outermost guard: a failed publish or a bug (logged in full)
             _log.exception("dispatch_failed", request_id=meta.request_id)
             await bus.reply_error(
-                self.nc, reply, ErrorKind.INTERNAL, f"dispatcher error: {error!r}", meta=meta
+                self.nc, reply, ErrorKind.INTERNAL, "Internal error in the dispatcher.", meta=meta
             )
             return
         stream = "true" if outcome.stream else "false"
@@ -153,4 +154,5 @@ class DispatcherHandlers:
             chunks=outcome.chunks,
             elapsed_ms=round(bus.to_ms(outcome.elapsed_s), 2),
             error=outcome.error,
+            detail=outcome.detail if outcome.detail != outcome.error else None,
         )

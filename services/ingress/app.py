@@ -38,7 +38,7 @@ from services.common.jetstream import ensure_job_resources
 from services.common.live_config import LiveConfig
 from services.common.log import get_logger
 from services.common.settings import Settings
-from services.common.subjects import Subjects
+from services.common.subjects import HEADER_REQUEST_ID, Subjects
 from services.ingress.auth import load_keyring
 from services.ingress.batch_routes import BATCH_ROUTES, BatchApi
 from services.ingress.batches import Batches
@@ -61,8 +61,21 @@ def _credentials(settings: Settings | None) -> dict[str, Any]:
     return dict(settings.nats_options()) if settings is not None else {}
 
 
+#: What a client reads when the ingress's own connection to NATS is down.
+_BUS_DOWN = "The message bus is unavailable; retry shortly."
+
+
 def _publisher(nc: Nats) -> Any:
+    """`Exchange`'s publish over `nc`. A request (a publish that waits for replies) is refused
+    at once while the connection is down (reconnecting or closed), so the client reads that the
+    bus is unavailable, not that no worker runs; nats-py would otherwise buffer it until the
+    reconnect, when its workers may not yet be subscribed again. Cancels, which need no reply,
+    are still buffered."""
+
     async def publish(subject: str, payload: bytes, reply: str, headers: Mapping[str, str]) -> None:
+        if reply and not nc.is_connected:
+            _log.warning("bus_down", request_id=headers.get(HEADER_REQUEST_ID), subject=subject)
+            raise PublishError(ErrorKind.UNAVAILABLE, _BUS_DOWN)
         try:
             await nc.publish(subject, payload, reply=reply, headers=dict(headers))
         except nats.errors.MaxPayloadError as error:
@@ -76,9 +89,8 @@ def _publisher(nc: Nats) -> Any:
             nats.errors.OutboundBufferLimitError,
             nats.errors.StaleConnectionError,
         ) as error:
-            raise PublishError(
-                ErrorKind.UNAVAILABLE, "The message bus is not reachable; retry shortly."
-            ) from error
+            _log.warning("bus_down", request_id=headers.get(HEADER_REQUEST_ID), error=repr(error))
+            raise PublishError(ErrorKind.UNAVAILABLE, _BUS_DOWN) from error
 
     return publish
 

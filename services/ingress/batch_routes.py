@@ -167,7 +167,8 @@ async def create_batch(request: Request) -> Response:
         if size > _BATCH_BODY_LIMIT:
             return _answer(too_large(None, _BATCH_BODY_LIMIT))
         chunks.append(chunk)
-    parsed = parse_batch_request(b"".join(chunks))
+    depth = request.app.state.ingress.config.limits.max_json_depth
+    parsed = parse_batch_request(b"".join(chunks), depth)
     if isinstance(parsed, ErrorResponse):
         return _answer(parsed)
     api = _api(request)

@@ -22,7 +22,7 @@ from nats.js.api import Header
 from nats.js.errors import KeyWrongLastSequenceError, NoKeysError, NotFoundError
 from nats.js.kv import KeyValue
 
-from schemas.config import Jobs
+from schemas.config import Jobs, Limits
 from schemas.errors import ErrorKind, ErrorResponse, error_response
 from schemas.jobs import (
     BATCH_ENDPOINT,
@@ -38,6 +38,7 @@ from schemas.jobs import (
     window_seconds,
 )
 from services.common.jetstream import result_counts
+from services.common.limits import depth_error, too_deep
 from services.common.subjects import Subjects
 from services.ingress.files import (
     BUS_ERRORS,
@@ -115,8 +116,13 @@ def _no_such_batch(batch_id: str) -> ErrorResponse:
     return error_response(ErrorKind.NOT_FOUND, f"No batch found with id '{batch_id}'.", "batch_id")
 
 
-def parse_batch_request(body: bytes) -> BatchRequest | ErrorResponse:
-    """The body of `POST /v1/batches`, or the 400 naming the field that is wrong."""
+def parse_batch_request(
+    body: bytes, max_depth: int = Limits().max_json_depth
+) -> BatchRequest | ErrorResponse:
+    """The body of `POST /v1/batches`, or the 400 naming the field that is wrong (`body` for
+    nesting deeper than `max_depth`)."""
+    if too_deep(body, max_depth):
+        return depth_error(max_depth)
     try:
         request = _request_decoder.decode(body)
     except msgspec.ValidationError as error:

@@ -2,9 +2,12 @@
 
 `Exchange` holds no NATS client; it is given a `publish` function (the app wraps nats-py's) and the
 `Inbox` fed by the app's one reply subscription. Every call ends in exactly one `Outcome`:
-an answer, an error from the pipeline, 503 at once when NATS reports no responders, or 504 at the
-deadline. Waiting requests are bounded (`ingress.max_in_flight`): beyond it the answer is 429 with
-`Retry-After`, never an unbounded queue.
+an answer, an error from the pipeline, 503 at once when the bus is down or NATS reports no
+responders (two causes, told apart in the answer), or 504 at the deadline. A non-streamed
+answer too large for one NATS message arrives in pieces (`ReplyHead.whole`) and is joined here.
+What the client reads never names a subject, a URL or an exception; those go to the log with
+the request id. Waiting requests are bounded (`ingress.max_in_flight`): beyond it the answer is
+429 with `Retry-After`, never an unbounded queue.
 
 Passthrough requests (an explicit model or adapter) are sent through the classifier like auto
 ones: it owns every routing decision (endpoints by weight, reasoning, fallbacks) and skips the
@@ -24,10 +27,12 @@ from schemas.errors import ErrorKind
 from schemas.wire import (
     ClassifyTexts,
     ClassifyTextsResult,
+    ReplyEnd,
     ReplyError,
     ReplyHead,
     ReplyResponse,
     RouteChat,
+    StreamChunk,
     encoder,
 )
 from services.common.bus import RequestMeta
@@ -119,10 +124,19 @@ class Exchange:
         )
 
     @staticmethod
-    def _unexpected(message: object) -> ErrorAnswer:
+    def _unexpected(message: object, meta: RequestMeta) -> ErrorAnswer:
+        _log.warning("unexpected_reply", request_id=meta.request_id, kind=type(message).__name__)
+        return error_answer(ErrorKind.BAD_GATEWAY, "The router's pipeline answered out of order.")
+
+    def _no_classifier(self, meta: RequestMeta) -> ErrorAnswer:
+        _log.warning(
+            "no_classifier",
+            request_id=meta.request_id,
+            subject=self.subjects.classify,
+            hint="start one with `loraroute classifier`",
+        )
         return error_answer(
-            ErrorKind.BAD_GATEWAY,
-            f"The pipeline answered with an unexpected {type(message).__name__}.",
+            ErrorKind.UNAVAILABLE, "No classifier is available to take the request; retry shortly."
         )
 
     # ------------------------------------------------------------------ chat completions
@@ -153,22 +167,48 @@ class Exchange:
             except TimeoutError:
                 return self._timeout(budget)
             if isinstance(first, NoResponders):
-                return error_answer(
-                    ErrorKind.UNAVAILABLE,
-                    "No classifier is running: nobody listens on "
-                    f"{self.subjects.classify}. Start one with `loraroute classifier`.",
-                )
+                return self._no_classifier(meta)
             if isinstance(first, ReplyResponse):
                 return JsonAnswer(first.status, bytes(first.body), first.route)
             if isinstance(first, ReplyError):
                 return self._from_error(first)
+            if isinstance(first, ReplyHead) and first.whole:
+                return await self._join(mailbox, first, deadline, budget, meta)
             if isinstance(first, ReplyHead) and stream:
                 handed_over = True
                 return self._stream(mailbox, first, deadline, meta)
-            return self._unexpected(first)
+            return self._unexpected(first, meta)
         finally:
             if not handed_over:
                 mailbox.close()
+
+    async def _join(
+        self, mailbox: Mailbox, head: ReplyHead, deadline: float, budget: float, meta: RequestMeta
+    ) -> Outcome:
+        """The whole answer that follows `head` in pieces, joined (`ReplyHead.whole`)."""
+        parts: list[bytes] = []
+        while True:
+            try:
+                message = await mailbox.receive(deadline - self._clock())
+            except TimeoutError:
+                return self._timeout(budget)
+            if isinstance(message, StreamChunk) and message.seq == len(parts):
+                parts.append(message.data)
+            elif isinstance(message, ReplyEnd) and message.error is None:
+                if message.chunks != len(parts):
+                    break
+                return JsonAnswer(head.status, b"".join(parts), head.route)
+            elif isinstance(message, ReplyEnd) and message.error is not None:
+                error = message.error
+                return ErrorAnswer(error.status, error, head.route)
+            elif isinstance(message, ReplyError):
+                return self._from_error(message)
+            else:
+                break
+        _log.warning("answer_incomplete", request_id=meta.request_id, pieces=len(parts))
+        return error_answer(
+            ErrorKind.BAD_GATEWAY, "The answer arrived incomplete from the router's pipeline."
+        )
 
     def _stream(
         self, mailbox: Mailbox, head: ReplyHead, deadline: float, meta: RequestMeta
@@ -220,10 +260,7 @@ class Exchange:
             except TimeoutError:
                 return self._timeout(budget)
             if isinstance(reply, NoResponders):
-                return error_answer(
-                    ErrorKind.UNAVAILABLE,
-                    f"No classifier is running: nobody listens on {self.subjects.classify}.",
-                )
+                return self._no_classifier(meta)
             if isinstance(reply, ClassifyTextsResult):
                 if len(reply.results) != len(texts):
                     return error_answer(
@@ -234,7 +271,7 @@ class Exchange:
                 return reply
             if isinstance(reply, ReplyError):
                 return self._from_error(reply)
-            return self._unexpected(reply)
+            return self._unexpected(reply, meta)
 
     # ------------------------------------------------------------------ readiness
 

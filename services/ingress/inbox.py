@@ -21,8 +21,11 @@ import msgspec
 
 from schemas.errors import ErrorKind, error_response
 from schemas.wire import ReplyError, ReplyMessage, decode_reply
+from services.common.log import get_logger
 
 __all__ = ["NO_RESPONDERS", "Inbox", "Mailbox", "NoResponders"]
+
+_log = get_logger()
 
 #: The status header NATS puts on its own "no responders" answer.
 _STATUS = "Status"
@@ -78,10 +81,11 @@ class Mailbox:
         try:
             return decode_reply(data)
         except (msgspec.DecodeError, msgspec.ValidationError) as error:
+            _log.warning("unreadable_reply", reply=self.reply, error=str(error))
             return ReplyError(
                 status=502,
                 error=error_response(
-                    ErrorKind.BAD_GATEWAY, f"The pipeline sent an unreadable reply: {error}"
+                    ErrorKind.BAD_GATEWAY, "The router's pipeline sent an unreadable reply."
                 ),
             )
 

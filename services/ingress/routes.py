@@ -2,9 +2,9 @@
 
 Before any route, the door (`door.Door`) checks the API key (401) and refuses pipeline work when
 too much is in flight (429). Order of checks on a POST: declared size (413 before reading),
-content type (400), body read with the limit enforced while reading (413), JSON and schema (400),
-model name (404), the key's allowed models (403); then the request is handed to the `Exchange`
-and its outcome becomes the response.
+content type (400), body read with the limit enforced while reading (413), JSON depth, JSON,
+schema and the caps of `limits` (400), model name (404), the key's allowed models (403); then
+the request is handed to the `Exchange` and its outcome becomes the response.
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ async def _chat(request: Request) -> Response:
     body = await _read_json_body(request, state.body_limit)
     if isinstance(body, ErrorResponse):
         return _error(body, rid)
-    view = parse_chat(body)
+    view = parse_chat(body, state.config.limits)
     if isinstance(view, ErrorResponse):
         return _error(view, rid)
     # One config revision for the whole request, also named to the later stages.
@@ -268,10 +268,11 @@ async def _classify(request: Request, batch: bool) -> Response:
     body = await _read_json_body(request, state.body_limit)
     if isinstance(body, ErrorResponse):
         return _error(body, rid)
+    depth = state.config.limits.max_json_depth
     parsed = (
-        parse_classify_batch(body, state.config.ingress.max_classify_texts)
+        parse_classify_batch(body, state.config.ingress.max_classify_texts, depth)
         if batch
-        else parse_classify_intent(body)
+        else parse_classify_intent(body, depth)
     )
     if isinstance(parsed, ErrorResponse):
         return _error(parsed, rid)

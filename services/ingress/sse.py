@@ -50,9 +50,7 @@ async def relay(
             yield data
     except Exception as error:  # the stream's outermost guard: the client still gets an ending
         _log.error("stream_failed", error=repr(error))
-        yield _fail(
-            ErrorKind.INTERNAL, f"Internal server error while streaming ({type(error).__name__})."
-        )
+        yield _fail(ErrorKind.INTERNAL, "Internal server error while streaming.")
 
 
 async def _relay(
@@ -87,8 +85,6 @@ async def _relay(
             yield error_event(message.error) + DONE
             return
         else:
-            yield _fail(
-                ErrorKind.BAD_GATEWAY,
-                f"Stream broken: unexpected {type(message).__name__} after the head.",
-            )
+            _log.warning("stream_unexpected_reply", kind=type(message).__name__)
+            yield _fail(ErrorKind.BAD_GATEWAY, "Stream broken: the pipeline answered out of order.")
             return

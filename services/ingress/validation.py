@@ -1,4 +1,5 @@
-"""Checks on what a client sent, before anything is published: size, content type, JSON, schema.
+"""Checks on what a client sent, before anything is published: size, content type, JSON depth,
+JSON, schema, and the caps of `limits` (`services.common.limits`).
 
 Each check returns a value (`ErrorResponse` on failure) instead of raising, and failures are
 worded like vLLM's own (reference: vLLM's `RequestValidationError` bodies), so a client sees the
@@ -15,9 +16,10 @@ import msgspec
 from msgspec import UnsetType
 
 from schemas.classify import ClassifyBatchRequest, ClassifyIntentRequest
-from schemas.config import Config
+from schemas.config import Config, Limits
 from schemas.errors import ErrorKind, ErrorResponse, error_response
 from schemas.openai import ChatRequestView
+from services.common.limits import check_chat, depth_error, too_deep
 
 __all__ = [
     "body_limit",
@@ -33,6 +35,9 @@ __all__ = [
 _chat_decoder = msgspec.json.Decoder(ChatRequestView)
 _intent_decoder = msgspec.json.Decoder(ClassifyIntentRequest)
 _batch_decoder = msgspec.json.Decoder(ClassifyBatchRequest)
+
+#: The caps when a caller names none (tests; every service passes `config.limits`).
+_DEFAULT_LIMITS = Limits()
 
 _AT = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 _INDEX = re.compile(r"\[(\d+)\]")
@@ -120,18 +125,32 @@ def body_limit(max_body_bytes: int, max_payload: int, headroom: int) -> int:
     return max(1024, min(max_body_bytes, max_payload - headroom))
 
 
-def parse_chat(body: bytes) -> ChatRequestView | ErrorResponse:
-    """Decode and check a chat completion body.
-
-    Returns the view, or the 400 envelope for: not JSON, not an object, wrong field types,
-    `messages` missing (`param: "body.messages"`, as vLLM) or empty.
-    """
+def _decode(body: bytes, decoder: msgspec.json.Decoder[Any], max_depth: int) -> Any:
+    """`body` decoded, or the 400 for a body nested too deeply, not JSON, or of the wrong shape.
+    Depth is measured before decoding: msgspec's decoder recurses (`RecursionError`)."""
+    if too_deep(body, max_depth):
+        return depth_error(max_depth)
     try:
-        view = _chat_decoder.decode(body)
+        return decoder.decode(body)
     except msgspec.ValidationError as error:
         return _from_validation_error(error)
     except msgspec.DecodeError as error:
         return _from_decode_error(error)
+    except RecursionError:  # below the cap only when the caller's own stack is already deep
+        return depth_error(max_depth)
+
+
+def parse_chat(body: bytes, limits: Limits = _DEFAULT_LIMITS) -> ChatRequestView | ErrorResponse:
+    """Decode and check a chat completion body.
+
+    Returns the view, or the 400 envelope for: nesting deeper than `limits.max_json_depth`,
+    not JSON, not an object, wrong field types, `messages` missing (`param: "body.messages"`,
+    as vLLM) or empty, or a field beyond its cap in `limits` (`param` names it).
+    """
+    view = _decode(body, _chat_decoder, limits.max_json_depth)
+    if not isinstance(view, ChatRequestView):
+        error: ErrorResponse = view
+        return error
     if isinstance(view.messages, UnsetType):
         return _validation_error(
             "missing", "body.messages", "Field required", "<dict>", "body.messages"
@@ -144,21 +163,21 @@ def parse_chat(body: bytes) -> ChatRequestView | ErrorResponse:
             "[]",
             "body.messages",
         )
-    return view
+    return check_chat(view, limits) or view
 
 
-def _parse_classify(body: bytes, decoder: msgspec.json.Decoder[Any]) -> Any | ErrorResponse:
-    try:
-        return decoder.decode(body)
-    except msgspec.ValidationError as error:
-        return _from_validation_error(error)
-    except msgspec.DecodeError as error:
-        return _from_decode_error(error)
+def _parse_classify(
+    body: bytes, decoder: msgspec.json.Decoder[Any], max_depth: int
+) -> Any | ErrorResponse:
+    return _decode(body, decoder, max_depth)
 
 
-def parse_classify_intent(body: bytes) -> ClassifyIntentRequest | ErrorResponse:
-    """Decode `/api/v1/classify/intent`; an empty or blank `text` is a 400 (`param: body.text`)."""
-    request = _parse_classify(body, _intent_decoder)
+def parse_classify_intent(
+    body: bytes, max_depth: int = _DEFAULT_LIMITS.max_json_depth
+) -> ClassifyIntentRequest | ErrorResponse:
+    """Decode `/api/v1/classify/intent`; an empty or blank `text` is a 400 (`param: body.text`),
+    as is nesting deeper than `max_depth`."""
+    request = _parse_classify(body, _intent_decoder, max_depth)
     if isinstance(request, ClassifyIntentRequest) and not request.text.strip():
         return _validation_error(
             "string_too_short", "body.text", "text must not be empty", "''", "body.text"
@@ -167,13 +186,16 @@ def parse_classify_intent(body: bytes) -> ClassifyIntentRequest | ErrorResponse:
     return result
 
 
-def parse_classify_batch(body: bytes, max_texts: int) -> ClassifyBatchRequest | ErrorResponse:
+def parse_classify_batch(
+    body: bytes, max_texts: int, max_depth: int = _DEFAULT_LIMITS.max_json_depth
+) -> ClassifyBatchRequest | ErrorResponse:
     """Decode `/api/v1/classify/batch`.
 
     400 when `texts` is empty, longer than `max_texts` (the limit is enforced, and named in the
-    message), holds a blank text, or `task_type` is not `intent`.
+    message), holds a blank text, or `task_type` is not `intent`, or the body nests deeper
+    than `max_depth`.
     """
-    request = _parse_classify(body, _batch_decoder)
+    request = _parse_classify(body, _batch_decoder, max_depth)
     if not isinstance(request, ClassifyBatchRequest):
         result: ErrorResponse = request
         return result

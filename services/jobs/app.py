@@ -110,6 +110,7 @@ class JobsWorker:
             batches=BatchStore(resources.batches),
             files=resources.files,
             metrics=self.metrics,
+            limits=self.config.limits,
         )
         self._loops = [
             PullLoop(

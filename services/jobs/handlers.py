@@ -27,7 +27,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from nats.js.object_store import ObjectStore
 
-from schemas.config import Jobs
+from schemas.config import Jobs, Limits
 from schemas.jobs import (
     CancelBatch,
     FinalizeBatch,
@@ -37,7 +37,7 @@ from schemas.jobs import (
     control_decoder,
     line_decoder,
 )
-from services.common.subjects import Subjects
+from services.common.subjects import HEADER_REQUEST_ID, Subjects
 from services.jobs import dead_letters, run_line
 from services.jobs.consumers import backoff_delay
 from services.jobs.finalize import finalize_batch, request_if_ready, store_result, sweep
@@ -83,11 +83,14 @@ class JobsHandlers:
         batches: BatchStore,
         files: ObjectStore,
         metrics: JobsMetrics,
+        limits: Limits | None = None,
     ) -> None:
         self.nc = nc
         self.js = js
         self.subjects = subjects
         self.jobs = jobs
+        #: The caps a line's body is held to before it runs (`config.limits`).
+        self.limits = limits or Limits()
         self.batches = batches
         self.files = files
         self.metrics = metrics
@@ -181,7 +184,8 @@ class JobsHandlers:
 
     async def _run(self, line: JobLine) -> run_line.Outcome:
         found = await self.batches.read(line.job_id)
-        failed = run_line.precheck(line, None if found is None else found[0].status, now_s())
+        status = None if found is None else found[0].status
+        failed = run_line.precheck(line, status, now_s(), self.limits)
         if failed is not None:
             return run_line.Done(failed)
         return await run_line.run(line, self._request, timeout_s=self.jobs.line_timeout_s)
@@ -193,13 +197,19 @@ class JobsHandlers:
                 subject, payload, timeout=max(timeout_s, 0.001), headers=dict(headers)
             )
         except nats.errors.NoRespondersError as error:
+            _log.info("no_classifier", subject=subject, request_id=headers.get(HEADER_REQUEST_ID))
             raise run_line.LineUnreachable(
-                f"no classifier listens on {subject}", pipeline_down=True
+                "no classifier is available", pipeline_down=True
             ) from error
         except nats.errors.TimeoutError as error:
             raise run_line.LineUnreachable(f"no answer within {timeout_s:.3g} s") from error
         except nats.errors.Error as error:  # connection closed or reconnecting
-            raise run_line.LineUnreachable(f"NATS: {error!r}", pipeline_down=True) from error
+            _log.info(
+                "bus_unavailable", error=repr(error), request_id=headers.get(HEADER_REQUEST_ID)
+            )
+            raise run_line.LineUnreachable(
+                "the message bus is unavailable", pipeline_down=True
+            ) from error
         return reply.data
 
     async def _store(self, result: JobResult) -> bool:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import msgspec
 
+from schemas.config import Limits
 from schemas.errors import ErrorResponse
 from schemas.jobs import (
     BATCH_ENDPOINT,
@@ -25,15 +26,32 @@ from schemas.jobs import (
     JobLine,
 )
 from schemas.openai import ChatRequestView
-from schemas.wire import ReplyError, ReplyResponse, Route, RouteChat, decode_reply, encoder
+from schemas.wire import (
+    ReplyError,
+    ReplyHead,
+    ReplyResponse,
+    Route,
+    RouteChat,
+    decode_reply,
+    encoder,
+)
 from services.common import tracing
 from services.common.bus import RequestMeta
+from services.common.limits import check_chat, depth_error, too_deep
+from services.common.log import get_logger
 from services.jobs.store import line_request_id
 
 __all__ = ["Done", "LineUnreachable", "Outcome", "Request", "Retry", "outcome", "precheck", "run"]
 
 _view_decoder = msgspec.json.Decoder(ChatRequestView)
 _error_encoder = msgspec.json.Encoder()
+_log = get_logger()
+_TOO_LARGE = (
+    "the answer is larger than one result can hold (the message bus's payload limit); "
+    "ask for fewer choices (n) or tokens"
+)
+#: The caps when a caller names none (tests; the worker passes `config.limits`).
+_DEFAULT_LIMITS = Limits()
 
 
 class LineUnreachable(Exception):
@@ -91,10 +109,13 @@ def _answered(line: JobLine, status: int, body: bytes) -> BatchOutputLine:
     )
 
 
-def precheck(line: JobLine, status: BatchStatus | None, now: int) -> BatchOutputLine | None:
+def precheck(
+    line: JobLine, status: BatchStatus | None, now: int, limits: Limits = _DEFAULT_LIMITS
+) -> BatchOutputLine | None:
     """The failed output of a line that must not run (None: run it): a line the submitter found
     malformed, one whose batch is cancelled or over (`batch_cancelled`, `batch_expired`), one
-    past `expires_at`, a body that is no chat request, or a streamed one."""
+    past `expires_at`, a body that is no chat request, a streamed one, or one beyond a cap of
+    `limits` (the same check as the ingress's, `services.common.limits`)."""
     if line.error is not None:
         return _failed(line, line.error.code, line.error.message)
     if status in ("cancelling", "cancelled"):
@@ -105,12 +126,18 @@ def precheck(line: JobLine, status: BatchStatus | None, now: int) -> BatchOutput
         return _failed(line, "batch_expired", "the batch's completion window ended first")
     if line.url != BATCH_ENDPOINT:
         return _failed(line, "invalid_request", f"lines may only name {BATCH_ENDPOINT}")
+    body = bytes(line.body)
+    if too_deep(body, limits.max_json_depth):
+        return _failed(line, "invalid_request", _message(depth_error(limits.max_json_depth)))
     try:
-        view = _view_decoder.decode(line.body)
+        view = _view_decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as error:
         return _failed(line, "invalid_request", f"invalid chat request: {error}")
     if view.stream:
         return _failed(line, "invalid_request", "batch lines cannot stream (`stream: true`)")
+    refused = check_chat(view, limits)
+    if refused is not None:
+        return _failed(line, "invalid_request", _message(refused))
     return None
 
 
@@ -130,7 +157,8 @@ def outcome(line: JobLine, payload: bytes) -> Outcome:
     try:
         reply = decode_reply(payload)
     except (msgspec.DecodeError, msgspec.ValidationError) as error:
-        return Done(_failed(line, "bad_gateway", f"unreadable reply from the pipeline: {error}"))
+        _log.warning("unreadable_reply", request_id=_request_id(line), error=str(error))
+        return Done(_failed(line, "bad_gateway", "the router received an unreadable answer"))
     if isinstance(reply, ReplyResponse):
         answered = _answered(line, reply.status, bytes(reply.body))
         if _transient(reply.status):
@@ -143,8 +171,15 @@ def outcome(line: JobLine, payload: bytes) -> Outcome:
             reason = f"{reply.status}: {_message(reply.error)}"
             return Retry(reason, answered, pipeline_down=_pipeline_down(reply.status))
         return Done(answered, reply.route)
-    name = type(reply).__name__
-    return Done(_failed(line, "bad_gateway", f"the pipeline answered a line with a {name}"))
+    if isinstance(reply, ReplyHead) and reply.whole:
+        # An answer too large for one NATS message comes in pieces; one result must be one.
+        return Done(_failed(line, "response_too_large", _TOO_LARGE))
+    _log.warning("unexpected_reply", request_id=_request_id(line), kind=type(reply).__name__)
+    return Done(_failed(line, "bad_gateway", "the router answered the line out of order"))
+
+
+def _request_id(line: JobLine) -> str:
+    return line_request_id(line.job_id, line.custom_id)
 
 
 def _message(error: ErrorResponse) -> str:

@@ -55,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="loraroute mock-vllm",
         description="An OpenAI-compatible server that behaves like vLLM 0.32 serving a base model "
         "with LoRA adapters, without a model. Runtime adapter loading is enabled, as in vLLM, "
-        "by the environment variable VLLM_ALLOW_RUNTIME_LORA_UPDATING=1 (or true). "
-        "See docs/mock-vllm.md.",
+        "by the environment variable VLLM_ALLOW_RUNTIME_LORA_UPDATING=1 (or true); "
+        "VLLM_MAX_N_SEQUENCES (default 16384) caps n, as in vLLM. See docs/mock-vllm.md.",
     )
     g = p.add_argument_group("server")
     g.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
@@ -253,6 +253,7 @@ def settings_from_args(args: argparse.Namespace) -> MockSettings:
         lora_load_ms=args.lora_load_ms,
         lora_swap_ms=args.lora_swap_ms,
         max_num_seqs=args.max_num_seqs,
+        max_n_sequences=int(os.environ.get("VLLM_MAX_N_SEQUENCES", "16384")),
         max_num_queued_reqs=args.max_num_queued_reqs,
         max_loras=args.max_loras,
         max_cpu_loras=args.max_cpu_loras,

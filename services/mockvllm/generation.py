@@ -80,6 +80,8 @@ _WORDS = [
     "layer",
     "weight",
 ]
+#: The words as tokens, made once: every choice's tokens share these strings.
+_SPACED = tuple(" " + word for word in _WORDS)
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 
 
@@ -154,7 +156,7 @@ def generate(
     for i in range(count):
         if i % 64 == 0:
             block = _stream(digest + i.to_bytes(4, "big"))
-        tokens.append(" " + _WORDS[block[i % 64] % len(_WORDS)])
+        tokens.append(_SPACED[block[i % 64] % len(_SPACED)])
     for s in stop:
         text = "".join(tokens)
         at = text.find(s) if s else -1

@@ -232,6 +232,23 @@ class Serving:
             return max_tokens
         if n < 1:
             return error_response(ErrorKind.BAD_REQUEST, f"n must be at least 1, got {n}.")
+        if n > self.settings.max_n_sequences:
+            return error_response(
+                ErrorKind.BAD_REQUEST,
+                f"n must be at most {self.settings.max_n_sequences}, got {n}. To increase this "
+                "limit, set the VLLM_MAX_N_SEQUENCES environment variable.",
+            )
+        if min_tokens < 0:
+            return error_response(
+                ErrorKind.BAD_REQUEST,
+                f"min_tokens must be greater than or equal to 0, got {min_tokens}.",
+            )
+        if min_tokens > max_tokens:
+            return error_response(
+                ErrorKind.BAD_REQUEST,
+                f"min_tokens must be less than or equal to max_tokens={max_tokens}, "
+                f"got {min_tokens}.",
+            )
         if n > 1 and temperature is not None and temperature < _SAMPLING_EPS:
             return error_response(
                 ErrorKind.BAD_REQUEST, f"n must be 1 when using greedy sampling, got {n}."

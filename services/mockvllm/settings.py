@@ -50,6 +50,8 @@ class MockSettings:
     lora_swap_ms: float = 0.0
     # capacity
     max_num_seqs: int = 256
+    #: Largest `n` (vLLM's `VLLM_MAX_N_SEQUENCES`); above it a 400, as in vLLM.
+    max_n_sequences: int = 16384
     max_num_queued_reqs: int | None = None
     max_loras: int = 1
     #: vLLM's default: ``max_loras``.

@@ -157,6 +157,25 @@ CASES: list[tuple[str, object, dict[str, object]]] = [
         _bad_request("n must be 1 when using greedy sampling, got 2.", None),
     ),
     (
+        "n above VLLM_MAX_N_SEQUENCES (refused before any work: no memory for 2**31 choices)",
+        {"messages": HI, "n": 2147483648},
+        _bad_request(
+            "n must be at most 16384, got 2147483648. To increase this limit, set the "
+            "VLLM_MAX_N_SEQUENCES environment variable.",
+            None,
+        ),
+    ),
+    (
+        "min_tokens above max_tokens",
+        {"messages": HI, "max_tokens": 5, "min_tokens": 10},
+        _bad_request("min_tokens must be less than or equal to max_tokens=5, got 10.", None),
+    ),
+    (
+        "negative min_tokens",
+        {"messages": HI, "min_tokens": -1},
+        _bad_request("min_tokens must be greater than or equal to 0, got -1.", None),
+    ),
+    (
         "empty conversation",
         {"messages": []},
         _bad_request(

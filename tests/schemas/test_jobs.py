@@ -44,6 +44,7 @@ def test_good_lines_keep_their_body_bytes() -> None:
         (_line("b", body="text"), "b", "body must be a JSON object"),
         (json.dumps({"custom_id": "x", "url": "/v1/chat/completions"}).encode(), "x", "method"),
         (_line("long", body={**CHAT, "pad": "x" * 500}), "long", "more than 400"),
+        (b'{"body":' + b"[" * 5000 + b"]" * 5000 + b"}", None, "nests JSON too deeply"),
     ],
 )
 def test_a_bad_line_is_an_error_line_and_the_rest_runs(

@@ -133,4 +133,5 @@ async def test_stopped_dispatcher_is_503_at_once(
     reply_subject = await caller.send(chat("law"), deadline_s=600)
     reply = reply_decoder.decode((await caller.reply(reply_subject, timeout=60)).data)
     assert isinstance(reply, ReplyError) and reply.status == 503
-    assert reply.error.error.message.startswith("no dispatcher is available for ")
+    assert reply.error.error.message.startswith("No dispatcher is available for ")
+    assert "dispatch." not in reply.error.error.message  # no subject names

@@ -33,6 +33,7 @@ from schemas.wire import (
     ReplyResponse,
     Route,
     StreamChunk,
+    encode_reply,
 )
 from services.common.bus import RequestMeta, deadline_after
 from services.dispatcher.dispatch import Dispatch
@@ -141,11 +142,18 @@ def _endpoint(name: str, port: int, weight: float = 1.0) -> VllmEndpoint:
 class Harness:
     """A `Dispatch` over chosen endpoints, collecting what it sends."""
 
-    def __init__(self, endpoints: list[VllmEndpoint], **config: Any) -> None:
+    def __init__(
+        self, endpoints: list[VllmEndpoint], max_message_bytes: int | None = None, **config: Any
+    ) -> None:
         self.pool = EndpointPool(endpoints)
         self.config = DispatcherConfig(**config)
         self.upstream = Upstream(max_connections_per_endpoint=16, connect_timeout_s=2.0)
-        self.dispatch = Dispatch(config=self.config, pool=self.pool, upstream=self.upstream)
+        self.dispatch = Dispatch(
+            config=self.config,
+            pool=self.pool,
+            upstream=self.upstream,
+            max_message_bytes=max_message_bytes,
+        )
         self.sent: list[ReplyMessage] = []
 
     async def send(self, message: ReplyMessage) -> None:
@@ -273,15 +281,40 @@ class TestWhole:
         await h1.run(CHAT)
         assert _only_error(h1).status == 404
 
+    async def test_an_answer_larger_than_one_message_goes_in_pieces(
+        self, vllm: FakeVllm, harness_factory: Callable[..., Harness]
+    ) -> None:
+        big = _completion()[:-2] + b',"pad":"' + b"x" * 20_000 + b'"}'
+        vllm.handler = json_handler(big)
+        h = harness_factory([_endpoint("a", vllm.port)], max_message_bytes=8192)
+        outcome = await h.run(CHAT)
+        head, *pieces, end = h.sent
+        assert isinstance(head, ReplyHead) and head.whole and head.status == 200
+        assert head.route is not None and head.route.model == "medical-lora"
+        assert all(isinstance(p, StreamChunk) for p in pieces) and len(pieces) == 3
+        assert [p.seq for p in pieces] == [0, 1, 2]  # type: ignore[union-attr]
+        assert all(len(encode_reply(p)) <= 8192 for p in h.sent)
+        assert b"".join(p.data for p in pieces) == big  # type: ignore[union-attr]
+        assert isinstance(end, ReplyEnd) and end.chunks == 3 and end.error is None
+        assert outcome.status == 200 and outcome.chunks == 3
+        # One that fits travels whole, as before.
+        vllm.handler = json_handler(_completion())
+        h2 = harness_factory([_endpoint("a", vllm.port)], max_message_bytes=8192)
+        await h2.run(CHAT)
+        assert [type(m) for m in h2.sent] == [ReplyResponse]
+
     async def test_wrong_model_in_the_answer(
         self, vllm: FakeVllm, vllm2: FakeVllm, harness_factory: Callable[..., Harness]
     ) -> None:
         vllm.handler = json_handler(_completion("llama2-7b"))
         vllm2.handler = json_handler(_completion())
         h = harness_factory([_endpoint("a", vllm.port)])
-        await h.run(CHAT)
+        outcome = await h.run(CHAT)
         error = _only_error(h)
-        assert error.status == 502 and "llama2-7b" in error.error.error.message
+        # The client reads that the model was wrong; which endpoint and model, the log reads.
+        assert error.status == 502 and "llama2-7b" not in error.error.error.message
+        assert "'medical-lora'" in error.error.error.message
+        assert outcome.detail == "endpoint a answered for model 'llama2-7b'"
         h2 = harness_factory([_endpoint("a", vllm.port, 1000), _endpoint("b", vllm2.port, 0.001)])
         assert (await h2.run(CHAT)).endpoint == "b"
         h3 = harness_factory([_endpoint("a", vllm.port)], check_response_model=False)
@@ -306,6 +339,11 @@ class TestWhole:
         h = harness_factory([_endpoint("d1", _free_port()), _endpoint("d2", _free_port())])
         outcome = await h.run(CHAT)
         assert _only_error(h).status == 502 and outcome.attempts == 2
+        # The client reads the cause; the endpoint and its URL are for the log only.
+        assert _only_error(h).error.error.message == "The model server could not be reached."
+        assert outcome.detail is not None and "http://127.0.0.1:" in outcome.detail
+        # The last endpoint tried (equal weights: either may go first).
+        assert outcome.detail.startswith(f"endpoint {outcome.endpoint}: ")
 
     async def test_next_best_model_when_every_endpoint_of_the_winner_is_down(
         self, vllm: FakeVllm, harness_factory: Callable[..., Harness]
@@ -402,6 +440,22 @@ class TestStream:
         assert b"".join(c.data for c in chunks) == b"".join(FRAMES)  # type: ignore[union-attr]
         assert isinstance(end, ReplyEnd) and end.error is None and end.chunks == len(chunks)
         assert outcome.stream and outcome.chunks == len(chunks)
+
+    async def test_a_read_larger_than_one_message_is_cut_into_several(
+        self, vllm: FakeVllm, harness_factory: Callable[..., Harness]
+    ) -> None:
+        frames = [FRAMES[0], b"data: " + b"x" * 9000 + b"\n\n", FRAMES[-1]]
+        vllm.handler = sse_handler(frames)
+        h = harness_factory([_endpoint("a", vllm.port)], max_message_bytes=4096)
+        outcome = await h.run(STREAM)
+        head, *chunks, end = h.sent
+        assert isinstance(head, ReplyHead) and not head.whole
+        assert all(len(encode_reply(c)) <= 4096 for c in chunks)
+        assert len(chunks) >= 4  # the 9 KB frame alone needs three
+        assert [c.seq for c in chunks] == list(range(len(chunks)))  # type: ignore[union-attr]
+        assert b"".join(c.data for c in chunks) == b"".join(frames)  # type: ignore[union-attr]
+        assert isinstance(end, ReplyEnd) and end.error is None and end.chunks == len(chunks)
+        assert outcome.chunks == len(chunks)
 
     async def test_a_stream_cut_after_the_first_byte_ends_with_an_error_and_no_retry(
         self, vllm: FakeVllm, vllm2: FakeVllm, harness_factory: Callable[..., Harness]

@@ -130,6 +130,13 @@ class Responder:
             return [ReplyHead(route=ROUTE), *chunks, ReplyEnd(chunks=len(chunks))]
         if text == "gap":
             return [ReplyHead(route=ROUTE), chunks[0], chunks[2]]
+        if text.startswith("whole"):  # one JSON answer in pieces, as the dispatcher sends it
+            parts = [UPSTREAM_JSON[i : i + 30] for i in range(0, len(UPSTREAM_JSON), 30)]
+            pieces = [StreamChunk(seq=i, data=part) for i, part in enumerate(parts)]
+            if text == "whole-gap":
+                del pieces[1]
+            head = ReplyHead(route=ROUTE, whole=True)
+            return [head, *pieces, ReplyEnd(chunks=len(parts))]
         if text == "cut":
             error = error_response(ErrorKind.BAD_GATEWAY, "vLLM closed the stream")
             return [ReplyHead(route=ROUTE), chunks[0], ReplyEnd(chunks=1, error=error)]
@@ -190,12 +197,13 @@ async def test_health_and_models(client: httpx.AsyncClient) -> None:
     assert {"MoM", "llama2-7b", "medical-lora"} <= {m["id"] for m in models["data"]}
 
 
-async def test_no_classifier_is_503_at_once(client: httpx.AsyncClient) -> None:
+async def test_no_classifier_is_503_at_once(client: httpx.AsyncClient, ingress: Ingress) -> None:
     # A timeout would be a 504: a 503 comes from the "no responders" status, at once.
     response = await client.post("/v1/chat/completions", json=chat("json"))
     assert response.status_code == 503
     assert response.json()["error"]["type"] == "ServiceUnavailableError"
     assert "classifier" in response.json()["error"]["message"]
+    assert ingress.subjects.classify not in response.text, "no subject names for the client"
     ready = await client.get("/ready")
     assert ready.status_code == 503 and ready.json()["classifier"] is False
 
@@ -277,6 +285,29 @@ async def test_upstream_status_passes_through(
     assert response.status_code == 404 and response.json()["error"]["message"] == "no"
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_answer_in_pieces_is_joined(
+    client: httpx.AsyncClient, responder: Responder, stream: bool
+) -> None:
+    # A JSON answer too large for one NATS message: joined, and sent as JSON even to a client
+    # that asked for a stream (vLLM answered JSON).
+    response = await client.post("/v1/chat/completions", json=chat("whole", stream=stream))
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.content == UPSTREAM_JSON
+    assert response.headers["x-vsr-selected-model"] == "medical-lora"
+
+
+async def test_an_answer_with_a_piece_missing_is_502(
+    client: httpx.AsyncClient, responder: Responder
+) -> None:
+    response = await client.post("/v1/chat/completions", json=chat("whole-gap"))
+    assert response.status_code == 502
+    assert response.json()["error"]["message"] == (
+        "The answer arrived incomplete from the router's pipeline."
+    )
+
+
 async def test_stream_arrives_verbatim(client: httpx.AsyncClient, responder: Responder) -> None:
     async with client.stream(
         "POST", "/v1/chat/completions", json=chat("stream", stream=True)
@@ -307,7 +338,7 @@ async def test_deadline_is_504(client: httpx.AsyncClient, responder: Responder) 
     response = await client.post(
         "/v1/chat/completions", json=chat("silent"), headers={"x-loraroute-timeout": "0.3"}
     )
-    assert response.status_code == 504
+    assert response.status_code == 504, response.text
     assert response.json()["error"]["type"] == "TimeoutError"
     assert time.monotonic() - start >= 0.25  # held until the deadline, then answered
 

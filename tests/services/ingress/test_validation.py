@@ -1,12 +1,17 @@
 from __future__ import annotations
 
+import json
+
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from schemas.classify import ClassifyBatchRequest, ClassifyIntentRequest
-from schemas.config import Config
+from schemas.config import Config, Limits
 from schemas.errors import ErrorResponse
 from schemas.openai import ChatRequestView
+from services.ingress.batches import parse_batch_request
 from services.ingress.validation import (
     body_limit,
     check_content_type,
@@ -125,3 +130,86 @@ def test_classify_batch_limits() -> None:
     assert _error(parse_classify_batch(b'{"texts":["a",""]}', 2)).error.param == "body.texts.1"
     wrong_task = parse_classify_batch(b'{"texts":["a"],"task_type":"pii"}', 2)
     assert _error(wrong_task).error.param == "body.task_type"
+
+
+# ------------------------------------------------------------------------------ limits
+
+
+def test_caps_are_checked_after_the_schema() -> None:
+    body = b'{"messages":[{"role":"user","content":"x"}],"n":2147483648}'
+    error = _error(parse_chat(body)).error
+    assert (error.code, error.param) == (400, "n")
+    assert error.message == (
+        "n must be at most 16, got 2147483648. (parameter=n, value=2147483648)"
+    )
+    assert isinstance(parse_chat(body, Limits(max_n=2**31)), ChatRequestView)
+
+
+@pytest.mark.parametrize("levels", [65, 1_000, 50_000])
+def test_deep_json_is_400_not_a_recursion_error(levels: int) -> None:
+    deep = b"[" * levels + b"]" * levels
+    chat = b'{"messages":[{"role":"user","content":"x"}],"x":' + deep + b"}"
+    for result in (
+        parse_chat(chat),
+        parse_classify_intent(b'{"text":"x","x":' + deep + b"}"),
+        parse_classify_batch(b'{"texts":["x"],"x":' + deep + b"}", 10),
+        parse_batch_request(b'{"input_file_id":"f","x":' + deep + b"}"),
+    ):
+        error = _error(result).error
+        assert (error.code, error.param) == (400, "body")
+        assert "deeper than 64 levels" in error.message
+
+
+def test_the_depth_cap_is_configurable() -> None:
+    body = b'{"messages":[{"role":"user","content":"x"}],"x":[[[[[[[[[[]]]]]]]]]]}'
+    assert isinstance(parse_chat(body), ChatRequestView)
+    assert _error(parse_chat(body, Limits(max_json_depth=8))).error.param == "body"
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner),
+    max_leaves=20,
+)
+_FIELD_VALUES = _JSON_VALUES | st.integers(min_value=-(2**70), max_value=2**70)
+_MESSAGE = st.dictionaries(
+    st.sampled_from(["role", "content", "name", "tool_calls"]), _JSON_VALUES, max_size=3
+)
+_CHAT_BODIES = st.fixed_dictionaries(
+    {},
+    optional={
+        "model": _FIELD_VALUES,
+        "messages": st.lists(_MESSAGE, max_size=3) | _JSON_VALUES,
+        "stream": _FIELD_VALUES,
+        "n": _FIELD_VALUES,
+        "max_tokens": _FIELD_VALUES,
+        "max_completion_tokens": _FIELD_VALUES,
+        "min_tokens": _FIELD_VALUES,
+    },
+)
+
+
+def _encoded(value: object) -> bytes:
+    return json.dumps(value, allow_nan=True).encode()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    body=st.one_of(
+        _CHAT_BODIES.map(_encoded),
+        _JSON_VALUES.map(_encoded),
+        st.binary(max_size=64),
+        st.integers(min_value=1, max_value=3000).map(lambda n: b"[" * n + b"]" * n),
+        st.integers(min_value=1, max_value=3000).map(lambda n: b'{"a":' * n + b"1" + b"}" * n),
+    )
+)
+def test_no_body_escapes_as_an_exception(body: bytes) -> None:
+    # Every body is a value or a 4xx, never an exception (which the app would turn into a 500).
+    for result in (
+        parse_chat(body),
+        parse_classify_intent(body),
+        parse_classify_batch(body, 10),
+        parse_batch_request(body),
+    ):
+        if isinstance(result, ErrorResponse):
+            assert 400 <= result.status < 500

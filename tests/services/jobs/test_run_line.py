@@ -8,6 +8,7 @@ from collections.abc import Mapping
 import msgspec
 import pytest
 
+from schemas.config import Limits
 from schemas.errors import ErrorKind, error_response
 from schemas.jobs import BatchLineError, JobLine
 from schemas.wire import ReplyError, ReplyHead, ReplyResponse, Route, RouteChat, encoder
@@ -112,3 +113,35 @@ async def test_no_answer_is_transient_until_the_window_ends() -> None:
     expired = await run(_line(expires_at=int(time.time())), request, timeout_s=1.0)
     assert isinstance(expired, Done) and expired.line.error is not None
     assert expired.line.error.code == "batch_expired"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"messages":[{"role":"user","content":"x"}],"n":17}', "n must be at most 16, got 17."),
+        (
+            b'{"messages":[{"role":"user","content":"x"}],"max_completion_tokens":"99999"}',
+            "max_completion_tokens must be at most 32768, got 99999.",
+        ),
+        (
+            b'{"messages":[{"role":"user","content":"x"}],"x":' + b"[" * 5000 + b"]" * 5000 + b"}",
+            "The JSON body nests arrays and objects deeper than 64 levels.",
+        ),
+    ],
+)
+def test_a_line_beyond_the_caps_fails_like_at_the_ingress(body: bytes, message: str) -> None:
+    failed = precheck(_line(body), None, 0)
+    assert failed is not None and failed.error is not None
+    assert failed.error.code == "invalid_request" and failed.error.message.startswith(message)
+
+
+def test_the_line_caps_come_from_the_config() -> None:
+    body = b'{"messages":[{"role":"user","content":"x"}],"n":17}'
+    assert precheck(_line(body), None, 0, Limits(max_n=17)) is None
+
+
+def test_a_line_whose_answer_is_too_large_for_one_result_fails_clearly() -> None:
+    head = ReplyHead(status=200, whole=True)
+    done = outcome(_line(), encoder.encode(head))
+    assert isinstance(done, Done) and done.line.error is not None
+    assert done.line.error.code == "response_too_large"
