@@ -1,7 +1,8 @@
 """The dispatcher, wired: one NATS connection, one upstream client, one subscription per base model.
 
 `DispatcherWorker.start` connects and subscribes to `<prefix>.dispatch.<base model>` for every
-configured base model, in queue group `dispatchers`; `stop` drains: no new messages, every
+configured base model, in queue group `dispatchers` (and to its probe subject
+`<prefix>.ping.dispatch.<base model>`); `stop` drains: no new messages, every
 request in flight finished (or cut at the timeout), then the client and connection close.
 """
 
@@ -79,6 +80,14 @@ class DispatcherWorker:
             self._subs.append(
                 await self.nc.subscribe(
                     subject, queue=DISPATCHERS_QUEUE, cb=self.handlers.on_dispatch
+                )
+            )
+        for base in self.config.model_config:
+            self._subs.append(
+                await self.nc.subscribe(
+                    self.subjects.ping_dispatch(base),
+                    queue=DISPATCHERS_QUEUE,
+                    cb=self.handlers.on_ping,
                 )
             )
         # No queue group: a cancellation must reach whichever dispatcher runs the request.

@@ -41,6 +41,10 @@ class DispatcherHandlers:
         self.tasks: set[asyncio.Task[None]] = set()
         self.cancels = Cancels()
 
+    async def on_ping(self, msg: Msg) -> None:
+        """A liveness probe on `<prefix>.ping.dispatch.<base model>`: answered at once."""
+        await bus.answer_ping(self.nc, msg)
+
     async def on_dispatch(self, msg: Msg) -> None:
         """One message on a dispatch subject (never raises: failures are answered)."""
         if bus.is_ping(msg):

@@ -124,7 +124,8 @@ def main(argv: list[str]) -> int:
     log = get_logger()
     try:
         config, warnings = load_config(args.config)
-    except (ConfigError, OSError) as error:
+        settings.nats_tls_context()  # unreadable TLS files stop the start here, with the cause
+    except (ConfigError, OSError, ValueError) as error:
         print(f"loraroute ingress: {error}", file=sys.stderr)
         return 1
     for warning in warnings:

@@ -245,13 +245,14 @@ class Exchange:
     async def readiness(self) -> dict[str, bool]:
         """Which worker kinds answer a ping now: `classifier` and `dispatcher:<base model>` for
         each configured base model. A ping is an empty message with the `Lr-Ping` header on the
-        worker's own subject, answered at once without work. All pings run at once; each waits
-        `ready_timeout_s`, and one nobody listens to fails at once (no responders)."""
+        classify subject or the dispatchers' probe subject (`Subjects.ping_dispatch`), answered
+        at once without work. All pings run at once; each waits `ready_timeout_s`, and one
+        nobody listens to fails at once (no responders)."""
         timeout_s = self.config.ingress.ready_timeout_s
         names = ["classifier", *(f"dispatcher:{base}" for base in self.config.model_config)]
         subjects = [
             self.subjects.classify,
-            *(self.subjects.dispatch(base) for base in self.config.model_config),
+            *(self.subjects.ping_dispatch(base) for base in self.config.model_config),
         ]
         answers = await asyncio.gather(*(self._ping(s, timeout_s) for s in subjects))
         return dict(zip(names, answers, strict=True))
