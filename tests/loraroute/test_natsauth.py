@@ -1,0 +1,208 @@
+"""The NATS users `loraroute up` makes: the permission table, the credentials file, and a real
+nats-server enforcing both (response permissions included)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import stat
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import nats
+import nats.errors
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from loraroute import natsauth
+from loraroute.natsauth import KINDS, SERVICE_KINDS, Credentials
+from loraroute.natsserver import NatsServer
+from services.common import bus
+from services.common.subjects import Subjects
+
+pytestmark = pytest.mark.integration
+
+SUBJECTS = Subjects("lr.test")
+
+
+def _allowed(kind: str, action: str) -> list[str]:
+    allow: list[str] = natsauth.permissions(kind, SUBJECTS, 60.0)[action]["allow"]
+    return allow
+
+
+def test_only_admin_may_read_or_write_everything() -> None:
+    assert _allowed("admin", "subscribe") == [">"] and _allowed("admin", "publish") == [">"]
+    for kind in SERVICE_KINDS:
+        assert ">" not in _allowed(kind, "subscribe") + _allowed(kind, "publish"), kind
+
+
+def test_each_sensitive_subject_has_one_kind_of_writer() -> None:
+    def writers(subject: str) -> set[str]:
+        return {kind for kind in SERVICE_KINDS if subject in _allowed(kind, "publish")}
+
+    assert writers(SUBJECTS.dispatch_all) == {"classifier"}
+    assert writers("lr.test.cancel.*") == {"ingress"}
+    assert writers(SUBJECTS.classify) == {"ingress"}
+    assert writers(SUBJECTS.classify_jobs) == {"jobs"}
+    # Into the requesters' inboxes: the dispatcher only (the classifier answers through
+    # response permissions, see below).
+    assert writers(f"{SUBJECTS.inbox('ingress')}.>") == {"dispatcher"}
+    assert writers(f"{SUBJECTS.inbox('jobs')}.>") == {"dispatcher"}
+    classifier = natsauth.permissions("classifier", SUBJECTS, 310.0)
+    assert classifier["allow_responses"] == {
+        "max": natsauth.RESPONSE_MAX_MSGS,
+        "expires": "310000ms",
+    }
+
+
+def test_each_inbox_is_read_by_its_own_kind_only() -> None:
+    for owner in ("ingress", "jobs"):
+        inbox = f"{SUBJECTS.inbox(owner)}.>"
+        assert {k for k in SERVICE_KINDS if inbox in _allowed(k, "subscribe")} == {owner}
+
+
+def test_credentials_are_fresh_and_never_shown() -> None:
+    first, second = Credentials.generate(), Credentials.generate()
+    assert set(first) == set(KINDS)
+    passwords = [c.password for c in [*first.values(), *second.values()]]
+    assert len(set(passwords)) == len(passwords) and min(map(len, passwords)) >= 32
+    assert first["ingress"].password not in repr(first)
+    assert natsauth.env(first["jobs"]) == {
+        "LORAROUTE_NATS_USER": "jobs",
+        "LORAROUTE_NATS_PASSWORD": first["jobs"].password,
+    }
+    assert natsauth.env(None) == {}
+
+
+def test_the_credentials_file_is_for_its_owner_only(tmp_path: Path) -> None:
+    users = Credentials.generate()
+    path = tmp_path / "var" / "nats-credentials.json"
+    path.parent.mkdir()
+    path.write_text("stale")
+    path.chmod(0o644)
+    natsauth.write_credentials(path, "nats://127.0.0.1:4222", users)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert natsauth.read_credentials(path) == ("nats://127.0.0.1:4222", users)
+
+
+@pytest.fixture(scope="module")
+def users() -> dict[str, Credentials]:
+    return Credentials.generate()
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, users: dict[str, Credentials]
+) -> Iterator[NatsServer]:
+    config = natsauth.server_config(users, SUBJECTS, responses_expire_s=60.0)
+    with NatsServer(store_dir=tmp_path_factory.mktemp("nats"), extra_config=config) as server:
+        yield server
+
+
+class _Connection:
+    """A connection as one kind, with the server's errors (permission violations) collected."""
+
+    def __init__(self, nc: Client, errors: list[str]) -> None:
+        self.nc = nc
+        self.errors = errors
+
+    async def refused(self, what: str) -> bool:
+        """Was an operation on `what` refused with a permissions violation? (The server writes
+        the subject in lower case in its error.)"""
+        await synced(self.nc)
+        return any("permissions violation" in e and what.lower() in e for e in self.errors)
+
+
+async def synced(nc: Client) -> None:
+    """Wait until the server has processed everything `nc` sent before. One `flush()` is not
+    enough: nats-py writes its PING at once, possibly ahead of commands still in its buffer,
+    which its first flush sends out; the second PING then follows them."""
+    await nc.flush()
+    await nc.flush()
+
+
+@pytest.fixture
+async def connect(
+    server: NatsServer, users: dict[str, Credentials]
+) -> AsyncIterator[dict[str, _Connection]]:
+    opened: dict[str, _Connection] = {}
+    for kind in KINDS:
+        errors: list[str] = []
+
+        async def on_error(error: Exception, errors: list[str] = errors) -> None:
+            errors.append(str(error))
+
+        nc = await nats.connect(
+            server.url,
+            user=users[kind].user,
+            password=users[kind].password,
+            inbox_prefix=SUBJECTS.inbox(kind),
+            error_cb=on_error,
+            allow_reconnect=False,
+        )
+        opened[kind] = _Connection(nc, errors)
+    yield opened
+    for connection in opened.values():
+        await connection.nc.close()
+
+
+async def test_anonymous_and_wrong_passwords_are_refused(
+    server: NatsServer, users: dict[str, Credentials]
+) -> None:
+    async def ignore(error: Exception) -> None:
+        pass
+
+    for options in ({}, {"user": "ingress", "password": users["admin"].password}):
+        with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+            await nats.connect(server.url, allow_reconnect=False, error_cb=ignore, **options)  # type: ignore[arg-type]
+    # nats-py drops a refused connection's stream without closing it: collect it now, quietly,
+    # rather than have it warn in a later test.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+
+
+async def test_a_classifier_answers_only_what_it_received(
+    connect: dict[str, _Connection],
+) -> None:
+    ingress, classifier = connect["ingress"], connect["classifier"]
+    received: asyncio.Queue[Msg] = asyncio.Queue()
+    await classifier.nc.subscribe(SUBJECTS.classify, cb=received.put)
+    await synced(classifier.nc)
+    inbox = ingress.nc.new_inbox()
+    answers: asyncio.Queue[Msg] = asyncio.Queue()
+    await ingress.nc.subscribe(f"{inbox}.*", cb=answers.put)
+    await synced(ingress.nc)
+    await ingress.nc.publish(SUBJECTS.classify, b"request", reply=f"{inbox}.1")
+    request = await asyncio.wait_for(received.get(), 5)
+    assert request.reply == f"{inbox}.1"
+    # Several messages to the reply subject of a received request: allowed.
+    for part in (b"one", b"two"):
+        await classifier.nc.publish(request.reply, part)
+    assert [(await asyncio.wait_for(answers.get(), 5)).data for _ in range(2)] == [b"one", b"two"]
+    # Another request's inbox (a guessed token): refused, and nothing arrives.
+    await classifier.nc.publish(f"{inbox}.2", b"spoofed")
+    assert await classifier.refused(f'"{inbox}.2"'), classifier.errors
+    await synced(ingress.nc)
+    assert answers.empty()
+
+
+async def test_a_dispatcher_reaches_the_inboxes_and_nothing_else(
+    connect: dict[str, _Connection],
+) -> None:
+    dispatcher = connect["dispatcher"]
+    for subject in (SUBJECTS.classify, SUBJECTS.cancel("r1"), SUBJECTS.dispatch("m")):
+        await dispatcher.nc.publish(subject, b"x")
+        assert await dispatcher.refused(f'"{subject}"'), subject
+    await dispatcher.nc.subscribe(f"{SUBJECTS.inbox('ingress')}.>")
+    assert await dispatcher.refused("subscription")
+    # Its probe subject and its answers work: a ping from the ingress is answered.
+
+    async def pong(msg: Msg) -> None:
+        await bus.answer_ping(dispatcher.nc, msg)
+
+    await dispatcher.nc.subscribe(SUBJECTS.ping_dispatch("m"), cb=pong)
+    await synced(dispatcher.nc)
+    assert await bus.ping(connect["ingress"].nc, SUBJECTS.ping_dispatch("m"))
