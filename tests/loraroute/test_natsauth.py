@@ -156,7 +156,7 @@ async def test_anonymous_and_wrong_passwords_are_refused(
 
     for options in ({}, {"user": "ingress", "password": users["admin"].password}):
         with pytest.raises(nats.errors.Error, match="Authorization Violation"):
-            await nats.connect(server.url, allow_reconnect=False, error_cb=ignore, **options)  # type: ignore[arg-type]
+            await nats.connect(server.url, allow_reconnect=False, error_cb=ignore, **options)
     # nats-py drops a refused connection's stream without closing it: collect it now, quietly,
     # rather than have it warn in a later test.
     with warnings.catch_warnings():

@@ -7,6 +7,7 @@ import uuid
 
 import nats
 import pytest
+from nats.aio.client import Client
 
 from loraroute.natsserver import NatsCluster
 from schemas.errors import ErrorKind
@@ -176,7 +177,7 @@ class TestOverNats:
 
 
 async def test_no_responders_reaches_only_a_publisher_that_subscribes_to_the_reply(
-    client: nats.NATS, nats_url: str
+    client: Client, nats_url: str
 ) -> None:
     """Why the classifier forwards with its own bounce subject as the NATS reply: nats-server
     sends "no responders" only to the publishing connection, and only when that connection
@@ -185,14 +186,14 @@ async def test_no_responders_reaches_only_a_publisher_that_subscribes_to_the_rep
     publisher = await bus.connect(nats_url, name="publisher")
     try:
         inbox = f"_INBOX.{uuid.uuid4().hex}"
-        elsewhere: asyncio.Queue[nats.aio.msg.Msg] = asyncio.Queue()
+        elsewhere: asyncio.Queue[bus.Msg] = asyncio.Queue()
         await client.subscribe(f"{inbox}.*", cb=elsewhere.put)
         for _ in range(2):  # the first PING may overtake the SUB in nats-py's buffer
             await client.flush()
         headers = {HEADER_REQUEST_ID: "r"}
         await publisher.publish(_subject(), b"x", reply=f"{inbox}.1", headers=headers)
         await publisher.flush()
-        own: asyncio.Queue[nats.aio.msg.Msg] = asyncio.Queue()
+        own: asyncio.Queue[bus.Msg] = asyncio.Queue()
         bounce = f"_INBOX.{uuid.uuid4().hex}"
         await publisher.subscribe(f"{bounce}.>", cb=own.put)
         await publisher.publish(_subject(), b"x", reply=f"{bounce}.{inbox}.2", headers=headers)
