@@ -366,6 +366,7 @@ _CREDENTIAL_VARIABLES = (
     "LORAROUTE_NATS_USER",
     "LORAROUTE_NATS_PASSWORD",
     "LORAROUTE_NATS_CREDS",
+    "LORAROUTE_NATS_NKEY",
 )
 #: How long after its deadline a reply to a request is still allowed (an expiry answered late).
 _RESPONSE_GRACE_S = 10.0

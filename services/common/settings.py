@@ -34,6 +34,8 @@ class Settings:
     nats_password: str | None = field(default=None, repr=False)
     nats_creds: str | None = None
     """Path of a NATS `.creds` file (the path is not secret; its content is)."""
+    nats_nkey: str | None = None
+    """Path of a file holding a NATS user's NKey seed (`SU...`)."""
     vllm_api_key: str | None = field(default=None, repr=False)
     nats_tls_ca: str | None = None
     """CA bundle (PEM) that verifies the NATS server's certificate; setting it turns TLS on."""
@@ -57,6 +59,7 @@ class Settings:
             nats_user=get("LORAROUTE_NATS_USER"),
             nats_password=get("LORAROUTE_NATS_PASSWORD"),
             nats_creds=get("LORAROUTE_NATS_CREDS"),
+            nats_nkey=get("LORAROUTE_NATS_NKEY"),
             vllm_api_key=get("LORAROUTE_VLLM_API_KEY"),
             nats_tls_ca=get("LORAROUTE_NATS_TLS_CA"),
             nats_tls_cert=get("LORAROUTE_NATS_TLS_CERT"),
@@ -79,6 +82,8 @@ class Settings:
             options["password"] = self.nats_password
         if self.nats_creds:
             options["user_credentials"] = self.nats_creds
+        if self.nats_nkey:
+            options["nkeys_seed"] = self.nats_nkey
         tls = self.nats_tls_context()
         if tls is not None:
             options["tls"] = tls
