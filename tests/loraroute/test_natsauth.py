@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import shlex
 import stat
 import warnings
 from collections.abc import AsyncIterator, Iterator
@@ -180,3 +181,27 @@ async def test_a_dispatcher_reaches_the_inboxes_and_nothing_else(
     await dispatcher.client.subscribe(SUBJECTS.ping_dispatch("m"), cb=pong)
     await synced(dispatcher.client)
     assert await bus.ping(connect["ingress"].client, SUBJECTS.ping_dispatch("m"))
+
+
+def test_the_nsc_example_gives_each_kind_the_table(repo_root: Path) -> None:
+    """docs/examples/nats-users.sh (an external NATS with JWT accounts) grants what `up` does."""
+    text = (repo_root / "docs" / "examples" / "nats-users.sh").read_text(encoding="utf-8")
+    commands = text.replace("\\\n", " ").splitlines()
+    users = {}
+    for command in commands:
+        if command.startswith("nsc add user"):
+            words = shlex.split(command)
+            options = dict(zip(words[3::2], words[4::2], strict=True))
+            users[options["--name"]] = options
+    assert set(users) == set(SERVICE_KINDS)
+    subjects = Subjects("loraroute")
+    for kind, options in users.items():
+        wanted = natsauth.permissions(kind, subjects, 610.0)
+        assert options["--allow-pub"].split(",") == wanted["publish"]["allow"], kind
+        assert options["--allow-sub"].split(",") == wanted["subscribe"]["allow"], kind
+        responses = wanted.get("allow_responses")
+        if responses is None:
+            assert "--allow-pub-response" not in options, kind
+        else:
+            assert int(options["--allow-pub-response"]) == responses["max"]
+            assert f"{options['--response-ttl'].removesuffix('s')}000ms" == responses["expires"]
