@@ -52,6 +52,7 @@ __all__ = [
     "reply_subject",
     "server_list",
     "to_ms",
+    "to_requester",
 ]
 
 _log = structlog.get_logger("loraroute.bus")
@@ -134,6 +135,20 @@ class RequestMeta(msgspec.Struct, frozen=True):
         return left is not None and left <= 0.0
 
 
+async def to_requester(
+    nc: Client, subject: str, payload: bytes, headers: Mapping[str, str] | None = None
+) -> None:
+    """Send one message to the requester's inbox `subject` (from `reply_subject`): an answer,
+    a stream chunk, an error or any progress message; a requester may get several.
+
+    NATS permissions decide who may (docs/operations.md, NATS security): a classifier only to
+    the reply subject of a request it received (a response permission, up to 1000 messages and
+    until the request's deadline), a dispatcher to any requester inbox. Raises what
+    `nc.publish` raises.
+    """
+    await nc.publish(subject, payload, headers=dict(headers) if headers else None)
+
+
 def reply_subject(msg: Msg, meta: RequestMeta) -> str | None:
     """Where the answer to `msg` goes: the ingress inbox from the headers, else the NATS reply."""
     return meta.reply_to or msg.reply or None
@@ -191,7 +206,7 @@ async def reply_error(
     payload = encoder.encode(ReplyError(status=body.status, error=body, route=route))
     headers = {HEADER_REQUEST_ID: request_id} if request_id else None
     try:
-        await nc.publish(subject, payload, headers=headers)
+        await to_requester(nc, subject, payload, headers)
     except Exception as error:  # nats-py raises several unrelated classes when closed
         _log.warning("reply_failed", kind=kind.name, request_id=request_id, error=repr(error))
     return body

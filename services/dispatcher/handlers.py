@@ -91,7 +91,7 @@ class DispatcherHandlers:
 
     async def _run(self, request: DispatchRequest, meta: bus.RequestMeta, reply: str) -> None:
         async def send(message: ReplyMessage) -> None:
-            await self.nc.publish(reply, encode_reply(message))
+            await bus.to_requester(self.nc, reply, encode_reply(message))
 
         try:
             outcome = await self.dispatch.run(request, meta, send)
