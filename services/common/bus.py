@@ -19,6 +19,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import Mapping
+from typing import Any
 
 import msgspec
 import nats
@@ -59,6 +60,8 @@ _log = structlog.get_logger("loraroute.bus")
 
 _STATUS = "Status"
 _NO_RESPONDERS = "503"
+#: What nats-server answers a connection whose credentials it does not accept.
+_AUTHORIZATION = "Authorization Violation"
 
 
 def now_ms() -> int:
@@ -236,7 +239,7 @@ async def connect(
     drain_timeout_s: float = 30.0,
     ping_interval_s: float = 10.0,
     max_outstanding_pings: int = 3,
-    **credentials: str,
+    **credentials: Any,
 ) -> Client:
     """Connect to NATS at `url` as `name`, with logged error and connection-state callbacks.
 
@@ -253,12 +256,17 @@ async def connect(
     network partition, a frozen host) is given up after `max_outstanding_pings` unanswered pings
     `ping_interval_s` apart (nats-py's defaults, 2 x 120 s, would keep a service on a dead node
     for minutes). `drain_timeout_s` bounds how long `nc.drain()` waits for in-flight
-    handlers at shutdown. `credentials` (`token`, `user`, `password`, `user_credentials`) go
-    to nats-py unchanged (see `services.common.settings.Settings.nats_options`).
+    handlers at shutdown. `credentials` (`token`, `user`, `password`, `user_credentials`,
+    `nkeys_seed`, `tls`) go to nats-py unchanged (see `services.common.settings.Settings.nats_options`). When the server
+    refuses them on every attempt, `ConnectionRefusedError` says so (an `OSError`, as for a
+    server that cannot be reached).
     """
     log = _log.bind(connection=name)
+    refused: list[str] = []
 
     async def on_error(error: Exception) -> None:
+        if _AUTHORIZATION in str(error) or isinstance(error, nats.errors.AuthorizationError):
+            refused.append(str(error))
         log.warning("nats_error", error=repr(error))
 
     async def on_disconnected() -> None:
@@ -273,23 +281,31 @@ async def connect(
         log.info("nats_closed")
 
     servers = server_list(url)
-    nc: Client = await nats.connect(
-        servers=servers,
-        name=name,
-        error_cb=on_error,
-        disconnected_cb=on_disconnected,
-        reconnected_cb=on_reconnected,
-        closed_cb=on_closed,
-        connect_timeout=connect_timeout_s,
-        reconnect_time_wait=reconnect_wait_s,
-        # nats-py applies this limit to the first connection too, where -1 would wait forever.
-        max_reconnect_attempts=max(1, startup_attempts - 1),
-        drain_timeout=drain_timeout_s,
-        ping_interval=ping_interval_s,
-        max_outstanding_pings=max_outstanding_pings,
-        inbox_prefix=inbox_prefix if inbox_prefix is not None else DEFAULT_INBOX_PREFIX,
-        **credentials,
-    )
+    try:
+        nc: Client = await nats.connect(
+            servers=servers,
+            name=name,
+            error_cb=on_error,
+            disconnected_cb=on_disconnected,
+            reconnected_cb=on_reconnected,
+            closed_cb=on_closed,
+            connect_timeout=connect_timeout_s,
+            reconnect_time_wait=reconnect_wait_s,
+            # nats-py applies this limit to the first connection too, where -1 would wait forever.
+            max_reconnect_attempts=max(1, startup_attempts - 1),
+            drain_timeout=drain_timeout_s,
+            ping_interval=ping_interval_s,
+            max_outstanding_pings=max_outstanding_pings,
+            inbox_prefix=inbox_prefix if inbox_prefix is not None else DEFAULT_INBOX_PREFIX,
+            **credentials,
+        )
+    except nats.errors.NoServersError as error:
+        if refused:  # say why, rather than "no servers"
+            raise ConnectionRefusedError(
+                f"NATS refused the credentials of {name!r} ({refused[-1]}); check "
+                "LORAROUTE_NATS_USER/_PASSWORD, _TOKEN, _CREDS or _NKEY"
+            ) from error
+        raise
     nc.options["max_reconnect_attempts"] = max_reconnect_attempts
     log.debug(
         "nats_connected",

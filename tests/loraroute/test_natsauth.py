@@ -205,3 +205,10 @@ def test_the_nsc_example_gives_each_kind_the_table(repo_root: Path) -> None:
         else:
             assert int(options["--allow-pub-response"]) == responses["max"]
             assert f"{options['--response-ttl'].removesuffix('s')}000ms" == responses["expires"]
+
+
+async def test_a_service_with_wrong_credentials_is_told_so(server: NatsServer) -> None:
+    with pytest.raises(ConnectionRefusedError, match="refused the credentials of 'jobs-1'"):
+        await bus.connect(
+            server.url, name="jobs-1", startup_attempts=2, user="jobs", password="wrong"
+        )
