@@ -4,9 +4,27 @@ the server refused something (it answers a forbidden publish or subscription wit
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import warnings
+from collections.abc import Iterator
+
 from nats.aio.client import Client
 
-__all__ = ["Connection", "synced"]
+__all__ = ["Connection", "refused_connections", "synced"]
+
+
+@contextlib.contextmanager
+def refused_connections() -> Iterator[None]:
+    """Around connections the server refuses: nats-py drops a refused connection's stream
+    without closing it, and the stream warns (`ResourceWarning`) when collected. Collected
+    here, quietly, rather than in whichever later test the collector happens to run."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        try:
+            yield
+        finally:
+            gc.collect()
 
 
 async def synced(nc: Client) -> None:

@@ -11,14 +11,12 @@ stolen credentials of every kind that has no business doing it.
 from __future__ import annotations
 
 import asyncio
-import gc
 import re
 import signal
 import ssl
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +34,7 @@ from loraroute import natsauth
 from loraroute.natsauth import Credentials
 from schemas.wire import DispatchRequest, ReplyResponse, RouteChat, decode_reply, encoder
 from services.common.subjects import HEADER_REPLY_TO, HEADER_REQUEST_ID, Subjects
-from tests.nats_users import Connection, synced
+from tests.nats_users import Connection, refused_connections, synced
 from tests.processes import REPO, free_port, write_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -168,12 +166,10 @@ async def test_anonymous_and_wrong_password_connections_are_refused(up: Up) -> N
     async def ignore(error: Exception) -> None:
         pass
 
-    for options in ({}, {"user": "dispatcher", "password": up.users["ingress"].password}):
-        with pytest.raises(nats.errors.Error, match="Authorization Violation"):
-            await nats.connect(up.url, allow_reconnect=False, error_cb=ignore, **options)
-    with warnings.catch_warnings():  # nats-py leaves the refused connection's stream open
-        warnings.simplefilter("ignore", ResourceWarning)
-        gc.collect()
+    with refused_connections():
+        for options in ({}, {"user": "dispatcher", "password": up.users["ingress"].password}):
+            with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+                await nats.connect(up.url, allow_reconnect=False, error_cb=ignore, **options)
     await _real_request(up)
 
 
@@ -327,7 +323,7 @@ def test_up_with_tls(tmp_path: Path) -> None:
             await nc.close()
 
         asyncio.run(connect(tls=ssl.create_default_context(cafile=str(ca_pem))))
-        with pytest.raises(ssl.SSLCertVerificationError):
+        with refused_connections(), pytest.raises(ssl.SSLCertVerificationError):
             asyncio.run(connect())
     finally:
         _stop(started.process)
