@@ -45,7 +45,9 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from loraroute import natsauth  # noqa: E402
 from loraroute.natsserver import NatsCluster, NatsServer  # noqa: E402
+from services.common.subjects import Subjects  # noqa: E402
 
 QUERIES = [
     "Explain async/await in JavaScript",
@@ -165,14 +167,25 @@ class Bench:
     def start(self) -> None:
         config = self._config()
         nodes = getattr(self.args, "nats_cluster", None)
+        # With --nats-auth, the users and permissions of `loraroute up` (loraroute.natsauth).
+        users = natsauth.Credentials.generate() if getattr(self.args, "nats_auth", False) else {}
+        security = (
+            natsauth.server_config(users, Subjects("loraroute"), responses_expire_s=610.0)
+            if users
+            else ""
+        )
         if nodes:
-            self.nats = NatsCluster(self.workdir / "nats", nodes=nodes)
+            self.nats = NatsCluster(self.workdir / "nats", nodes=nodes, extra_config=security)
             self.nats.start()
             url = self.nats.url
         else:
-            self.nats = NatsServer(store_dir=self.workdir / "nats")
+            self.nats = NatsServer(store_dir=self.workdir / "nats", extra_config=security)
             url = self.nats.start()
         env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+
+        def kind_env(kind: str) -> dict[str, str]:
+            return env | natsauth.env(users.get(kind))
+
         self._spawn(
             "mock-vllm",
             [
@@ -197,8 +210,10 @@ class Bench:
         for kind in ("classifier", "dispatcher"):
             count = getattr(self.args, f"{kind}s", 1)
             for i in range(count):
-                self._spawn(kind if count == 1 else f"{kind}-{i + 1}", [kind, *common], env)
-        self._spawn("ingress", ["ingress", *common, "--port", str(self.ingress_port)], env)
+                name = kind if count == 1 else f"{kind}-{i + 1}"
+                self._spawn(name, [kind, *common], kind_env(kind))
+        ingress = ["ingress", *common, "--port", str(self.ingress_port)]
+        self._spawn("ingress", ingress, kind_env("ingress"))
         self._wait(f"http://127.0.0.1:{self.ingress_port}/ready")
 
     def stop(self) -> None:
@@ -358,6 +373,11 @@ def main() -> int:
     parser.add_argument("--dispatchers", type=int, default=1, help="dispatcher processes")
     parser.add_argument(
         "--nats-cluster", type=int, metavar="N", help="an N-node NATS cluster, not one server"
+    )
+    parser.add_argument(
+        "--nats-auth",
+        action="store_true",
+        help="NATS with the users and permissions of `loraroute up` (default: none)",
     )
     parser.add_argument(
         "--targets",

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 
 import nats.errors
 import yaml
 
+from loraroute import natsauth
 from schemas.config import Config, ConfigError, ConfigIssue, Nats, load_config
 from services.classifier.errors import ModelDirError
 from services.classifier.model_dir import load_model_dir
@@ -143,9 +145,15 @@ def main(argv: list[str]) -> int:
         "push", help="validate FILE and make it the live config of every running service"
     )
     push.add_argument("file", type=Path)
-    push.add_argument("--nats", default=settings.nats_url, help=nats_help)
     get = sub.add_parser("get", help="print the live config (its revision goes to stderr)")
-    get.add_argument("--nats", default=settings.nats_url, help=nats_help)
+    credentials_help = (
+        "the credentials file `loraroute up` writes (<data-dir>/nats-credentials.json): connect "
+        "as its admin user, to its URL unless --nats names one (default: the LORAROUTE_NATS_* "
+        "variables)"
+    )
+    for verb in (push, get):
+        verb.add_argument("--nats", help=nats_help)
+        verb.add_argument("--credentials", type=Path, metavar="FILE", help=credentials_help)
     get.add_argument(
         "--prefix",
         help="the deployment's nats.subject_prefix (default: the one in --config's file)",
@@ -157,9 +165,18 @@ def main(argv: list[str]) -> int:
     )
     get.add_argument("--revision", type=int, help="an earlier revision still kept")
     args = parser.parse_args(argv)
+    if args.action == "check":
+        return _check(args.file)
+    nats_url = args.nats or settings.nats_url
+    if args.credentials is not None:
+        try:
+            url, users = natsauth.read_credentials(args.credentials)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            print(f"loraroute config: {args.credentials}: unreadable ({error})", file=sys.stderr)
+            return 2
+        nats_url = args.nats or url
+        settings = Settings.from_env({**os.environ, **natsauth.env(users.get("admin"))})
     if args.action == "push":
-        return _push(args.file, args.nats, settings)
-    if args.action == "get":
-        prefix = args.prefix or _prefix_of(Path(args.config))
-        return _get(prefix, args.revision, args.nats, settings)
-    return _check(args.file)
+        return _push(args.file, nats_url, settings)
+    prefix = args.prefix or _prefix_of(Path(args.config))
+    return _get(prefix, args.revision, nats_url, settings)

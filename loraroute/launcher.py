@@ -24,6 +24,13 @@ network, run against the local mock vLLM); the services then run on a copy of th
 data directory. The config's warnings are printed once, here, and the children are told not to
 repeat them.
 
+The embedded server (every node of a cluster) runs with authentication on (`_nats_security`):
+fresh random credentials per service kind for every run, each kind limited to the subjects it
+needs (`loraroute.natsauth`), each child given only its own kind's through its environment, the
+whole set (with `admin`) in the 0600 file `<data-dir>/nats-credentials.json`. With
+`--nats-tls-cert/--nats-tls-key` its client port speaks TLS only, and the services verify it with
+`--nats-tls-ca`.
+
 Refuses to start, with the fix in the message, when the config is invalid, the classifier model
 directory is missing, or a port it needs is taken.
 """
@@ -42,12 +49,15 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import httpx
 import nats.errors
 import yaml
 
+from loraroute import natsauth
 from loraroute.config_push import push_text
+from loraroute.natsauth import Credentials, ServerTls
 from loraroute.natsserver import (
     DEFAULT_MAX_PAYLOAD,
     NatsCluster,
@@ -58,6 +68,7 @@ from loraroute.natsserver import (
 from schemas.config import Config, ConfigError, load_config
 from services.common.log import configure
 from services.common.settings import Settings
+from services.common.subjects import Subjects
 
 __all__ = ["LaunchError", "RestartPolicy", "main", "mock_plan", "nats_max_payload", "supervise"]
 
@@ -322,6 +333,19 @@ def _parser() -> argparse.ArgumentParser:
         help="run with vllm_endpoints' NAME at HOST:PORT instead of the file's address (repeat "
         "for several); e.g. an example config's endpoint pointed at the local mock vLLM",
     )
+    parser.add_argument(
+        "--nats-tls-cert",
+        type=Path,
+        metavar="FILE",
+        help="the embedded server's TLS certificate (PEM): clients must then use TLS",
+    )
+    parser.add_argument("--nats-tls-key", type=Path, metavar="FILE", help="its private key (PEM)")
+    parser.add_argument(
+        "--nats-tls-ca",
+        type=Path,
+        metavar="FILE",
+        help="CA bundle (PEM) the services verify the NATS server with (env LORAROUTE_NATS_TLS_CA)",
+    )
     parser.add_argument("--data-dir", default="var", help="JetStream data and logs (default var)")
     parser.add_argument("--host", help="ingress address (default: ingress.host)")
     parser.add_argument("--port", type=int, help="ingress port (default: ingress.port)")
@@ -368,12 +392,15 @@ def _with_endpoints(
     return str(copy)
 
 
-def _push_first_revision(nats_url: str, config_path: str, config: Config) -> None:
+def _push_first_revision(
+    nats_url: str, config_path: str, config: Config, options: dict[str, Any]
+) -> None:
     """Store the config the services run as the live config's revision (see the module
-    docstring); a NATS without JetStream only costs the live config, with a warning."""
+    docstring), connecting with `options` (the admin user's credentials on the embedded
+    server); a NATS without JetStream only costs the live config, with a warning."""
     text = Path(config_path).read_text(encoding="utf-8")
     try:
-        pushed = asyncio.run(push_text(nats_url, text, config, Settings.from_env().nats_options()))
+        pushed = asyncio.run(push_text(nats_url, text, config, options))
     except (OSError, TimeoutError, nats.errors.Error) as error:
         print(
             f"loraroute up: warning: the live config could not be stored ({error!r}); the "
@@ -413,20 +440,67 @@ def _cluster_config(config_path: str, config: Config, data_dir: Path, nodes: int
     return str(copy)
 
 
+#: The credential variables of `services.common.settings`; `up` replaces them for its own server.
+_CREDENTIAL_VARIABLES = (
+    "LORAROUTE_NATS_TOKEN",
+    "LORAROUTE_NATS_USER",
+    "LORAROUTE_NATS_PASSWORD",
+    "LORAROUTE_NATS_CREDS",
+    "LORAROUTE_NATS_NKEY",
+)
+#: How long after its deadline a reply to a request is still allowed (an expiry answered late).
+_RESPONSE_GRACE_S = 10.0
+
+
+class _NatsSecurity:
+    """The embedded server's users (one per kind, random each run) and TLS, and the config
+    lines that make the server enforce them."""
+
+    def __init__(self, args: argparse.Namespace, config: Config) -> None:
+        if (args.nats_tls_cert is None) != (args.nats_tls_key is None):
+            raise LaunchError("--nats-tls-cert and --nats-tls-key go together")
+        self.tls = (
+            None
+            if args.nats_tls_cert is None
+            else ServerTls(args.nats_tls_cert.resolve(), args.nats_tls_key.resolve())
+        )
+        self.users = Credentials.generate()
+        self.routes = Credentials.generate(("route",))["route"]
+        # The longest a request may wait for its answer: a chat request, a classification call,
+        # a job line; a classifier may answer that long after receiving it.
+        longest = max(
+            config.ingress.request_timeout_s,
+            config.ingress.classify_timeout_s,
+            config.jobs.line_timeout_s,
+        )
+        self.server_config = natsauth.server_config(
+            self.users,
+            Subjects(config.nats.subject_prefix),
+            responses_expire_s=longest + _RESPONSE_GRACE_S,
+            tls=self.tls,
+        )
+
+
 def _start_nats(
-    args: argparse.Namespace, config: Config, servers: list[NatsServer]
+    args: argparse.Namespace,
+    config: Config,
+    servers: list[NatsServer],
+    security: _NatsSecurity,
 ) -> tuple[str, str]:
-    """Start what `--nats` / `--nats-cluster` ask for (one embedded server by default); return
-    the URL, or comma-separated URLs, and the config path the services get.
+    """Start what `--nats` / `--nats-cluster` ask for (one embedded server by default), with
+    `security`'s users and TLS; return the URL, or comma-separated URLs, and the config path
+    the services get.
 
     Each server (every node of a cluster) is appended to `servers` before it starts, so the
     caller stops it even when starting fails; the launcher stops everything when one exits."""
-    if args.nats is not None:
-        return str(args.nats), args.config
     data_dir = Path(args.data_dir)
     max_payload = nats_max_payload(config.ingress.max_body_bytes)
     if args.nats_cluster is None:
-        server = NatsServer(store_dir=data_dir / "nats", max_payload=max_payload)
+        server = NatsServer(
+            store_dir=data_dir / "nats",
+            max_payload=max_payload,
+            extra_config=security.server_config,
+        )
         servers.append(server)
         url = server.start()
         print(f"ready  nats-server    {url}  (pid {server.pid})", flush=True)
@@ -434,7 +508,11 @@ def _start_nats(
     if args.nats_cluster < 1:
         raise LaunchError("--nats-cluster needs at least 1 node")
     cluster = NatsCluster(
-        data_dir / "nats-cluster", nodes=args.nats_cluster, max_payload=max_payload
+        data_dir / "nats-cluster",
+        nodes=args.nats_cluster,
+        max_payload=max_payload,
+        extra_config=security.server_config,
+        route_auth=(security.routes.user, security.routes.password),
     )
     servers.extend(cluster.servers)
     cluster.start()
@@ -507,9 +585,39 @@ def main(argv: list[str]) -> int:
                     "or choose another port"
                 )
 
-        nats_url, config_path = _start_nats(args, config, servers)
-        env = {**os.environ, "LORAROUTE_NATS_URL": nats_url, "LORAROUTE_CONFIG": config_path}
-        _push_first_revision(nats_url, config_path, load_config(config_path)[0])
+        env = dict(os.environ)
+        users: dict[str, Credentials] = {}
+        if args.nats_tls_ca is not None:
+            env["LORAROUTE_NATS_TLS_CA"] = str(args.nats_tls_ca.resolve())
+        if args.nats is not None:
+            # An existing server: the services connect with the credentials of this environment.
+            if args.nats_tls_cert is not None or args.nats_tls_key is not None:
+                raise LaunchError(
+                    "--nats-tls-cert and --nats-tls-key configure the embedded server; "
+                    "with --nats, give the services the server's CA with --nats-tls-ca"
+                )
+            nats_url, config_path = str(args.nats), args.config
+        else:
+            security = _NatsSecurity(args, config)
+            nats_url, config_path = _start_nats(args, config, servers, security)
+            users = security.users
+            for name in _CREDENTIAL_VARIABLES:
+                env.pop(name, None)
+            credentials_file = natsauth.write_credentials(
+                Path(args.data_dir) / "nats-credentials.json", nats_url, users
+            )
+            print(f"       NATS users and passwords: {credentials_file} (owner only)", flush=True)
+        env |= {"LORAROUTE_NATS_URL": nats_url, "LORAROUTE_CONFIG": config_path}
+
+        def kind_env(kind: str) -> dict[str, str]:
+            return env | natsauth.env(users.get(kind))
+
+        _push_first_revision(
+            nats_url,
+            config_path,
+            load_config(config_path)[0],
+            Settings.from_env(env | natsauth.env(users.get("admin"))).nats_options(),
+        )
 
         for name, address, mock_port, base, adapters in plan:
             mock_args = ["mock-vllm", "--host", address, "--port", str(mock_port), "--model", base]
@@ -539,13 +647,13 @@ def main(argv: list[str]) -> int:
             extra = [] if metrics_port is None else ["--metrics-port", str(metrics_port)]
             name = kind if count == 1 else f"{kind}-{index}"
             where = "" if metrics_port is None else f"metrics http://127.0.0.1:{metrics_port}  "
-            services.append((_Child(name, [kind, *common, *extra], env), where))
+            services.append((_Child(name, [kind, *common, *extra], kind_env(kind)), where))
         ingress_args = ["ingress", *common, "--host", host, "--port", str(port)]
         if args.ingresses > 1:
             ingress_args.append("--reuse-port")
         for index in range(1, args.ingresses + 1):
             name = "ingress" if args.ingresses == 1 else f"ingress-{index}"
-            services.append((_Child(name, ingress_args, env), ""))
+            services.append((_Child(name, ingress_args, kind_env("ingress")), ""))
         children += [child for child, _ in services]
         base_url = f"http://{host}:{port}"
         # `/ready` is on the admin address when the config gives one (`ingress.admin`).

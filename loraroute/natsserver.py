@@ -139,7 +139,8 @@ class NatsServer(_Running):
 
     @property
     def url(self) -> str:
-        """`nats://host:port` of the running server. Raises `NatsServerError` before `start()`."""
+        """`nats://host:port` of the running server (`tls://host:port` when its config requires
+        TLS). Raises `NatsServerError` before `start()`."""
         if self._url is None:
             raise NatsServerError("nats-server is not running")
         return self._url
@@ -231,7 +232,8 @@ class NatsServer(_Running):
 
     @staticmethod
     def _accepts(url: str) -> bool:
-        host, _, port = url.removeprefix("nats://").rpartition(":")
+        # `nats://host:port`, or `tls://host:port` when the server requires TLS.
+        host, _, port = url.partition("://")[2].rpartition(":")
         try:
             with socket.create_connection((host, int(port)), timeout=0.5):
                 return True
@@ -294,7 +296,9 @@ class NatsCluster(_Running):
     three ports chosen when the object is made (clients, routes, monitoring), which it keeps
     across `stop_node(i)` / `start_node(i)`: every node's config lists the route ports of all the
     others, so a restarted node rejoins and catches up from its own store. `urls` lists the
-    client URLs in node order; services take them as one comma-separated list.
+    client URLs in node order; services take them as one comma-separated list. `extra_config`
+    is added to every node's config (the client `authorization`, `tls`); `route_auth` (user,
+    password) makes the route port accept only nodes that know it.
     """
 
     def __init__(
@@ -306,6 +310,8 @@ class NatsCluster(_Running):
         host: str = "127.0.0.1",
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         binary: Path | None = None,
+        extra_config: str = "",
+        route_auth: tuple[str, str] | None = None,
     ) -> None:
         if nodes < 1:
             raise ValueError("a cluster needs at least one node")
@@ -316,7 +322,13 @@ class NatsCluster(_Running):
         self.client_ports = ports[:nodes]
         self.route_ports = ports[nodes : 2 * nodes]
         self.monitor_ports = ports[2 * nodes :]
-        routes = ", ".join(f'"nats-route://{host}:{port}"' for port in self.route_ports)
+        login = route_authorization = ""
+        if route_auth is not None:
+            user, password = route_auth
+            login = f"{user}:{password}@"
+            login_json = json.dumps({"user": user, "password": password})
+            route_authorization = f"  authorization: {login_json}\n"
+        routes = ", ".join(f'"nats-route://{login}{host}:{port}"' for port in self.route_ports)
         self.servers = [
             NatsServer(
                 store_dir=self.store_dir / f"node-{i}",
@@ -328,7 +340,7 @@ class NatsCluster(_Running):
                     f'server_name: "{name}-{i}"\n'
                     f'http: "{host}:{self.monitor_ports[i]}"\n'
                     f'cluster {{\n  name: "{name}"\n  listen: "{host}:{self.route_ports[i]}"\n'
-                    f"  routes: [{routes}]\n}}\n"
+                    f"  routes: [{routes}]\n{route_authorization}}}\n{extra_config}"
                 ),
             )
             for i in range(nodes)

@@ -159,7 +159,14 @@ class ClassifierWorker:
             job_quiet_s=batching.job_quiet_s,
         )
         credentials: dict[str, Any] = dict(self.nats_options)
-        self.nc = await bus.connect(self.nats_url, name=self.name, **credentials)
+        self.nc = await bus.connect(
+            self.nats_url,
+            name=self.name,
+            # Its own replies (the live config's JetStream calls) below its kind's prefix,
+            # which NATS permissions let only classifiers read.
+            inbox_prefix=self.subjects.inbox("classifier"),
+            **credentials,
+        )
         bounce = self.subjects.bounce(self.name)
         # The batcher calls back into the handlers, which hold the batcher: bind late.
         handlers: ClassifierHandlers

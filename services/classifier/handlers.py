@@ -171,7 +171,7 @@ class ClassifierHandlers:
         elif isinstance(outcome, Refusal):
             await self._fail(reply, meta, outcome)
         elif isinstance(outcome, ClassifyTextsResult):
-            await self.nc.publish(reply, encoder.encode(outcome))
+            await bus.to_requester(self.nc, reply, encoder.encode(outcome))
 
     async def _forward(self, forward: Forward, meta: bus.RequestMeta, reply: str) -> None:
         route = forward.route

@@ -19,6 +19,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import Mapping
+from typing import Any
 
 import msgspec
 import nats
@@ -53,12 +54,15 @@ __all__ = [
     "reply_subject",
     "server_list",
     "to_ms",
+    "to_requester",
 ]
 
 _log = structlog.get_logger("loraroute.bus")
 
 _STATUS = "Status"
 _NO_RESPONDERS = "503"
+#: What nats-server answers a connection whose credentials it does not accept.
+_AUTHORIZATION = "Authorization Violation"
 
 
 def now_ms() -> int:
@@ -142,6 +146,20 @@ def _int_header(headers: Mapping[str, str], name: str) -> int | None:
         return None
 
 
+async def to_requester(
+    nc: Client, subject: str, payload: bytes, headers: Mapping[str, str] | None = None
+) -> None:
+    """Send one message to the requester's inbox `subject` (from `reply_subject`): an answer,
+    a stream chunk, an error or any progress message; a requester may get several.
+
+    NATS permissions decide who may (docs/operations.md, NATS security): a classifier only to
+    the reply subject of a request it received (a response permission, up to 1000 messages and
+    until the request's deadline), a dispatcher to any requester inbox. Raises what
+    `nc.publish` raises.
+    """
+    await nc.publish(subject, payload, headers=dict(headers) if headers else None)
+
+
 def reply_subject(msg: Msg, meta: RequestMeta) -> str | None:
     """Where the answer to `msg` goes: the ingress inbox from the headers, else the NATS reply."""
     return meta.reply_to or msg.reply or None
@@ -203,7 +221,7 @@ async def reply_error(
     payload = encoder.encode(ReplyError(status=body.status, error=body, route=route))
     headers = {HEADER_REQUEST_ID: request_id} if request_id else None
     try:
-        await nc.publish(subject, payload, headers=headers)
+        await to_requester(nc, subject, payload, headers)
     except Exception as error:  # nats-py raises several unrelated classes when closed
         _log.warning("reply_failed", kind=kind.name, request_id=request_id, error=repr(error))
     return body
@@ -233,7 +251,7 @@ async def connect(
     drain_timeout_s: float = 30.0,
     ping_interval_s: float = 10.0,
     max_outstanding_pings: int = 3,
-    **credentials: str,
+    **credentials: Any,
 ) -> Client:
     """Connect to NATS at `url` as `name`, with logged error and connection-state callbacks.
 
@@ -250,12 +268,17 @@ async def connect(
     network partition, a frozen host) is given up after `max_outstanding_pings` unanswered pings
     `ping_interval_s` apart (nats-py's defaults, 2 x 120 s, would keep a service on a dead node
     for minutes). `drain_timeout_s` bounds how long `nc.drain()` waits for in-flight
-    handlers at shutdown. `credentials` (`token`, `user`, `password`, `user_credentials`) go
-    to nats-py unchanged (see `services.common.settings.Settings.nats_options`).
+    handlers at shutdown. `credentials` (`token`, `user`, `password`, `user_credentials`,
+    `nkeys_seed`, `tls`) go to nats-py unchanged (see `services.common.settings.Settings.nats_options`). When the server
+    refuses them on every attempt, `ConnectionRefusedError` says so (an `OSError`, as for a
+    server that cannot be reached).
     """
     log = _log.bind(connection=name)
+    refused: list[str] = []
 
     async def on_error(error: Exception) -> None:
+        if _AUTHORIZATION in str(error) or isinstance(error, nats.errors.AuthorizationError):
+            refused.append(str(error))
         log.warning("nats_error", error=repr(error))
 
     async def on_disconnected() -> None:
@@ -270,23 +293,31 @@ async def connect(
         log.info("nats_closed")
 
     servers = server_list(url)
-    nc: Client = await nats.connect(
-        servers=servers,
-        name=name,
-        error_cb=on_error,
-        disconnected_cb=on_disconnected,
-        reconnected_cb=on_reconnected,
-        closed_cb=on_closed,
-        connect_timeout=connect_timeout_s,
-        reconnect_time_wait=reconnect_wait_s,
-        # nats-py applies this limit to the first connection too, where -1 would wait forever.
-        max_reconnect_attempts=max(1, startup_attempts - 1),
-        drain_timeout=drain_timeout_s,
-        ping_interval=ping_interval_s,
-        max_outstanding_pings=max_outstanding_pings,
-        inbox_prefix=inbox_prefix if inbox_prefix is not None else DEFAULT_INBOX_PREFIX,
-        **credentials,
-    )
+    try:
+        nc: Client = await nats.connect(
+            servers=servers,
+            name=name,
+            error_cb=on_error,
+            disconnected_cb=on_disconnected,
+            reconnected_cb=on_reconnected,
+            closed_cb=on_closed,
+            connect_timeout=connect_timeout_s,
+            reconnect_time_wait=reconnect_wait_s,
+            # nats-py applies this limit to the first connection too, where -1 would wait forever.
+            max_reconnect_attempts=max(1, startup_attempts - 1),
+            drain_timeout=drain_timeout_s,
+            ping_interval=ping_interval_s,
+            max_outstanding_pings=max_outstanding_pings,
+            inbox_prefix=inbox_prefix if inbox_prefix is not None else DEFAULT_INBOX_PREFIX,
+            **credentials,
+        )
+    except nats.errors.NoServersError as error:
+        if refused:  # say why, rather than "no servers"
+            raise ConnectionRefusedError(
+                f"NATS refused the credentials of {name!r} ({refused[-1]}); check "
+                "LORAROUTE_NATS_USER/_PASSWORD, _TOKEN, _CREDS or _NKEY"
+            ) from error
+        raise
     nc.options["max_reconnect_attempts"] = max_reconnect_attempts
     log.debug(
         "nats_connected",

@@ -125,13 +125,19 @@ class Stored(msgspec.Struct, frozen=True):
 
 
 async def fetch_stored(
-    nats_url: str, subjects: Subjects, credentials: dict[str, str], timeout_s: float = 5.0
+    nats_url: str,
+    subjects: Subjects,
+    credentials: dict[str, str],
+    timeout_s: float = 5.0,
+    kind: str = "admin",
 ) -> Stored | None:
     """The stored live config, or None when there is none (or no JetStream to keep one).
+    `kind` is the service kind reading it (its replies come to that kind's inbox prefix).
 
     Raises what `bus.connect` raises when NATS cannot be reached (tried twice, at once).
     """
     options: dict[str, Any] = dict(credentials)
+    options.setdefault("inbox_prefix", subjects.inbox(kind))
     nc = await bus.connect(nats_url, name="loraroute-config-read", startup_attempts=2, **options)
     try:
         js = nc.jetstream(timeout=timeout_s)
@@ -158,7 +164,9 @@ async def startup_config(
     whose warnings the caller already has). NATS out of reach is not an error here: the
     service starts on `local`, and its watch brings the stored revision once it connects."""
     try:
-        stored = await fetch_stored(nats_url, Subjects(local.nats.subject_prefix), credentials)
+        stored = await fetch_stored(
+            nats_url, Subjects(local.nats.subject_prefix), credentials, kind=service
+        )
     except (OSError, TimeoutError, nats.errors.Error) as error:
         _log.warning("live_config_unread", service=service, error=repr(error))
         return local, 0, []

@@ -25,6 +25,17 @@ def _json_dumps(obj: Any, default: Any = None) -> str:
     return msgspec.json.encode(obj, enc_hook=default or str).decode()
 
 
+class _Stderr:
+    """Whatever `sys.stderr` is when an event is written, not when logging was configured (a
+    command run in-process, as the tests do, may have replaced and closed it since)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure(service: str, level: str = "info", *, json: bool | None = None) -> None:
     """Set up structlog for this process, binding `service` to every event.
 
@@ -53,7 +64,7 @@ def configure(service: str, level: str = "info", *, json: bool | None = None) ->
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
     _configured = True

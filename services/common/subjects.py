@@ -61,6 +61,9 @@ class Subjects:
         self.prefix = prefix
         self.classify = f"{prefix}.classify"
         self.dispatch_all = f"{prefix}.dispatch.*"
+        #: Dispatchers answer liveness probes here too (`ping_dispatch(base_model)`), so that
+        #: the ingress's `/ready` needs no right to publish on the dispatch subjects.
+        self.ping_dispatch_all = f"{prefix}.ping.dispatch.*"
         #: Classifiers and dispatchers listen here for cancellations (`cancel(request_id)`).
         self.cancel_all = f"{prefix}.cancel.*"
         #: The classifier's job lane: lines of batch jobs, served only when no interactive
@@ -103,6 +106,16 @@ class Subjects:
     def dispatch(self, base_model: str) -> str:
         """The subject on which dispatchers for `base_model` listen."""
         return f"{self.prefix}.dispatch.{model_token(base_model)}"
+
+    def ping_dispatch(self, base_model: str) -> str:
+        """Where the ingress probes the dispatchers for `base_model` (`Lr-Ping` only)."""
+        return f"{self.prefix}.ping.dispatch.{model_token(base_model)}"
+
+    def inbox(self, kind: str) -> str:
+        """The inbox prefix of the processes of one `kind` (`ingress`, `jobs`): each gets
+        `<inbox>.<unique>.<token>` reply subjects below it, so that NATS permissions can let
+        only that kind read them and only the kinds that answer write them."""
+        return f"_INBOX.{self.prefix}.{kind}"
 
     def job_lines(self, job_id: str) -> str:
         """Where the lines of job `job_id` wait (the lines stream, a work queue)."""

@@ -2,8 +2,8 @@
 
 Both take the same options, log the same way, serve Prometheus metrics the same way, stop on
 SIGTERM or SIGINT by draining (work in flight finishes), and use the same exit statuses:
-0 after a clean stop, 1 when NATS cannot be reached, 2 when the config or the service's own
-start-up checks fail.
+0 after a clean stop, 1 when NATS cannot be reached, 2 when the config, the NATS TLS files or
+the service's own start-up checks fail.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def run_worker(
         tracing.configure(config.tracing, kind)
         registry = CollectorRegistry()
         worker = build(config, WorkerOptions(args.nats, args.name, registry, settings, revision))
-    except (ConfigError, OSError, tracing.TracingUnavailable, *startup_errors) as error:  # type: ignore[misc]
+    except (ConfigError, OSError, ValueError, tracing.TracingUnavailable, *startup_errors) as error:  # type: ignore[misc]
         print(f"loraroute {kind}: {error}", file=sys.stderr)
         return 2
     if args.metrics_port is not None:

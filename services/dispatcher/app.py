@@ -1,11 +1,12 @@
 """The dispatcher, wired: one NATS connection, one upstream client, one subscription per base model.
 
 `DispatcherWorker.start` connects and subscribes to `<prefix>.dispatch.<base model>` for every
-configured base model, in queue group `dispatchers`, and starts `LoraSync` in the background
-(reads of every endpoint's adapters, runtime loads); `stop` drains: no new messages, every
-request in flight finished (or cut at the timeout), then the adapter reads stop and the
-clients and connection close. `on_config` is the one place a new live config revision reaches
-the dispatcher (endpoints, settings, subscriptions, and `lora_sync.apply` for the adapters).
+configured base model, in queue group `dispatchers` (and to its probe subject
+`<prefix>.ping.dispatch.<base model>`), and starts `LoraSync` in the background (reads of every
+endpoint's adapters, runtime loads); `stop` drains: no new messages, every request in flight
+finished (or cut at the timeout), then the adapter reads stop and the clients and connection
+close. `on_config` is the one place a new live config revision reaches the dispatcher
+(endpoints, settings, subscriptions, and `lora_sync.apply` for the adapters).
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from prometheus_client import CollectorRegistry
 
@@ -78,6 +81,15 @@ class DispatcherWorker:
     def dispatch_subjects(self) -> list[str]:
         return [self.subjects.dispatch(base) for base in self.config.model_config]
 
+    def _wanted(self, handlers: DispatcherHandlers) -> dict[str, Callable[[Msg], Awaitable[None]]]:
+        """Every subject to serve, with its handler: each base model's dispatch subject and its
+        probe subject (`<prefix>.ping.dispatch.<base model>`)."""
+        wanted: dict[str, Callable[[Msg], Awaitable[None]]] = {}
+        for base in self.config.model_config:
+            wanted[self.subjects.dispatch(base)] = handlers.on_dispatch
+            wanted[self.subjects.ping_dispatch(base)] = handlers.on_ping
+        return wanted
+
     async def on_config(self, config: Config, revision: int) -> None:
         """Run a new live config revision: its endpoints and base models (requests in flight
         finish on the endpoint they were sent to), `dispatcher.max_attempts` and
@@ -100,14 +112,14 @@ class DispatcherWorker:
         subscriptions of base models no longer configured."""
         if self.nc is None or self.handlers is None:
             return
-        wanted = self.dispatch_subjects
+        wanted = self._wanted(self.handlers)
         for subject in [s for s in self._subs if s not in wanted]:
             with contextlib.suppress(Exception):  # closed: nothing more can arrive anyway
                 await self._subs.pop(subject).drain()  # type: ignore[no-untyped-call]
-        for subject in wanted:
+        for subject, handler in wanted.items():
             if subject not in self._subs:
                 self._subs[subject] = await self.nc.subscribe(
-                    subject, queue=DISPATCHERS_QUEUE, cb=self.handlers.on_dispatch
+                    subject, queue=DISPATCHERS_QUEUE, cb=handler
                 )
 
     async def start(self) -> None:
@@ -120,7 +132,14 @@ class DispatcherWorker:
         )
         try:
             credentials: dict[str, Any] = dict(self.nats_options)
-            self.nc = await bus.connect(self.nats_url, name=self.name, **credentials)
+            self.nc = await bus.connect(
+                self.nats_url,
+                name=self.name,
+                # Its own replies (the live config's JetStream calls) below its kind's prefix,
+                # which NATS permissions let only dispatchers read.
+                inbox_prefix=self.subjects.inbox("dispatcher"),
+                **credentials,
+            )
         except BaseException:
             await self.upstream.close()
             raise

@@ -50,6 +50,10 @@ class DispatcherHandlers:
         self.tasks: set[asyncio.Task[None]] = set()
         self.cancels = Cancels()
 
+    async def on_ping(self, msg: Msg) -> None:
+        """A liveness probe on `<prefix>.ping.dispatch.<base model>`: answered at once."""
+        await bus.answer_ping(self.nc, msg, None if self.live is None else self.live.revision)
+
     async def on_dispatch(self, msg: Msg) -> None:
         """One message on a dispatch subject (never raises: failures are answered)."""
         if bus.is_ping(msg):
@@ -97,7 +101,7 @@ class DispatcherHandlers:
 
     async def _run(self, request: DispatchRequest, meta: bus.RequestMeta, reply: str) -> None:
         async def send(message: ReplyMessage) -> None:
-            await self.nc.publish(reply, encode_reply(message))
+            await bus.to_requester(self.nc, reply, encode_reply(message))
 
         try:
             if self.live is not None and meta.config_revision is not None:

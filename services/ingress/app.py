@@ -57,7 +57,7 @@ _log = get_logger()
 
 
 def _credentials(settings: Settings | None) -> dict[str, Any]:
-    """NATS credentials from the environment (token, user/password, creds file), if any."""
+    """NATS credentials and TLS from the environment (`Settings.nats_options`), if any."""
     return dict(settings.nats_options()) if settings is not None else {}
 
 
@@ -123,9 +123,14 @@ def build_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        nc = await bus.connect(nats_url, name="loraroute-ingress", **_credentials(settings))
-        js = nc.jetstream()
         subjects = Subjects(config.nats.subject_prefix)
+        nc = await bus.connect(
+            nats_url,
+            name="loraroute-ingress",
+            inbox_prefix=subjects.inbox("ingress"),
+            **_credentials(settings),
+        )
+        js = nc.jetstream()
         try:
             jobs = await ensure_job_resources(js, subjects, config.jobs)
         except Exception as error:

@@ -217,7 +217,8 @@ def main(argv: list[str]) -> int:
     try:
         config, warnings = load_config(args.config)
         tracing.configure(config.tracing, "ingress")
-    except (ConfigError, OSError, tracing.TracingUnavailable) as error:
+        settings.nats_tls_context()  # unreadable TLS files stop the start here, with the cause
+    except (ConfigError, OSError, ValueError, tracing.TracingUnavailable) as error:
         print(f"loraroute ingress: {error}", file=sys.stderr)
         return 1
     # The stored live config revision, when there is one, wins over the file.

@@ -299,14 +299,15 @@ class Exchange:
     async def probe(self) -> tuple[dict[str, bool], dict[str, int | None]]:
         """Which worker kinds answer a ping now: `classifier` and `dispatcher:<base model>` for
         each configured base model. A ping is an empty message with the `Lr-Ping` header on the
-        worker's own subject, answered at once without work. All pings run at once; each waits
-        `ready_timeout_s`, and one nobody listens to fails at once (no responders). Also
-        returns the live config revision each answering kind says it runs."""
+        classify subject or the dispatchers' probe subject (`Subjects.ping_dispatch`), answered
+        at once without work. All pings run at once; each waits `ready_timeout_s`, and one
+        nobody listens to fails at once (no responders). Also returns the live config revision
+        each answering kind says it runs."""
         timeout_s = self.config.ingress.ready_timeout_s
         names = ["classifier", *(f"dispatcher:{base}" for base in self.config.model_config)]
         subjects = [
             self.subjects.classify,
-            *(self.subjects.dispatch(base) for base in self.config.model_config),
+            *(self.subjects.ping_dispatch(base) for base in self.config.model_config),
         ]
         answers = await asyncio.gather(*(self._ping(s, timeout_s) for s in subjects))
         alive = {name: ok for name, (ok, _) in zip(names, answers, strict=True)}

@@ -88,7 +88,12 @@ class JobsWorker:
         cannot be reached, and `JetStreamSetupError` when a stream or consumer mismatches."""
         jobs = self.config.jobs
         credentials: dict[str, Any] = dict(self.nats_options)
-        self.nc = await bus.connect(self.nats_url, name=self.name, **credentials)
+        self.nc = await bus.connect(
+            self.nats_url,
+            name=self.name,
+            inbox_prefix=self.subjects.inbox("jobs"),
+            **credentials,
+        )
         try:
             js = self.nc.jetstream()
             resources = await ensure_job_resources(js, self.subjects, jobs)

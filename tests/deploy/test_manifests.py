@@ -23,6 +23,7 @@ import yaml
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.exposition import make_wsgi_app
 
+from loraroute import natsauth
 from schemas.config import load_config
 from services.classifier.batch_queue import LANES
 from services.classifier.metrics import WorkerMetrics
@@ -307,6 +308,43 @@ def test_nats_values_ask_for_a_three_node_jetstream_cluster_on_files() -> None:
     (configmap,) = _documents(KUBERNETES / "configmap.yaml")
     assert yaml.safe_load(configmap["data"]["config.yaml"])["jobs"]["replicas"] == 3
     assert config["merge"]["max_payload"] >= 4 * 1024 * 1024 + 64 * 1024
+
+
+def test_nats_values_give_each_kind_the_permissions_of_loraroute_up(tmp_path: Path) -> None:
+    """The chart's users are `loraroute.natsauth`'s table for the deployed config, each with its
+    password from the Secret, and each deployment connects as its own kind."""
+    (values,) = _documents(DEPLOY / "helm" / "nats-values.yaml")
+    (configmap,) = _documents(KUBERNETES / "configmap.yaml")
+    path = tmp_path / "config.yaml"
+    path.write_text(configmap["data"]["config.yaml"])
+    config, _ = load_config(path)
+    expire_s = 10 + max(
+        config.ingress.request_timeout_s,
+        config.ingress.classify_timeout_s,
+        config.jobs.line_timeout_s,
+    )
+    subjects = Subjects(config.nats.subject_prefix)
+    users = values["config"]["merge"]["authorization"]["users"]
+    assert [u["user"] for u in users] == list(natsauth.KINDS)
+    env = values["container"]["env"]
+    for user in users:
+        kind = user["user"]
+        assert user["permissions"] == natsauth.permissions(kind, subjects, expire_s), kind
+        variable = f"{kind.upper()}_PASSWORD"
+        assert user["password"] == f"<< ${variable} >>"
+        assert env[variable]["valueFrom"]["secretKeyRef"] == {
+            "name": "loraroute-nats-users",
+            "key": kind,
+        }
+    deployments = _of_kind("Deployment")
+    assert len(deployments) == 5  # the four services and the GPU classifier
+    for deployment in deployments:
+        container = _container(deployment)
+        kind = container["args"][0]
+        variables = {e["name"]: e for e in container["env"]}
+        assert variables["LORAROUTE_NATS_USER"]["value"] == kind
+        secret = variables["LORAROUTE_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+        assert secret == {"name": "loraroute-nats-users", "key": kind}
 
 
 # --- (b) queries name metrics the services register --------------------------------------------

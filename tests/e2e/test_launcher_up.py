@@ -24,6 +24,8 @@ import nats
 import openai
 import pytest
 
+from loraroute import natsauth
+from loraroute.natsauth import Credentials
 from schemas.config import load_config
 from services.common.subjects import Subjects
 from tests.processes import REPO, free_port, merge, write_config
@@ -327,8 +329,8 @@ def test_up_restarts_a_killed_classifier(
     _stop(up, log_path, [*ready.values(), restarted])
 
 
-async def _replicas(urls: list[str], prefix: str) -> dict[str, int]:
-    nc = await nats.connect(servers=urls)
+async def _replicas(urls: list[str], prefix: str, admin: Credentials) -> dict[str, int]:
+    nc = await nats.connect(servers=urls, user=admin.user, password=admin.password)
     try:
         js = nc.jetstream()
         subjects = Subjects(prefix)
@@ -349,7 +351,10 @@ def test_up_on_a_3_node_nats_cluster(tmp_path: Path) -> None:
         copy = tmp_path / "var" / "config-cluster.yaml"
         config, _ = load_config(copy)
         assert config.jobs.replicas == 3
-        assert set(asyncio.run(_replicas(urls, config.nats.subject_prefix)).values()) == {3}
+        # Every node enforces the users `up` made (and the routes their own login).
+        _, users = natsauth.read_credentials(tmp_path / "var" / "nats-credentials.json")
+        replicas = asyncio.run(_replicas(urls, config.nats.subject_prefix, users["admin"]))
+        assert set(replicas.values()) == {3}
         with openai.OpenAI(
             base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0
         ) as client:

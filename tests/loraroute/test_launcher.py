@@ -191,3 +191,26 @@ def test_supervise_restarts_after_the_backoff_then_gives_up(
     with pytest.raises(LaunchError, match=r"classifier-2 .* status 3, its 5th exit within 60 s"):
         supervise([child], clock.now)
     assert len(set(pids)) == 5
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--nats-tls-cert", "server.pem"], "--nats-tls-cert and --nats-tls-key go together"),
+        (
+            ["--nats", "nats://127.0.0.1:4222", "--nats-tls-key", "key.pem"],
+            "configure the embedded server",
+        ),
+    ],
+)
+def test_refuses_half_a_tls_setting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    endpoint = {"name": "vllm-primary", "address": "127.0.0.1", "port": free_port()}
+    config = write_config(
+        tmp_path / "c.yaml", {"ingress": {"port": free_port()}, "vllm_endpoints": [endpoint]}
+    )
+    argv = ["--config", str(config), "--data-dir", str(tmp_path / "var"), *flags]
+    assert main(argv) == 1
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "var").exists(), "nothing was started"

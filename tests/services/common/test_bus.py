@@ -7,6 +7,7 @@ import uuid
 
 import nats
 import pytest
+from nats.aio.client import Client
 
 from loraroute.natsserver import NatsCluster
 from schemas.errors import ErrorKind
@@ -173,3 +174,32 @@ class TestOverNats:
             assert nc.options["max_reconnect_attempts"] == -1
         finally:
             await bus.close(nc)
+
+
+async def test_no_responders_reaches_only_a_publisher_that_subscribes_to_the_reply(
+    client: Client, nats_url: str
+) -> None:
+    """Why the classifier forwards with its own bounce subject as the NATS reply: nats-server
+    sends "no responders" only to the publishing connection, and only when that connection
+    itself subscribes to the reply subject. With the ingress inbox as the reply, the ingress
+    (subscribed) would learn nothing and the classifier (not subscribed) nothing either."""
+    publisher = await bus.connect(nats_url, name="publisher")
+    try:
+        inbox = f"_INBOX.{uuid.uuid4().hex}"
+        elsewhere: asyncio.Queue[bus.Msg] = asyncio.Queue()
+        await client.subscribe(f"{inbox}.*", cb=elsewhere.put)
+        for _ in range(2):  # the first PING may overtake the SUB in nats-py's buffer
+            await client.flush()
+        headers = {HEADER_REQUEST_ID: "r"}
+        await publisher.publish(_subject(), b"x", reply=f"{inbox}.1", headers=headers)
+        await publisher.flush()
+        own: asyncio.Queue[bus.Msg] = asyncio.Queue()
+        bounce = f"_INBOX.{uuid.uuid4().hex}"
+        await publisher.subscribe(f"{bounce}.>", cb=own.put)
+        await publisher.publish(_subject(), b"x", reply=f"{bounce}.{inbox}.2", headers=headers)
+        notice = await asyncio.wait_for(own.get(), 5)
+        assert bus.is_no_responders(notice) and notice.subject == f"{bounce}.{inbox}.2"
+        await client.flush()
+        assert elsewhere.empty(), "the other subscriber of the reply subject got nothing"
+    finally:
+        await publisher.close()

@@ -168,6 +168,10 @@ async def test_bad_message_is_400(worker: DispatcherWorker, client: Client) -> N
 async def test_ping_and_no_responders(worker: DispatcherWorker, client: Client) -> None:
     assert await bus.ping(client, worker.dispatch_subjects[0])
     assert not await bus.ping(client, worker.subjects.dispatch("no-such-model"), timeout_s=0.5)
+    # The probe subject the ingress's /ready uses, which needs no right to dispatch.
+    for base in worker.config.model_config:
+        assert await bus.ping(client, worker.subjects.ping_dispatch(base))
+    assert not await bus.ping(client, worker.subjects.ping_dispatch("no-such-model"), 0.5)
 
 
 async def test_stop_finishes_requests_in_flight(

@@ -401,7 +401,7 @@ async def test_ready_needs_a_classifier_and_a_dispatcher(
         async def pong(msg: Msg) -> None:
             await msg.respond(b"")
 
-        await nc.subscribe(ingress.subjects.dispatch("llama2-7b"), cb=pong)
+        await nc.subscribe(ingress.subjects.ping_dispatch("llama2-7b"), cb=pong)
         await nc.flush()
         response = await client.get("/ready")
         assert response.status_code == 200 and response.json()["ready"] is True
