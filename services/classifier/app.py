@@ -28,6 +28,7 @@ from services.classifier.metrics import WorkerMetrics
 from services.classifier.route import Router
 from services.classifier.work import Item
 from services.common import bus
+from services.common.keepalive import Keepalives
 from services.common.subjects import CLASSIFIERS_QUEUE, Subjects
 
 if TYPE_CHECKING:
@@ -97,6 +98,7 @@ class ClassifierWorker:
         self.router = Router(config)
         self.nc: Client | None = None
         self.batcher: Batcher[Item, Encoded, BatchResult] | None = None
+        self.keepalives: Keepalives | None = None
         self._subs: list[Subscription] = []
 
     def _prepare(self, batch: Batch[Item]) -> Encoded:
@@ -146,10 +148,22 @@ class ClassifierWorker:
             batcher=self.batcher,
             metrics=self.metrics,
         )
+        nc = self.nc
+        self.keepalives = Keepalives(
+            lambda subject, payload: bus.answer(nc, subject, payload),
+            heartbeat_s=self.config.liveness.heartbeat_s,
+            held_by="classifier",
+        )
         handlers = ClassifierHandlers(
-            nc=self.nc, subjects=self.subjects, bounce=bounce, intake=intake, metrics=self.metrics
+            nc=self.nc,
+            subjects=self.subjects,
+            bounce=bounce,
+            intake=intake,
+            metrics=self.metrics,
+            keepalives=self.keepalives,
         )
         self.batcher.start()
+        self.keepalives.start()
         # The bounce subscription first: a forward must never race its own "no responders".
         self._subs.append(await self.nc.subscribe(f"{bounce}.>", cb=handlers.on_bounce))
         self._subs.append(
@@ -181,5 +195,7 @@ class ClassifierWorker:
         if self.batcher is not None:
             await self.batcher.drain(timeout_s)
             await self.batcher.close()
+        if self.keepalives is not None:
+            await self.keepalives.stop()
         await bus.close(nc)
         self._subs = []

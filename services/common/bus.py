@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import msgspec
 import nats
@@ -39,6 +39,7 @@ from services.common.subjects import (
 __all__ = [
     "Msg",
     "RequestMeta",
+    "answer",
     "answer_ping",
     "close",
     "connect",
@@ -139,6 +140,14 @@ def reply_subject(msg: Msg, meta: RequestMeta) -> str | None:
     return meta.reply_to or msg.reply or None
 
 
+async def answer(
+    nc: Client, subject: str, payload: bytes, headers: Mapping[str, str] | None = None
+) -> None:
+    """Publish `payload` to a requester at `subject` (from `reply_subject`). Every message a
+    worker sends its requester goes through here: answers, stream chunks, errors, keepalives."""
+    await nc.publish(subject, payload, headers=dict(headers) if headers else None)
+
+
 def is_no_responders(msg: Msg) -> bool:
     """True for the server's "no responders" status (an empty message with `Status: 503`)."""
     return not msg.data and bool(msg.headers) and msg.headers.get(_STATUS) == _NO_RESPONDERS  # type: ignore[union-attr]
@@ -191,7 +200,7 @@ async def reply_error(
     payload = encoder.encode(ReplyError(status=body.status, error=body, route=route))
     headers = {HEADER_REQUEST_ID: request_id} if request_id else None
     try:
-        await nc.publish(subject, payload, headers=headers)
+        await answer(nc, subject, payload, headers)
     except Exception as error:  # nats-py raises several unrelated classes when closed
         _log.warning("reply_failed", kind=kind.name, request_id=request_id, error=repr(error))
     return body
@@ -221,6 +230,8 @@ async def connect(
     drain_timeout_s: float = 30.0,
     ping_interval_s: float = 10.0,
     max_outstanding_pings: int = 3,
+    on_disconnected: Callable[[], object] | None = None,
+    on_reconnected: Callable[[], object] | None = None,
     **credentials: str,
 ) -> Client:
     """Connect to NATS at `url` as `name`, with logged error and connection-state callbacks.
@@ -238,21 +249,27 @@ async def connect(
     network partition, a frozen host) is given up after `max_outstanding_pings` unanswered pings
     `ping_interval_s` apart (nats-py's defaults, 2 x 120 s, would keep a service on a dead node
     for minutes). `drain_timeout_s` bounds how long `nc.drain()` waits for in-flight
-    handlers at shutdown. `credentials` (`token`, `user`, `password`, `user_credentials`) go
-    to nats-py unchanged (see `services.common.settings.Settings.nats_options`).
+    handlers at shutdown. `on_disconnected` and `on_reconnected` are called (plain functions)
+    when the connection drops and when it is back. `credentials` (`token`, `user`,
+    `password`, `user_credentials`) go to nats-py unchanged (see
+    `services.common.settings.Settings.nats_options`).
     """
     log = _log.bind(connection=name)
 
     async def on_error(error: Exception) -> None:
         log.warning("nats_error", error=repr(error))
 
-    async def on_disconnected() -> None:
+    async def disconnected() -> None:
         log.warning("nats_disconnected")
+        if on_disconnected is not None:
+            on_disconnected()
 
-    async def on_reconnected() -> None:
+    async def reconnected() -> None:
         log.info(
             "nats_reconnected", url=str(nc.connected_url.geturl()) if nc.connected_url else None
         )
+        if on_reconnected is not None:
+            on_reconnected()
 
     async def on_closed() -> None:
         log.info("nats_closed")
@@ -262,8 +279,8 @@ async def connect(
         servers=servers,
         name=name,
         error_cb=on_error,
-        disconnected_cb=on_disconnected,
-        reconnected_cb=on_reconnected,
+        disconnected_cb=disconnected,
+        reconnected_cb=reconnected,
         closed_cb=on_closed,
         connect_timeout=connect_timeout_s,
         reconnect_time_wait=reconnect_wait_s,

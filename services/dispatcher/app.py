@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from schemas.config import Config
 from services.common import bus
+from services.common.keepalive import Keepalives
 from services.common.subjects import DISPATCHERS_QUEUE, Subjects
 from services.dispatcher.dispatch import Dispatch
 from services.dispatcher.endpoints import EndpointPool
@@ -52,6 +53,7 @@ class DispatcherWorker:
         self.nc: Client | None = None
         self.upstream: Upstream | None = None
         self.handlers: DispatcherHandlers | None = None
+        self.keepalives: Keepalives | None = None
         self._subs: list[Subscription] = []
         self._cancel_sub: Subscription | None = None
 
@@ -65,6 +67,8 @@ class DispatcherWorker:
         self.upstream = Upstream(
             max_connections_per_endpoint=settings.max_connections_per_endpoint,
             connect_timeout_s=settings.connect_timeout_s,
+            first_byte_timeout_s=settings.first_byte_timeout_s,
+            between_chunks_timeout_s=settings.between_chunks_timeout_s,
             api_key=self.vllm_api_key,
         )
         try:
@@ -74,7 +78,16 @@ class DispatcherWorker:
             await self.upstream.close()
             raise
         dispatch = Dispatch(config=settings, pool=self.pool, upstream=self.upstream)
-        self.handlers = DispatcherHandlers(nc=self.nc, dispatch=dispatch, metrics=self.metrics)
+        nc = self.nc
+        self.keepalives = Keepalives(
+            lambda subject, payload: bus.answer(nc, subject, payload),
+            heartbeat_s=self.config.liveness.heartbeat_s,
+            held_by="dispatcher",
+        )
+        self.handlers = DispatcherHandlers(
+            nc=self.nc, dispatch=dispatch, metrics=self.metrics, keepalives=self.keepalives
+        )
+        self.keepalives.start()
         for subject in self.dispatch_subjects:
             self._subs.append(
                 await self.nc.subscribe(
@@ -99,10 +112,13 @@ class DispatcherWorker:
         if self.handlers is not None and self.handlers.tasks:
             pending = set(self.handlers.tasks)
             _done, late = await asyncio.wait(pending, timeout=timeout_s)
+            self.handlers.stopping = True
             for task in late:
                 task.cancel()
             if late:
                 await asyncio.wait(late)
+        if self.keepalives is not None:
+            await self.keepalives.stop()
         await bus.close(nc)
         if self.upstream is not None:
             await self.upstream.close()

@@ -109,12 +109,14 @@ def _kind(error: UpstreamError) -> ErrorKind:
 def _retry(error: UpstreamError, endpoint: VllmEndpoint, route: Route) -> _Retry:
     """A failed call to `endpoint` as a retry whose error answers if no other endpoint does.
 
-    A failed connect marks the endpoint down and is not retried there; a broken connection or
-    a slow answer may be tried once more on the same endpoint.
+    A failed connect marks the endpoint down and is not retried there; a broken connection may
+    be tried once more on the same endpoint; a timeout (no first byte within
+    `first_byte_timeout_s`, a silence past `between_chunks_timeout_s`) only on another one, so a
+    hung vLLM costs one timeout, not one per attempt.
     """
     connect = error.stage == "connect"
     reply = _error(_kind(error), f"vLLM endpoint {endpoint.name}: {error}", route)
-    return _Retry(reply, mark_down=connect, same_endpoint_ok=not connect)
+    return _Retry(reply, mark_down=connect, same_endpoint_ok=error.stage == "io")
 
 
 def _upstream_error(status: int, body: bytes, route: Route) -> ReplyError:
@@ -218,8 +220,8 @@ class Dispatch:
                 last = retry.reply
                 if retry.mark_down:
                     self.pool.mark_down(endpoint.name)
-                # A broken pooled connection or a slow answer is worth another try on the same
-                # endpoint when no other is left; a refusal or an error answer is not.
+                # A broken pooled connection is worth another try on the same endpoint when no
+                # other is left; a timeout, a refusal or an error answer is not.
                 again = endpoint if retry.same_endpoint_ok else None
                 continue
             except _Final as final:
@@ -263,7 +265,7 @@ class Dispatch:
     ) -> None:
         """A non-200 answer: retry where the table says so, else raise it as the final answer."""
         try:
-            data = await response.read(meta.remaining_s())
+            data = await response.read()
         except UpstreamError as error:
             raise _Retry(_error(ErrorKind.BAD_GATEWAY, str(error), route)) from error
         reply = _upstream_error(response.status, data, route)
@@ -285,7 +287,7 @@ class Dispatch:
         outcome: Outcome,
     ) -> None:
         try:
-            data = await response.read(meta.remaining_s())
+            data = await response.read()
         except UpstreamError as error:
             raise _retry(error, endpoint, route) from error
         self._check_model(data, endpoint, route)
@@ -301,7 +303,7 @@ class Dispatch:
         send: Send,
         outcome: Outcome,
     ) -> None:
-        chunks = response.chunks(meta.remaining_s())
+        chunks = response.chunks()
         try:
             first = await anext(chunks, b"")
         except UpstreamError as error:

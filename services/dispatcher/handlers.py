@@ -6,7 +6,10 @@ the classifier; the NATS reply subject is then the classifier's bounce subject).
 without that header is answered on its NATS reply subject, for a requester that publishes to the
 dispatch subject itself and listens there. Each request runs in its own task, because calls to
 vLLM last seconds and nats-py delivers a subscription's messages one at a time. Which requests a
-cancellation stops is kept by `cancels.Cancels`.
+cancellation stops is kept by `cancels.Cancels`; a cancelled request is answered 499 (or 503 when
+the dispatcher stops), so its requester never waits for it. Every message to a requester goes
+through `bus.answer`, and while a request runs, `keepalive.Keepalives` sends its requester a
+keepalive whenever vLLM has kept it silent for a heartbeat.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from nats.aio.msg import Msg
 from schemas.errors import ErrorKind
 from schemas.wire import DispatchRequest, ReplyMessage, dispatch_decoder, encode_reply
 from services.common import bus
+from services.common.keepalive import Held, Keepalives
 from services.common.subjects import model_token
 from services.dispatcher.cancels import Cancels
 from services.dispatcher.dispatch import Dispatch
@@ -34,12 +38,22 @@ _log = structlog.get_logger("loraroute.dispatcher")
 class DispatcherHandlers:
     """Entry points bound to one connection and one `Dispatch`."""
 
-    def __init__(self, *, nc: Client, dispatch: Dispatch, metrics: DispatcherMetrics) -> None:
+    def __init__(
+        self,
+        *,
+        nc: Client,
+        dispatch: Dispatch,
+        metrics: DispatcherMetrics,
+        keepalives: Keepalives,
+    ) -> None:
         self.nc = nc
         self.dispatch = dispatch
         self.metrics = metrics
+        self.keepalives = keepalives
         self.tasks: set[asyncio.Task[None]] = set()
         self.cancels = Cancels()
+        #: Set when the dispatcher stops: a request cancelled then is answered 503, not 499.
+        self.stopping = False
 
     async def on_dispatch(self, msg: Msg) -> None:
         """One message on a dispatch subject (never raises: failures are answered)."""
@@ -74,7 +88,8 @@ class DispatcherHandlers:
                 meta=meta,
             )
             return
-        task = asyncio.create_task(self._run(request, meta, reply))
+        held = self.keepalives.hold(reply)
+        task = asyncio.create_task(self._run(request, meta, reply, held))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         self.cancels.running(token, task)
@@ -85,15 +100,19 @@ class DispatcherHandlers:
         token = msg.subject.rpartition(".")[2]
         self.cancels.cancel(token, bus.RequestMeta.from_headers(msg.headers).deadline_ms)
 
-    async def _run(self, request: DispatchRequest, meta: bus.RequestMeta, reply: str) -> None:
+    async def _run(
+        self, request: DispatchRequest, meta: bus.RequestMeta, reply: str, held: Held
+    ) -> None:
         async def send(message: ReplyMessage) -> None:
-            await self.nc.publish(reply, encode_reply(message))
+            held.sent()
+            await bus.answer(self.nc, reply, encode_reply(message))
 
         try:
             outcome = await self.dispatch.run(request, meta, send)
         except asyncio.CancelledError:
             self.metrics.requests.labels("cancelled", "unknown").inc()
             _log.info("dispatch_cancelled", request_id=meta.request_id, model=request.route.model)
+            await self._answer_cancelled(reply, meta)
             raise
         except Exception as error:  # the outermost guard: a failed publish or a bug
             _log.exception("dispatch_failed", request_id=meta.request_id)
@@ -101,6 +120,8 @@ class DispatcherHandlers:
                 self.nc, reply, ErrorKind.INTERNAL, f"dispatcher error: {error!r}", meta=meta
             )
             return
+        finally:
+            self.keepalives.release(reply)
         stream = "true" if outcome.stream else "false"
         self.metrics.requests.labels(str(outcome.status), stream).inc()
         self.metrics.seconds.labels(stream).observe(outcome.elapsed_s)
@@ -124,3 +145,13 @@ class DispatcherHandlers:
             elapsed_ms=round(bus.to_ms(outcome.elapsed_s), 2),
             error=outcome.error,
         )
+
+    async def _answer_cancelled(self, reply: str, meta: bus.RequestMeta) -> None:
+        """Answer a request whose task was cancelled: 499 when its client left, 503 when this
+        dispatcher stops (its drain timed out). After a stream's head the ingress sends it
+        in-band."""
+        if self.stopping:
+            kind, message = ErrorKind.UNAVAILABLE, "The dispatcher stopped before the answer ended."
+        else:
+            kind, message = ErrorKind.CLIENT_GONE, "The request was cancelled: its client left."
+        await bus.reply_error(self.nc, reply, kind, message, meta=meta)

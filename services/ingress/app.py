@@ -96,7 +96,23 @@ def build_app(config: Config, nats_url: str, settings: Settings | None = None) -
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        nc = await bus.connect(nats_url, name="loraroute-ingress", **_credentials(settings))
+        inbox: Inbox | None = None
+
+        def bus_lost() -> None:
+            if inbox is not None:
+                _log.warning("requests_lost_with_the_bus", waiting=inbox.lose_all())
+
+        def bus_restored() -> None:
+            if inbox is not None:
+                inbox.restored()
+
+        nc = await bus.connect(
+            nats_url,
+            name="loraroute-ingress",
+            on_disconnected=bus_lost,
+            on_reconnected=bus_restored,
+            **_credentials(settings),
+        )
         js = nc.jetstream()
         subjects = Subjects(config.nats.subject_prefix)
         try:
@@ -105,7 +121,7 @@ def build_app(config: Config, nats_url: str, settings: Settings | None = None) -
             _log.error("job_resources_failed", error=str(error))
             await bus.close(nc)
             raise
-        inbox = Inbox(nc.new_inbox())
+        inbox = Inbox(nc.new_inbox(), stall_s=config.liveness.stall_s)
 
         async def on_reply(msg: Msg) -> None:
             inbox.deliver(msg.subject, msg.headers, msg.data)

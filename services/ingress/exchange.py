@@ -6,6 +6,12 @@ an answer, an error from the pipeline, 503 at once when NATS reports no responde
 deadline. Waiting requests are bounded (`ingress.max_in_flight`): beyond it the answer is 429 with
 `Retry-After`, never an unbounded queue.
 
+Nothing waits for dead work: a request whose worker goes silent for `liveness.stall_s` (no
+answer, no keepalive) or whose bus connection drops ends at once with an explicit error (503
+when vLLM was not called, 502 when it may have been), after a cancel so that a worker that only
+hung drops it; one lost while a classifier held it (vLLM not called, nothing sent to the client)
+is sent once more first, to whichever classifier takes it.
+
 Passthrough requests (an explicit model or adapter) are sent through the classifier like auto
 ones: it owns every routing decision (endpoints by weight, reasoning, fallbacks) and skips the
 model for them, so the ingress stays free of routing logic; the extra hop costs one NATS message.
@@ -34,7 +40,7 @@ from services.common.bus import RequestMeta
 from services.common.log import get_logger
 from services.common.subjects import HEADER_PING, HEADER_REQUEST_ID, Subjects
 from services.ingress import sse
-from services.ingress.inbox import Inbox, Mailbox, NoResponders
+from services.ingress.inbox import Inbox, Lost, Mailbox, NoResponders
 from services.ingress.outcomes import (
     ErrorAnswer,
     JsonAnswer,
@@ -112,6 +118,53 @@ class Exchange:
             ErrorKind.TIMEOUT, f"No answer within the request's deadline ({budget_s:.3g} s)."
         )
 
+    def _no_classifier(self) -> ErrorAnswer:
+        """503 for "nobody listens on the classify subject": no classifier runs, or, right
+        after this process's bus connection came back, the workers have not resubscribed yet."""
+        liveness = self.config.liveness
+        if self.inbox.bus_unsettled(2 * liveness.stall_s):
+            return error_answer(
+                ErrorKind.UNAVAILABLE,
+                "The router's connection to its message bus (NATS) was lost and is being "
+                "restored; the workers are reconnecting. Retry shortly.",
+                retry_after=self.config.ingress.retry_after_s,
+            )
+        return error_answer(
+            ErrorKind.UNAVAILABLE,
+            "No classifier is running: nobody listens on "
+            f"{self.subjects.classify}. Start one with `loraroute classifier`.",
+        )
+
+    def _lost(self, lost: Lost, meta: RequestMeta) -> ErrorAnswer:
+        """The error for a request given up as lost (see `inbox.Lost`)."""
+        self.inbox.lost += 1
+        _log.warning(
+            "request_lost",
+            request_id=meta.request_id,
+            bus=lost.bus,
+            held_by=lost.held_by,
+            silent_s=lost.silent_s,
+        )
+        if lost.bus:
+            return error_answer(
+                ErrorKind.UNAVAILABLE,
+                "The router lost its connection to its message bus (NATS) while the request "
+                "was in the pipeline, so its answer cannot arrive. Retry shortly.",
+                retry_after=self.config.ingress.retry_after_s,
+            )
+        if lost.held_by == "dispatcher":
+            return error_answer(
+                ErrorKind.BAD_GATEWAY,
+                f"The dispatcher handling the request stopped answering (nothing for "
+                f"{lost.silent_s:g} s); it may have died while vLLM was generating.",
+            )
+        return error_answer(
+            ErrorKind.UNAVAILABLE,
+            f"The request was lost in the pipeline (nothing for {lost.silent_s:g} s): the "
+            "classifier or dispatcher holding it stopped. Retry.",
+            retry_after=self.config.ingress.retry_after_s,
+        )
+
     @staticmethod
     def _unexpected(message: object) -> ErrorAnswer:
         return error_answer(
@@ -125,62 +178,80 @@ class Exchange:
         """Send a validated chat body through the pipeline and wait for its answer.
 
         For `stream=True` the outcome is a `StreamAnswer` once the head arrived (the caller
-        must `release()` it); errors before the head are ordinary `ErrorAnswer`s.
+        must `release()` it); errors before the head are ordinary `ErrorAnswer`s. A request
+        lost while a classifier held it is sent once more (see the module docstring).
         """
         refused = self._overloaded()
         if refused is not None:
             return refused
         budget = self._budget(meta)
-        mailbox = self.inbox.open()
-        handed_over = False
-        try:
-            payload = encoder.encode(RouteChat(body=msgspec.Raw(body)))
-            failed = await self._send(mailbox, self.subjects.classify, payload, meta)
-            if failed is not None:
-                return failed
-            deadline = self._clock() + budget
+        deadline = self._clock() + budget
+        payload = encoder.encode(RouteChat(body=msgspec.Raw(body)))
+        retried = False
+        while True:
+            mailbox = self.inbox.open()
+            handed_over = False
             try:
-                first = await mailbox.receive(deadline - self._clock())
-            except TimeoutError:
-                return self._timeout(budget)
-            if isinstance(first, NoResponders):
-                return error_answer(
-                    ErrorKind.UNAVAILABLE,
-                    "No classifier is running: nobody listens on "
-                    f"{self.subjects.classify}. Start one with `loraroute classifier`.",
-                )
-            if isinstance(first, ReplyResponse):
-                return JsonAnswer(first.status, bytes(first.body), first.route)
-            if isinstance(first, ReplyError):
-                return self._from_error(first)
-            if isinstance(first, ReplyHead) and stream:
-                handed_over = True
-                return self._stream(mailbox, first, deadline, meta)
-            return self._unexpected(first)
-        finally:
-            if not handed_over:
-                mailbox.close()
+                failed = await self._send(mailbox, self.subjects.classify, payload, meta)
+                if failed is not None:
+                    return failed
+                try:
+                    first = await mailbox.receive(deadline - self._clock())
+                except TimeoutError:
+                    return self._timeout(budget)
+                if isinstance(first, Lost):
+                    if first.retryable and not retried:
+                        retried = True
+                        _log.info("request_retried", request_id=meta.request_id)
+                        continue
+                    await self.cancel(meta)
+                    return self._lost(first, meta)
+                if isinstance(first, NoResponders):
+                    return self._no_classifier()
+                if isinstance(first, ReplyResponse):
+                    return JsonAnswer(first.status, bytes(first.body), first.route)
+                if isinstance(first, ReplyError):
+                    return self._from_error(first)
+                if isinstance(first, ReplyHead) and stream:
+                    handed_over = True
+                    return self._stream(mailbox, first, deadline, meta)
+                return self._unexpected(first)
+            finally:
+                if not handed_over:
+                    mailbox.close()
 
     def _stream(
         self, mailbox: Mailbox, head: ReplyHead, deadline: float, meta: RequestMeta
     ) -> StreamAnswer:
-        finished = False
+        finished = lost = False
+
+        async def receive(timeout_s: float) -> object:
+            # Lost work after the head: an in-band error (a `ReplyError` to the relay).
+            nonlocal lost
+            message = await mailbox.receive(timeout_s)
+            if not isinstance(message, Lost):
+                return message
+            lost = True
+            message.held_by = "dispatcher"  # a stream's head came from one
+            answer = self._lost(message, meta)
+            return ReplyError(status=answer.status, error=answer.error)
 
         async def chunks() -> AsyncIterator[bytes]:
             nonlocal finished
-            async for data in sse.relay(mailbox.receive, deadline, self._clock):
+            async for data in sse.relay(receive, deadline, self._clock):
                 yield data
             finished = True
 
         async def release() -> None:
             mailbox.close()
-            if not finished:
+            if lost or not finished:
                 await self.cancel(meta)
 
         return StreamAnswer(chunks=chunks(), release=release, route=head.route, status=head.status)
 
     async def cancel(self, meta: RequestMeta) -> None:
-        """Tell the dispatchers that the client of `meta`'s request went away, so the one running
+        """Tell the workers that the client of `meta`'s request went away (or that the request
+        was given up as lost), so a classifier still holding it drops it, the dispatcher running
         it stops its call to vLLM (and vLLM stops generating), and one that has not received it
         yet drops it on arrival (the cancel carries the request's deadline, how long it counts).
         Best effort: a bus failure is only logged."""
@@ -211,10 +282,9 @@ class Exchange:
             except TimeoutError:
                 return self._timeout(budget)
             if isinstance(reply, NoResponders):
-                return error_answer(
-                    ErrorKind.UNAVAILABLE,
-                    f"No classifier is running: nobody listens on {self.subjects.classify}.",
-                )
+                return self._no_classifier()
+            if isinstance(reply, Lost):
+                return self._lost(reply, meta)
             if isinstance(reply, ClassifyTextsResult):
                 if len(reply.results) != len(texts):
                     return error_answer(
@@ -240,7 +310,7 @@ class Exchange:
                 reply = await mailbox.receive(timeout_s)
             except TimeoutError:
                 return False
-            return not isinstance(reply, NoResponders)
+            return not isinstance(reply, (NoResponders, Lost))
 
     async def readiness(self) -> dict[str, bool]:
         """Which worker kinds answer a ping now: `classifier` and `dispatcher:<base model>` for

@@ -71,11 +71,8 @@ def _state(request: Request) -> IngressState:
     return state
 
 
-def _error(error: ErrorResponse, rid: str, extra: dict[str, str] | None = None) -> Response:
-    hdrs = {headers.REQUEST_ID: rid}
-    if extra:
-        hdrs.update(extra)
-    return Response(msgspec.json.encode(error), error.status, hdrs, _JSON)
+def _error(error: ErrorResponse, ids: headers.RequestIds) -> Response:
+    return Response(msgspec.json.encode(error), error.status, ids.response_headers(), _JSON)
 
 
 class _Relay(StreamingResponse):
@@ -92,8 +89,8 @@ class _Relay(StreamingResponse):
             await self._release()
 
 
-def _respond(outcome: Outcome, rid: str) -> Response:
-    hdrs = {headers.REQUEST_ID: rid, **headers.route_headers(outcome.route)}
+def _respond(outcome: Outcome, ids: headers.RequestIds) -> Response:
+    hdrs = {**ids.response_headers(), **headers.route_headers(outcome.route)}
     if isinstance(outcome, JsonAnswer):
         return Response(outcome.body, outcome.status, hdrs, _JSON)
     if isinstance(outcome, StreamAnswer):
@@ -103,7 +100,8 @@ def _respond(outcome: Outcome, rid: str) -> Response:
     if outcome.status >= 500:
         _log.warning(
             "request_failed",
-            request_id=rid,
+            request_id=ids.pipeline,
+            client_request_id=ids.client,
             status=outcome.status,
             error_type=outcome.error.error.type,
         )
@@ -129,10 +127,10 @@ async def _read_json_body(request: Request, limit: int) -> bytes | ErrorResponse
     return b"".join(chunks)
 
 
-def _meta(request: Request, rid: str, timeout_s: float) -> RequestMeta:
+def _meta(request: Request, ids: headers.RequestIds, timeout_s: float) -> RequestMeta:
     timeout = headers.timeout_s(timeout_s, request.headers.get(headers.TIMEOUT))
     return RequestMeta(
-        request_id=rid,
+        request_id=ids.pipeline,
         deadline_ms=deadline_after(timeout),
         traceparent=headers.traceparent(request.headers.get("traceparent")),
     )
@@ -148,26 +146,26 @@ async def chat_completions(request: Request) -> Response:
 
 async def _chat(request: Request) -> Response:
     state = _state(request)
-    rid = headers.request_id(request.headers.get(headers.REQUEST_ID))
+    ids = headers.request_ids(request.headers.get(headers.REQUEST_ID))
     body = await _read_json_body(request, state.body_limit)
     if isinstance(body, ErrorResponse):
-        return _error(body, rid)
+        return _error(body, ids)
     view = parse_chat(body)
     if isinstance(view, ErrorResponse):
-        return _error(view, rid)
+        return _error(view, ids)
     if state.config.target_of(view.model) is None:
-        return _error(unknown_model(view.model or ""), rid)
-    meta = _meta(request, rid, state.config.ingress.request_timeout_s)
+        return _error(unknown_model(view.model or ""), ids)
+    meta = _meta(request, ids, state.config.ingress.request_timeout_s)
     outcome = await _unless_client_leaves(
         request, state.exchange.chat(body, bool(view.stream), meta)
     )
     if outcome is None:
         await state.exchange.cancel(meta)
-        _log.info("client_gone", request_id=rid)
+        _log.info("client_gone", request_id=ids.pipeline, client_request_id=ids.client)
         outcome = error_answer(
             ErrorKind.CLIENT_GONE, "The client closed its connection before the answer."
         )
-    return _respond(outcome, rid)
+    return _respond(outcome, ids)
 
 
 async def _client_left(request: Request) -> None:
@@ -220,29 +218,29 @@ async def ready(request: Request) -> Response:
 
 async def _classify(request: Request, batch: bool) -> Response:
     state = _state(request)
-    rid = headers.request_id(request.headers.get(headers.REQUEST_ID))
+    ids = headers.request_ids(request.headers.get(headers.REQUEST_ID))
     body = await _read_json_body(request, state.body_limit)
     if isinstance(body, ErrorResponse):
-        return _error(body, rid)
+        return _error(body, ids)
     parsed = (
         parse_classify_batch(body, state.config.ingress.max_classify_texts)
         if batch
         else parse_classify_intent(body)
     )
     if isinstance(parsed, ErrorResponse):
-        return _error(parsed, rid)
+        return _error(parsed, ids)
     texts = parsed.texts if isinstance(parsed, ClassifyBatchRequest) else [parsed.text]
     with_probabilities = parsed.options.return_probabilities
-    meta = _meta(request, rid, state.config.ingress.classify_timeout_s)
+    meta = _meta(request, ids, state.config.ingress.classify_timeout_s)
     reply = await state.exchange.classify(texts, with_probabilities, meta)
     if isinstance(reply, ErrorAnswer):
-        return _respond(reply, rid)
+        return _respond(reply, ids)
     assert isinstance(reply, ClassifyTextsResult)
     build = classify_api.batch_body if batch else classify_api.intent_body
     return Response(
         build(state.config, reply, with_probabilities),
         200,
-        {headers.REQUEST_ID: rid},
+        ids.response_headers(),
         _JSON,
     )
 

@@ -96,6 +96,7 @@ class JobsWorker:
             batches=BatchStore(resources.batches),
             files=resources.files,
             metrics=self.metrics,
+            stall_s=self.config.liveness.stall_s,
         )
         self._loops = [
             PullLoop(
