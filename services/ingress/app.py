@@ -139,6 +139,7 @@ def build_app(config: Config, nats_url: str, settings: Settings | None = None) -
             CollectorRegistry(),
             in_flight=lambda: len(inbox),
             late_replies=lambda: inbox.dropped,
+            lost=lambda: inbox.lost,
         )
         app.state.ingress = IngressState(
             config=config,

@@ -448,12 +448,15 @@ async def test_silence_is_lost_work_answered_before_the_deadline(
     client: httpx.AsyncClient, responder: Responder
 ) -> None:
     # Nothing at all came back: no keepalive, so nobody can say vLLM was not called: no retry.
+    before = _metric((await client.get("/metrics")).text, "loraroute_ingress_lost_requests")
     response = await client.post("/v1/chat/completions", json=chat("silent"))
     assert response.status_code == 503  # a deadline would be 504
     error = response.json()["error"]
     assert error["type"] == "ServiceUnavailableError" and "lost" in error["message"]
     assert response.headers["retry-after"] == "1"
     assert len(responder.attempts("silent")) == 1
+    after = _metric((await client.get("/metrics")).text, "loraroute_ingress_lost_requests")
+    assert after == before + 1
 
 
 async def test_work_lost_at_a_classifier_is_sent_once_more(
