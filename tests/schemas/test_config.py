@@ -276,3 +276,14 @@ class TestTargetOf:
     def test_unknown_names_are_none(self, shipped: Config) -> None:
         assert shipped.target_of("gpt-4") is None
         assert shipped.target_of("MoM-but-not-quite") is None
+
+
+def test_the_stall_bound_must_cover_three_heartbeats() -> None:
+    data = __import__("yaml").safe_load(GUIDE)
+    config = decode_config(data)
+    assert (config.liveness.heartbeat_s, config.liveness.stall_s) == (1.0, 5.0)
+    assert check(config)[0] == []
+    data["liveness"] = {"heartbeat_s": 2.0, "stall_s": 5.0}
+    errors, _ = check(decode_config(data))
+    assert [e.path for e in errors] == ["liveness.stall_s"]
+    assert "three heartbeats" in errors[0].message
