@@ -378,4 +378,5 @@ async def test_a_line_lost_in_the_pipeline_is_run_again_long_before_its_timeout(
         stored = await h.js.get_last_msg(
             h.subjects.results_stream, h.subjects.job_results("lostjob")
         )
-        assert result_decoder.decode(stored.data).line.response.status_code == 200
+        response = result_decoder.decode(stored.data).line.response
+        assert response is not None and response.status_code == 200
