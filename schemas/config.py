@@ -40,6 +40,7 @@ __all__ = [
     "IngressHttp",
     "Jobs",
     "Limits",
+    "Liveness",
     "Lora",
     "LoraAffinity",
     "ModelConfig",
@@ -364,6 +365,16 @@ class Dispatcher(_Strict):
     check_response_model: bool = True
     """Fail a response whose `model` differs from the adapter asked for (a misconfigured vLLM)."""
     lora_affinity: LoraAffinity = msgspec.field(default_factory=LoraAffinity)
+    first_byte_timeout_s: Annotated[float, msgspec.Meta(gt=0.0)] = 120.0
+    """vLLM's first byte must come this soon after the call: a stream's first chunk, or a
+    non-streamed answer's head, which vLLM sends only once the whole answer is generated (so
+    this also bounds a non-streamed generation). Past it: 504, tried on another endpoint while
+    nothing reached the client. Too small cuts long non-streamed answers and requests queued in
+    a busy vLLM; too large lets a hung vLLM hold its clients that long."""
+    between_chunks_timeout_s: Annotated[float, msgspec.Meta(gt=0.0)] = 30.0
+    """Longest silence of vLLM between two chunks of an answer (a stream's events, the pieces
+    of a body); past it the stream ends with an in-band 504 error. Too small cuts streams that
+    vLLM pauses (preemption under memory pressure); too large holds a client on a stuck stream."""
 
 
 DEFAULT_AUTO_MODEL_NAMES: tuple[str, ...] = ("MoM", "auto", "vllm-sr/auto")
@@ -374,6 +385,25 @@ DEFAULT_REASONING_FAMILIES: dict[str, ReasoningFamily] = {
     "gpt-oss": ReasoningFamily(type="reasoning_effort", parameter="reasoning_effort"),
     "mistral": ReasoningFamily(type="top_level_reasoning_effort", parameter="reasoning_effort"),
 }
+
+
+class Liveness(_Strict):
+    """`liveness`: how lost work is noticed. A worker that holds a request (a classifier's queue,
+    a dispatcher waiting for vLLM) sends its requester a small keepalive when it has sent it
+    nothing for `heartbeat_s`; a requester (the ingress, the jobs worker) that hears nothing for
+    `stall_s` takes the request as lost (its worker died, or the bus dropped its reply) and
+    answers an explicit error instead of waiting for the deadline. Every process must read the
+    same values."""
+
+    heartbeat_s: Annotated[float, msgspec.Meta(gt=0.0)] = 1.0
+    """How long a worker holds a request silently before sending a keepalive (a worker checks
+    its requests every `heartbeat_s`, so the longest silence is under two). Smaller detects lost
+    work sooner with `stall_s`, for more keepalives from slow requests."""
+    stall_s: Annotated[float, msgspec.Meta(gt=0.0)] = 5.0
+    """Silence after which a requester gives a request up as lost; at least three heartbeats
+    (the longest silence of a live request is under two, plus room for a busy process). Too
+    small fails live requests on a machine so loaded that keepalives come late; too large makes
+    clients of a dead worker wait that long."""
 
 
 class Jobs(_Strict):
@@ -484,6 +514,7 @@ class Config(_Strict):
     dispatcher: Dispatcher = msgspec.field(default_factory=Dispatcher)
     jobs: Jobs = msgspec.field(default_factory=Jobs)
     limits: Limits = msgspec.field(default_factory=Limits)
+    liveness: Liveness = msgspec.field(default_factory=Liveness)
     reasoning_families: dict[str, ReasoningFamily] = msgspec.field(
         default_factory=lambda: dict(DEFAULT_REASONING_FAMILIES)
     )
@@ -852,6 +883,17 @@ def check(
                     f"{name!r} is also a model name; requests for it could not pass through",
                 )
             )
+
+    liveness = config.liveness
+    if liveness.stall_s < 3 * liveness.heartbeat_s:
+        errors.append(
+            ConfigIssue(
+                "liveness.stall_s",
+                f"{liveness.stall_s:g} s is less than three heartbeats "
+                f"(liveness.heartbeat_s {liveness.heartbeat_s:g} s): live requests would be "
+                "given up as lost",
+            )
+        )
 
     if labels is not None:
         label_set = set(labels)

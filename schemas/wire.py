@@ -41,6 +41,7 @@ __all__ = [
     "ClassifyTexts",
     "ClassifyTextsResult",
     "DispatchRequest",
+    "ReplyAlive",
     "ReplyEnd",
     "ReplyError",
     "ReplyHead",
@@ -55,6 +56,7 @@ __all__ = [
     "dispatch_decoder",
     "encode_reply",
     "encoder",
+    "is_keepalive",
     "reply_decoder",
 ]
 
@@ -211,7 +213,33 @@ class ReplyError(msgspec.Struct, tag="error", kw_only=True):
     route: Route | None = None
 
 
-ReplyMessage = ReplyResponse | ReplyHead | StreamChunk | ReplyEnd | ReplyError | ClassifyTextsResult
+class ReplyAlive(msgspec.Struct, tag="alive", kw_only=True):
+    """A keepalive, never an answer: the worker that holds the request is still at it. Sent only
+    while a request has been held for a heartbeat (`liveness.heartbeat_s`) without any other
+    message to its requester (a long classifier queue, a slow vLLM, a pause between chunks), so
+    a requester can tell a slow request from lost work: silence longer than `liveness.stall_s`
+    means the holder died or the bus lost the reply.
+
+    `held_by`: `classifier` while the request waits in a classifier (vLLM has not been called:
+    a requester may send it again); `dispatcher` once it is with, or on its way to, a dispatcher
+    (vLLM may have been called). A classifier that sent keepalives for a request sends one with
+    `dispatcher` before forwarding it, so a requester always knows when that line was crossed.
+    Requesters of the previous version cannot read it: upgrade ingresses and jobs workers before
+    classifiers and dispatchers."""
+
+    v: int = WIRE_VERSION
+    held_by: Literal["classifier", "dispatcher"] = "dispatcher"
+
+
+ReplyMessage = (
+    ReplyResponse
+    | ReplyHead
+    | StreamChunk
+    | ReplyEnd
+    | ReplyError
+    | ClassifyTextsResult
+    | ReplyAlive
+)
 
 encoder = msgspec.json.Encoder()
 classify_decoder = msgspec.json.Decoder(ClassifyMessage)
@@ -244,3 +272,12 @@ def decode_reply(data: bytes) -> ReplyMessage:
             return StreamChunk(v=header.v, seq=header.seq, data=data[end + 1 :])
     message: ReplyMessage = reply_decoder.decode(data)
     return message
+
+
+#: How a keepalive's payload starts (`encoder` writes a tagged Struct's tag first).
+_ALIVE_START = b'{"type":"alive"'
+
+
+def is_keepalive(data: bytes) -> bool:
+    """True when a received payload is a `ReplyAlive` (to skip it without decoding)."""
+    return data.startswith(_ALIVE_START)

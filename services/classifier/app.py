@@ -30,6 +30,7 @@ from services.classifier.metrics import WorkerMetrics
 from services.classifier.route import Router
 from services.classifier.work import Item
 from services.common import bus
+from services.common.keepalive import Keepalives
 from services.common.live_config import LiveConfig
 from services.common.subjects import CLASSIFIERS_QUEUE, Subjects
 
@@ -109,6 +110,7 @@ class ClassifierWorker:
         self.intake: Intake | None = None
         self.nc: Client | None = None
         self.batcher: Batcher[Item, Encoded, BatchResult] | None = None
+        self.keepalives: Keepalives | None = None
         self._subs: list[Subscription] = []
 
     async def on_config(self, config: Config, revision: int) -> None:
@@ -184,6 +186,12 @@ class ClassifierWorker:
             metrics=self.metrics,
             label_map=self.engine.label_map,
         )
+        nc = self.nc
+        self.keepalives = Keepalives(
+            lambda subject, payload: bus.answer(nc, subject, payload),
+            heartbeat_s=self.config.liveness.heartbeat_s,
+            held_by="classifier",
+        )
         handlers = ClassifierHandlers(
             nc=self.nc,
             subjects=self.subjects,
@@ -191,10 +199,12 @@ class ClassifierWorker:
             intake=intake,
             metrics=self.metrics,
             live=self.live,
+            keepalives=self.keepalives,
         )
         # Watch the live config; a revision pushed since the config was read arrives first.
         await self.live.start(self.nc)
         self.batcher.start()
+        self.keepalives.start()
         # The bounce subscription first: a forward must never race its own "no responders".
         self._subs.append(await self.nc.subscribe(f"{bounce}.>", cb=handlers.on_bounce))
         self._subs.append(
@@ -227,5 +237,7 @@ class ClassifierWorker:
         if self.batcher is not None:
             await self.batcher.drain(timeout_s)
             await self.batcher.close()
+        if self.keepalives is not None:
+            await self.keepalives.stop()
         await bus.close(nc)
         self._subs = []

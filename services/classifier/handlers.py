@@ -6,11 +6,17 @@ to send (`route_chat` for a chat request, `classify_texts` for the classificatio
 `admission` for refusals and the queue), and `complete` later sends what a finished batch
 yields. A chat request is forwarded as a `DispatchRequest` to `<prefix>.dispatch.<base model>`.
 
+While a request waits here, `keepalive.Keepalives` tells its requester so once per heartbeat
+(`liveness.heartbeat_s`) if nothing else was sent, and a request that had such keepalives is
+forwarded right after one saying it now goes to a dispatcher (`ReplyAlive(held_by=
+"dispatcher")`): a requester that then hears nothing more knows whether vLLM may have been
+called.
+
 Forwarding keeps the ingress inbox in the `Lr-Reply-To` header and uses this worker's bounce
 subject as the NATS reply: when no dispatcher listens, the server's "no responders" status comes
 back to this connection (`on_bounce`), and the ingress gets a 503 at once instead of waiting
 for its deadline. Every failure is answered with a `ReplyError`; nothing accepted is dropped,
-except a chat request whose client left: `on_cancel` takes it out of the queue.
+and a chat request whose client left (`on_cancel` takes it out of the queue) is answered 499.
 """
 
 from __future__ import annotations
@@ -25,13 +31,14 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from schemas.errors import ErrorKind
-from schemas.wire import ClassifyTextsResult, DispatchRequest, encoder
+from schemas.wire import ClassifyTextsResult, DispatchRequest, ReplyAlive, encoder
 from services.classifier.admission import INTERNAL_ERROR, Refusal
 from services.classifier.classify_texts import fail_once
 from services.classifier.intake import Answer, BatchResult, Intake, Outcome
 from services.classifier.metrics import WorkerMetrics
 from services.classifier.route_chat import Forward
 from services.common import bus, tracing
+from services.common.keepalive import Keepalives
 from services.common.live_config import LiveConfig
 from services.common.subjects import Subjects
 
@@ -42,6 +49,8 @@ if TYPE_CHECKING:
 __all__ = ["ClassifierHandlers"]
 
 _log = structlog.get_logger("loraroute.classifier")
+#: Sent before forwarding a request whose requester had keepalives from here.
+_HANDED_ON = encoder.encode(ReplyAlive(held_by="dispatcher"))
 
 
 class ClassifierHandlers:
@@ -55,6 +64,7 @@ class ClassifierHandlers:
         bounce: str,
         intake: Intake,
         metrics: WorkerMetrics,
+        keepalives: Keepalives,
         live: LiveConfig | None = None,
     ) -> None:
         self.nc = nc
@@ -62,6 +72,7 @@ class ClassifierHandlers:
         self.bounce = bounce
         self.intake = intake
         self.metrics = metrics
+        self.keepalives = keepalives
         self.live = live
 
     # ------------------------------------------------------------------ entry points
@@ -90,7 +101,10 @@ class ClassifierHandlers:
             await live.wait_for(meta.config_revision)
         try:
             outcome = self.intake.take(msg.data, meta, reply, received, lane)
-            await self._send(outcome, meta, reply, received)
+            if outcome is None:  # queued: held until answered
+                self.keepalives.hold(reply)
+            else:
+                await self._send(outcome, meta, reply, received)
         except Exception:  # the outermost guard: answer, log (in full), keep serving
             _log.exception("classify_failed", request_id=meta.request_id)
             await self._fail(reply, meta, INTERNAL_ERROR)
@@ -113,8 +127,16 @@ class ClassifierHandlers:
 
     async def on_cancel(self, msg: Msg) -> None:
         """A cancellation on `<prefix>.cancel.<request id>`: the client of that chat request left
-        (the ingress has answered it 499). Once forwarded, the dispatcher stops it instead."""
-        self.intake.cancel(msg.subject.rpartition(".")[2])
+        (the ingress has answered it 499). Its requester is answered 499 all the same, so no
+        requester ever waits for a dropped request. Once forwarded, the dispatcher stops it."""
+        gone = Refusal(
+            ErrorKind.CLIENT_GONE,
+            "The request was cancelled before it was classified.",
+            "cancelled",
+        )
+        for work in self.intake.cancel(msg.subject.rpartition(".")[2]):
+            self.keepalives.release(work.reply)
+            await bus.reply_error(self.nc, work.reply, gone.kind, gone.message, meta=work.meta)
 
     async def complete(
         self, batch: Batch[Item], result: BatchResult | None, error: BaseException | None
@@ -130,7 +152,10 @@ class ClassifierHandlers:
 
     async def _answer(self, answers: Sequence[Answer]) -> None:
         for work, outcome in answers:
+            held = self.keepalives.release(work.reply)
             try:
+                if held is not None and held.alerted and isinstance(outcome, Forward):
+                    await bus.answer(self.nc, work.reply, _HANDED_ON)
                 await self._send(outcome, work.meta, work.reply, work.received)
             except Exception:
                 _log.exception("answer_failed", request_id=work.meta.request_id)
@@ -171,7 +196,7 @@ class ClassifierHandlers:
         elif isinstance(outcome, Refusal):
             await self._fail(reply, meta, outcome)
         elif isinstance(outcome, ClassifyTextsResult):
-            await bus.to_requester(self.nc, reply, encoder.encode(outcome))
+            await bus.answer(self.nc, reply, encoder.encode(outcome))
 
     async def _forward(self, forward: Forward, meta: bus.RequestMeta, reply: str) -> None:
         route = forward.route

@@ -169,15 +169,18 @@ class Intake:
             if classify_texts.fail_once(entry.payload.work)
         ]
 
-    def cancel(self, token: str) -> None:
+    def cancel(self, token: str) -> list[ChatWork]:
         """The client of the chat request whose id has the subject token `token` left: drop
-        the request if it still waits in the queue, so no classification is spent on it."""
+        the request if it still waits in the queue, so no classification is spent on it.
+        Returns the requests dropped (for the handler to answer)."""
         dropped = self.batcher.withdraw(
             lambda item: (
                 isinstance(item.work, ChatWork) and model_token(item.work.meta.request_id) == token
             )
         )
+        works = [entry.payload.work for entry in dropped]
         if dropped:
             self.metrics.rejected.labels("cancelled").inc()
             self._depths()
-            _log.info("cancelled", request_id=dropped[0].payload.work.meta.request_id)
+            _log.info("cancelled", request_id=works[0].meta.request_id)
+        return [work for work in works if isinstance(work, ChatWork)]

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -41,6 +41,7 @@ from services.common.subjects import (
 __all__ = [
     "Msg",
     "RequestMeta",
+    "answer",
     "answer_ping",
     "close",
     "connect",
@@ -54,7 +55,6 @@ __all__ = [
     "reply_subject",
     "server_list",
     "to_ms",
-    "to_requester",
 ]
 
 _log = structlog.get_logger("loraroute.bus")
@@ -146,11 +146,17 @@ def _int_header(headers: Mapping[str, str], name: str) -> int | None:
         return None
 
 
-async def to_requester(
+def reply_subject(msg: Msg, meta: RequestMeta) -> str | None:
+    """Where the answer to `msg` goes: the ingress inbox from the headers, else the NATS reply."""
+    return meta.reply_to or msg.reply or None
+
+
+async def answer(
     nc: Client, subject: str, payload: bytes, headers: Mapping[str, str] | None = None
 ) -> None:
-    """Send one message to the requester's inbox `subject` (from `reply_subject`): an answer,
-    a stream chunk, an error or any progress message; a requester may get several.
+    """Publish `payload` to a requester at `subject` (from `reply_subject`). Every message a
+    worker sends its requester goes through here: answers, stream chunks, errors, keepalives;
+    a requester may get several.
 
     NATS permissions decide who may (docs/operations.md, NATS security): a classifier only to
     the reply subject of a request it received (a response permission, up to 1000 messages and
@@ -158,11 +164,6 @@ async def to_requester(
     `nc.publish` raises.
     """
     await nc.publish(subject, payload, headers=dict(headers) if headers else None)
-
-
-def reply_subject(msg: Msg, meta: RequestMeta) -> str | None:
-    """Where the answer to `msg` goes: the ingress inbox from the headers, else the NATS reply."""
-    return meta.reply_to or msg.reply or None
 
 
 def is_no_responders(msg: Msg) -> bool:
@@ -221,7 +222,7 @@ async def reply_error(
     payload = encoder.encode(ReplyError(status=body.status, error=body, route=route))
     headers = {HEADER_REQUEST_ID: request_id} if request_id else None
     try:
-        await to_requester(nc, subject, payload, headers)
+        await answer(nc, subject, payload, headers)
     except Exception as error:  # nats-py raises several unrelated classes when closed
         _log.warning("reply_failed", kind=kind.name, request_id=request_id, error=repr(error))
     return body
@@ -251,6 +252,8 @@ async def connect(
     drain_timeout_s: float = 30.0,
     ping_interval_s: float = 10.0,
     max_outstanding_pings: int = 3,
+    on_disconnected: Callable[[], object] | None = None,
+    on_reconnected: Callable[[], object] | None = None,
     **credentials: Any,
 ) -> Client:
     """Connect to NATS at `url` as `name`, with logged error and connection-state callbacks.
@@ -268,10 +271,12 @@ async def connect(
     network partition, a frozen host) is given up after `max_outstanding_pings` unanswered pings
     `ping_interval_s` apart (nats-py's defaults, 2 x 120 s, would keep a service on a dead node
     for minutes). `drain_timeout_s` bounds how long `nc.drain()` waits for in-flight
-    handlers at shutdown. `credentials` (`token`, `user`, `password`, `user_credentials`,
-    `nkeys_seed`, `tls`) go to nats-py unchanged (see `services.common.settings.Settings.nats_options`). When the server
-    refuses them on every attempt, `ConnectionRefusedError` says so (an `OSError`, as for a
-    server that cannot be reached).
+    handlers at shutdown. `on_disconnected` and `on_reconnected` are called (plain functions)
+    when the connection drops and when it is back. `credentials` (`token`, `user`,
+    `password`, `user_credentials`, `nkeys_seed`, `tls`) go to nats-py unchanged (see
+    `services.common.settings.Settings.nats_options`). When the server refuses them on every
+    attempt, `ConnectionRefusedError` says so (an `OSError`, as for a server that cannot be
+    reached).
     """
     log = _log.bind(connection=name)
     refused: list[str] = []
@@ -281,13 +286,17 @@ async def connect(
             refused.append(str(error))
         log.warning("nats_error", error=repr(error))
 
-    async def on_disconnected() -> None:
+    async def disconnected() -> None:
         log.warning("nats_disconnected")
+        if on_disconnected is not None:
+            on_disconnected()
 
-    async def on_reconnected() -> None:
+    async def reconnected() -> None:
         log.info(
             "nats_reconnected", url=str(nc.connected_url.geturl()) if nc.connected_url else None
         )
+        if on_reconnected is not None:
+            on_reconnected()
 
     async def on_closed() -> None:
         log.info("nats_closed")
@@ -298,8 +307,8 @@ async def connect(
             servers=servers,
             name=name,
             error_cb=on_error,
-            disconnected_cb=on_disconnected,
-            reconnected_cb=on_reconnected,
+            disconnected_cb=disconnected,
+            reconnected_cb=reconnected,
             closed_cb=on_closed,
             connect_timeout=connect_timeout_s,
             reconnect_time_wait=reconnect_wait_s,

@@ -78,6 +78,14 @@ RESTART_ONLY: dict[str, tuple[str, ...]] = {
     "ingress.max_body_bytes": ("ingress",),
     "dispatcher.max_connections_per_endpoint": ("dispatcher",),
     "dispatcher.connect_timeout_s": ("dispatcher",),
+    "dispatcher.first_byte_timeout_s": ("dispatcher",),
+    "dispatcher.between_chunks_timeout_s": ("dispatcher",),
+    "ingress.auth": ("ingress",),
+    "ingress.admin": ("ingress",),
+    "ingress.http": ("ingress",),
+    "liveness": ("ingress", "classifier", "dispatcher", "jobs"),
+    "limits": ("jobs",),
+    "tracing": ("ingress", "classifier", "dispatcher", "jobs"),
     "jobs": ("ingress", "jobs"),
 }
 

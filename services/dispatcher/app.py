@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from schemas.config import Config
 from services.common import bus
+from services.common.keepalive import Keepalives
 from services.common.live_config import LiveConfig
 from services.common.subjects import DISPATCHERS_QUEUE, Subjects
 from services.dispatcher.dispatch import Dispatch
@@ -74,6 +75,7 @@ class DispatcherWorker:
         self.nc: Client | None = None
         self.upstream: Upstream | None = None
         self.handlers: DispatcherHandlers | None = None
+        self.keepalives: Keepalives | None = None
         self._subs: dict[str, Subscription] = {}
         self._cancel_sub: Subscription | None = None
 
@@ -128,6 +130,8 @@ class DispatcherWorker:
         self.upstream = Upstream(
             max_connections_per_endpoint=settings.max_connections_per_endpoint,
             connect_timeout_s=settings.connect_timeout_s,
+            first_byte_timeout_s=settings.first_byte_timeout_s,
+            between_chunks_timeout_s=settings.between_chunks_timeout_s,
             api_key=self.vllm_api_key,
         )
         try:
@@ -154,9 +158,20 @@ class DispatcherWorker:
             lora=self.lora,
             max_message_bytes=self.nc.max_payload,
         )
-        self.handlers = DispatcherHandlers(
-            nc=self.nc, dispatch=dispatch, metrics=self.metrics, live=self.live
+        nc = self.nc
+        self.keepalives = Keepalives(
+            lambda subject, payload: bus.answer(nc, subject, payload),
+            heartbeat_s=self.config.liveness.heartbeat_s,
+            held_by="dispatcher",
         )
+        self.handlers = DispatcherHandlers(
+            nc=self.nc,
+            dispatch=dispatch,
+            metrics=self.metrics,
+            keepalives=self.keepalives,
+            live=self.live,
+        )
+        self.keepalives.start()
         await self._subscribe()
         # No queue group: a cancellation must reach whichever dispatcher runs the request.
         self._cancel_sub = await self.nc.subscribe(
@@ -188,10 +203,13 @@ class DispatcherWorker:
         if self.handlers is not None and self.handlers.tasks:
             pending = set(self.handlers.tasks)
             _done, late = await asyncio.wait(pending, timeout=timeout_s)
+            self.handlers.stopping = True
             for task in late:
                 task.cancel()
             if late:
                 await asyncio.wait(late)
+        if self.keepalives is not None:
+            await self.keepalives.stop()
         await bus.close(nc)
         for task in list(self._lora_applies):
             task.cancel()

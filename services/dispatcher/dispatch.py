@@ -137,13 +137,15 @@ _SAID = {
 def _retry(error: UpstreamError, endpoint: VllmEndpoint, route: Route) -> _Retry:
     """A failed call to `endpoint` as a retry whose error answers if no other endpoint does.
 
-    A failed connect marks the endpoint down and is not retried there; a broken connection or
-    a slow answer may be tried once more on the same endpoint.
+    A failed connect marks the endpoint down and is not retried there; a broken connection may
+    be tried once more on the same endpoint; a timeout (no first byte within
+    `first_byte_timeout_s`, a silence past `between_chunks_timeout_s`) only on another one, so a
+    hung vLLM costs one timeout, not one per attempt.
     """
     connect = error.stage == "connect"
     reply = _error(_kind(error), _SAID[error.stage], route)
     detail = f"endpoint {endpoint.name}: {error}"
-    return _Retry(reply, mark_down=connect, same_endpoint_ok=not connect, detail=detail)
+    return _Retry(reply, mark_down=connect, same_endpoint_ok=error.stage == "io", detail=detail)
 
 
 def _upstream_error(status: int, body: bytes, route: Route) -> ReplyError:
@@ -288,8 +290,8 @@ class Dispatch:
                 outcome.detail = str(retry)
                 if retry.mark_down:
                     self.pool.mark_down(endpoint.name)
-                # A broken pooled connection or a slow answer is worth another try on the same
-                # endpoint when no other is left; a refusal or an error answer is not.
+                # A broken pooled connection is worth another try on the same endpoint when no
+                # other is left; a timeout, a refusal or an error answer is not.
                 again = endpoint if retry.same_endpoint_ok else None
                 continue
             except _Final as final:
@@ -334,7 +336,7 @@ class Dispatch:
     ) -> None:
         """A non-200 answer: retry where the table says so, else raise it as the final answer."""
         try:
-            data = await response.read(meta.remaining_s())
+            data = await response.read()
         except UpstreamError as error:
             reply = _error(ErrorKind.BAD_GATEWAY, _SAID[error.stage], route)
             raise _Retry(reply, detail=f"endpoint {endpoint.name}: {error}") from error
@@ -357,7 +359,7 @@ class Dispatch:
         outcome: Outcome,
     ) -> None:
         try:
-            data = await response.read(meta.remaining_s())
+            data = await response.read()
         except UpstreamError as error:
             raise _retry(error, endpoint, route) from error
         self._check_model(data, endpoint, route)
@@ -391,7 +393,7 @@ class Dispatch:
         send: Send,
         outcome: Outcome,
     ) -> None:
-        chunks = response.chunks(meta.remaining_s())
+        chunks = response.chunks()
         try:
             first = await anext(chunks, b"")
         except UpstreamError as error:

@@ -6,7 +6,10 @@ the classifier; the NATS reply subject is then the classifier's bounce subject).
 without that header is answered on its NATS reply subject, for a requester that publishes to the
 dispatch subject itself and listens there. Each request runs in its own task, because calls to
 vLLM last seconds and nats-py delivers a subscription's messages one at a time. Which requests a
-cancellation stops is kept by `cancels.Cancels`.
+cancellation stops is kept by `cancels.Cancels`; a cancelled request is answered 499 (or 503 when
+the dispatcher stops), so its requester never waits for it. Every message to a requester goes
+through `bus.answer`, and while a request runs, `keepalive.Keepalives` sends its requester a
+keepalive whenever vLLM has kept it silent for a heartbeat.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from nats.aio.msg import Msg
 from schemas.errors import ErrorKind
 from schemas.wire import DispatchRequest, ReplyMessage, dispatch_decoder, encode_reply
 from services.common import bus, tracing
+from services.common.keepalive import Held, Keepalives
 from services.common.live_config import LiveConfig
 from services.common.subjects import model_token
 from services.dispatcher.cancels import Cancels
@@ -41,14 +45,18 @@ class DispatcherHandlers:
         nc: Client,
         dispatch: Dispatch,
         metrics: DispatcherMetrics,
+        keepalives: Keepalives,
         live: LiveConfig | None = None,
     ) -> None:
         self.nc = nc
         self.dispatch = dispatch
         self.metrics = metrics
+        self.keepalives = keepalives
         self.live = live
         self.tasks: set[asyncio.Task[None]] = set()
         self.cancels = Cancels()
+        #: Set when the dispatcher stops: a request cancelled then is answered 503, not 499.
+        self.stopping = False
 
     async def on_ping(self, msg: Msg) -> None:
         """A liveness probe on `<prefix>.ping.dispatch.<base model>`: answered at once."""
@@ -88,7 +96,8 @@ class DispatcherHandlers:
                 meta=meta,
             )
             return
-        task = asyncio.create_task(self._run(request, meta, reply))
+        held = self.keepalives.hold(reply)
+        task = asyncio.create_task(self._run(request, meta, reply, held))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         self.cancels.running(token, task)
@@ -99,9 +108,12 @@ class DispatcherHandlers:
         token = msg.subject.rpartition(".")[2]
         self.cancels.cancel(token, bus.RequestMeta.from_headers(msg.headers).deadline_ms)
 
-    async def _run(self, request: DispatchRequest, meta: bus.RequestMeta, reply: str) -> None:
+    async def _run(
+        self, request: DispatchRequest, meta: bus.RequestMeta, reply: str, held: Held
+    ) -> None:
         async def send(message: ReplyMessage) -> None:
-            await bus.to_requester(self.nc, reply, encode_reply(message))
+            held.sent()
+            await bus.answer(self.nc, reply, encode_reply(message))
 
         try:
             if self.live is not None and meta.config_revision is not None:
@@ -129,6 +141,7 @@ class DispatcherHandlers:
         except asyncio.CancelledError:
             self.metrics.requests.labels("cancelled", "unknown").inc()
             _log.info("dispatch_cancelled", request_id=meta.request_id, model=request.route.model)
+            await self._answer_cancelled(reply, meta)
             raise
         except Exception:  # the outermost guard: a failed publish or a bug (logged in full)
             _log.exception("dispatch_failed", request_id=meta.request_id)
@@ -136,6 +149,8 @@ class DispatcherHandlers:
                 self.nc, reply, ErrorKind.INTERNAL, "Internal error in the dispatcher.", meta=meta
             )
             return
+        finally:
+            self.keepalives.release(reply)
         stream = "true" if outcome.stream else "false"
         self.metrics.requests.labels(str(outcome.status), stream).inc()
         self.metrics.seconds.labels(stream).observe(outcome.elapsed_s)
@@ -160,3 +175,13 @@ class DispatcherHandlers:
             error=outcome.error,
             detail=outcome.detail if outcome.detail != outcome.error else None,
         )
+
+    async def _answer_cancelled(self, reply: str, meta: bus.RequestMeta) -> None:
+        """Answer a request whose task was cancelled: 499 when its client left, 503 when this
+        dispatcher stops (its drain timed out). After a stream's head the ingress sends it
+        in-band."""
+        if self.stopping:
+            kind, message = ErrorKind.UNAVAILABLE, "The dispatcher stopped before the answer ended."
+        else:
+            kind, message = ErrorKind.CLIENT_GONE, "The request was cancelled: its client left."
+        await bus.reply_error(self.nc, reply, kind, message, meta=meta)

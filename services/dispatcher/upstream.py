@@ -8,7 +8,11 @@ docs/benchmarks.md). The dispatcher needs little of httpx's API, so the cheaper 
 `Upstream.post` returns an `UpstreamResponse` (status, then the body read whole or chunk by
 chunk) and raises `UpstreamError` with a `stage` that the retry rules need: `connect` (nothing
 reached the server: safe to retry elsewhere, and the endpoint is marked down), `timeout` (no
-answer in time) or `io` (the connection broke). Pooled connections idle at most
+answer in time) or `io` (the connection broke). Three bounds apply besides the request's
+deadline, whichever comes first: the connect (`connect_timeout_s`), the first byte
+(`first_byte_timeout_s`, from the call: a stream's first chunk, a non-streamed answer's head)
+and every later silence (`between_chunks_timeout_s`); the error says which one fired, so a hung
+vLLM costs its client one of them, never the whole deadline. Pooled connections idle at most
 `KEEPALIVE_S`, below uvicorn's (and so vLLM's) 5 s, so a connection the server is about to
 close is not reused.
 """
@@ -40,46 +44,72 @@ class UpstreamError(Exception):
 
 
 class UpstreamResponse:
-    """One HTTP answer from vLLM. Call `release()` when done (the `post` caller's duty)."""
+    """One HTTP answer from vLLM. Call `release()` when done (the `post` caller's duty).
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
+    Reads end at the request's deadline `end`, at `first_by` for the first byte of the body
+    when the head came without one (a stream; `first_by_s` after the call), and after `gap_s`
+    of silence otherwise (loop times; None: no such bound)."""
+
+    def __init__(
+        self,
+        response: aiohttp.ClientResponse,
+        *,
+        end: float | None = None,
+        first_by: float | None = None,
+        first_by_s: float = 0.0,
+        gap_s: float | None = None,
+    ) -> None:
         self._response = response
         self.status = response.status
         self.content_type = response.content_type
+        self._end = end
+        self._first_by = first_by
+        self._first_by_s = first_by_s
+        self._gap_s = gap_s
+        self._started = False
 
-    async def read(self, timeout_s: float | None) -> bytes:
-        """The whole body. Raises `UpstreamError` (`timeout` or `io`)."""
-        try:
-            # asyncio.timeout, not wait_for: no extra task per call on the hot path.
-            async with asyncio.timeout(timeout_s):
-                return await self._response.read()
-        except TimeoutError as error:
-            raise UpstreamError("timeout", "vLLM did not finish its answer in time") from error
-        except aiohttp.ClientError as error:
-            raise UpstreamError("io", f"reading vLLM's answer failed: {error!r}") from error
+    def _next_bound(self, now: float) -> tuple[float | None, str]:
+        """When the next read must have returned, and what to call it if it has not."""
+        if not self._started and self._first_by is not None:
+            limit, what = self._first_by, "vLLM sent no first byte within first_byte_timeout_s"
+            what += f" ({self._first_by_s:g} s)"
+        elif self._gap_s is not None:
+            limit = now + self._gap_s
+            what = f"vLLM was silent for more than between_chunks_timeout_s ({self._gap_s:g} s)"
+        else:
+            limit, what = None, ""
+        if self._end is not None and (limit is None or self._end <= limit):
+            return self._end, "the request's deadline passed while vLLM was answering"
+        return limit, what
 
-    async def chunks(self, timeout_s: float | None) -> AsyncIterator[bytes]:
-        """The body as it arrives, in chunks of whatever size the socket delivered.
-
-        `timeout_s` bounds the whole stream. Raises `UpstreamError` (`timeout` or `io`).
-        """
+    async def _read_some(self) -> bytes:
+        """The next bytes of the body (b"" at its end). Raises `UpstreamError`."""
         loop = asyncio.get_running_loop()
-        end = None if timeout_s is None else loop.time() + timeout_s
-        content = self._response.content
-        while True:
-            if end is not None and end <= loop.time():
-                raise UpstreamError("timeout", "the stream passed the request's deadline")
-            try:
-                async with asyncio.timeout_at(end):
-                    chunk = await content.readany()
-            except TimeoutError as error:
-                raise UpstreamError(
-                    "timeout", "the stream passed the request's deadline"
-                ) from error
-            except aiohttp.ClientError as error:
-                raise UpstreamError("io", f"the stream from vLLM broke: {error!r}") from error
-            if not chunk:
-                return
+        limit, what = self._next_bound(loop.time())
+        try:
+            # asyncio.timeout_at, not wait_for: no extra task per chunk on the hot path.
+            async with asyncio.timeout_at(limit):
+                chunk = await self._response.content.readany()
+        except TimeoutError as error:
+            raise UpstreamError("timeout", what) from error
+        except aiohttp.ClientError as error:
+            raise UpstreamError("io", f"the answer from vLLM broke: {error!r}") from error
+        self._started = True
+        return chunk
+
+    async def read(self) -> bytes:
+        """The whole body (its head was the first byte). Raises `UpstreamError` (`timeout` or
+        `io`)."""
+        self._started = True
+        parts: list[bytes] = []
+        while chunk := await self._read_some():
+            parts.append(chunk)
+        return b"".join(parts)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives, in chunks of whatever size the socket delivered.
+        Raises `UpstreamError` (`timeout` or `io`)."""
+        while chunk := await self._read_some():
             yield chunk
 
     def release(self) -> None:
@@ -99,8 +129,12 @@ class Upstream:
         *,
         max_connections_per_endpoint: int,
         connect_timeout_s: float,
+        first_byte_timeout_s: float | None = None,
+        between_chunks_timeout_s: float | None = None,
         api_key: str | None = None,
     ) -> None:
+        self.first_byte_timeout_s = first_byte_timeout_s
+        self.between_chunks_timeout_s = between_chunks_timeout_s
         connector = aiohttp.TCPConnector(
             limit=0,
             limit_per_host=max_connections_per_endpoint,
@@ -124,23 +158,39 @@ class Upstream:
     ) -> UpstreamResponse:
         """POST `body` (JSON) to `url`; return once the status line and headers arrived.
 
-        `timeout_s` bounds the wait for the response head. Raises `UpstreamError`.
+        `timeout_s` is what is left of the request's deadline (None: none); the head must also
+        come within `first_byte_timeout_s`. Raises `UpstreamError`.
         """
         all_headers = {"Content-Type": "application/json", **self._auth, **headers}
+        now = asyncio.get_running_loop().time()
+        end = None if timeout_s is None else now + timeout_s
+        first_by = None if self.first_byte_timeout_s is None else now + self.first_byte_timeout_s
+        head_by = min((t for t in (end, first_by) if t is not None), default=None)
         try:
-            async with asyncio.timeout(timeout_s):
+            async with asyncio.timeout_at(head_by):
                 response = await self._session.post(url, data=body, headers=all_headers)
         except aiohttp.ConnectionTimeoutError as error:
             raise UpstreamError("connect", f"connecting to {url} timed out") from error
         except TimeoutError as error:
-            raise UpstreamError("timeout", f"no answer from {url} in time") from error
+            what = (
+                "the request's deadline passed"
+                if head_by == end
+                else f"no first byte within first_byte_timeout_s ({self.first_byte_timeout_s:g} s)"
+            )
+            raise UpstreamError("timeout", f"no answer from {url}: {what}") from error
         except aiohttp.ClientConnectorError as error:
             raise UpstreamError(
                 "connect", f"cannot connect to {url}: {error.strerror or error!r}"
             ) from error
         except (aiohttp.ClientError, OSError) as error:
             raise UpstreamError("io", f"request to {url} failed: {error!r}") from error
-        return UpstreamResponse(response)
+        return UpstreamResponse(
+            response,
+            end=end,
+            first_by=first_by,
+            first_by_s=self.first_byte_timeout_s or 0.0,
+            gap_s=self.between_chunks_timeout_s,
+        )
 
     async def close(self) -> None:
         await self._session.close()

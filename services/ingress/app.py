@@ -123,11 +123,23 @@ def build_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        inbox: Inbox | None = None
+
+        def bus_lost() -> None:
+            if inbox is not None:
+                _log.warning("requests_lost_with_the_bus", waiting=inbox.lose_all())
+
+        def bus_restored() -> None:
+            if inbox is not None:
+                inbox.restored()
+
         subjects = Subjects(config.nats.subject_prefix)
         nc = await bus.connect(
             nats_url,
             name="loraroute-ingress",
             inbox_prefix=subjects.inbox("ingress"),
+            on_disconnected=bus_lost,
+            on_reconnected=bus_restored,
             **_credentials(settings),
         )
         js = nc.jetstream()
@@ -137,7 +149,7 @@ def build_app(
             _log.error("job_resources_failed", error=str(error))
             await bus.close(nc)
             raise
-        inbox = Inbox(nc.new_inbox())
+        inbox = Inbox(nc.new_inbox(), stall_s=config.liveness.stall_s)
 
         async def on_reply(msg: Msg) -> None:
             inbox.deliver(msg.subject, msg.headers, msg.data)
@@ -155,6 +167,7 @@ def build_app(
             CollectorRegistry(),
             in_flight=lambda: len(inbox),
             late_replies=lambda: inbox.dropped,
+            lost=lambda: inbox.lost,
         )
         created = int(time.time())
         app.state.ingress = IngressState(

@@ -79,9 +79,9 @@ def _observed(
         started = time.perf_counter()
         response = await handler(request)
         _api(request).metrics.observe(route, response.status_code, time.perf_counter() - started)
-        response.headers.setdefault(
-            headers.REQUEST_ID, headers.request_id(request.headers.get(headers.REQUEST_ID))
-        )
+        ids = headers.request_ids(request.headers.get(headers.REQUEST_ID))
+        for name, value in ids.response_headers().items():
+            response.headers.setdefault(name, value)
         return response
 
     return observed

@@ -44,7 +44,7 @@ def _header(scope: Scope, name: bytes) -> str | None:
 async def _answer(
     send: Send,
     error: ErrorResponse,
-    rid: str,
+    ids: headers.RequestIds,
     extra: list[tuple[bytes, bytes]],
 ) -> None:
     body = msgspec.json.encode(error)
@@ -55,7 +55,7 @@ async def _answer(
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
-                (headers.REQUEST_ID.encode(), rid.encode()),
+                *((k.encode(), v.encode()) for k, v in ids.response_headers().items()),
                 *extra,
             ],
         }
@@ -80,8 +80,8 @@ class Door:
             found = self.keyring.identify(_header(scope, b"authorization"))
             if isinstance(found, ErrorResponse):
                 state.metrics.refused("missing_key" if found is NO_KEY else "wrong_key")
-                rid = headers.request_id(_header(scope, headers.REQUEST_ID.encode()))
-                await _answer(send, found, rid, [_CHALLENGE])
+                ids = headers.request_ids(_header(scope, headers.REQUEST_ID.encode()))
+                await _answer(send, found, ids, [_CHALLENGE])
                 return
             scope.setdefault("state", {})["api_key"] = found
             state.metrics.let_in(found.name)
@@ -89,11 +89,11 @@ class Door:
         if route is not None:
             refused = state.exchange.overloaded()
             if refused is not None:
-                rid = headers.request_id(_header(scope, headers.REQUEST_ID.encode()))
+                ids = headers.request_ids(_header(scope, headers.REQUEST_ID.encode()))
                 extra = []
                 if refused.retry_after is not None:
                     extra.append((b"retry-after", str(refused.retry_after).encode()))
-                await _answer(send, refused.error, rid, extra)
+                await _answer(send, refused.error, ids, extra)
                 state.metrics.observe(route, refused.status, time.perf_counter() - started)
                 return
         await self.app(scope, receive, send)

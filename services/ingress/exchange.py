@@ -9,6 +9,12 @@ What the client reads never names a subject, a URL or an exception; those go to 
 the request id. Waiting requests are bounded (`ingress.max_in_flight`): beyond it the answer is
 429 with `Retry-After`, never an unbounded queue.
 
+Nothing waits for dead work: a request whose worker goes silent for `liveness.stall_s` (no
+answer, no keepalive) or whose bus connection drops ends at once with an explicit error (503
+when vLLM was not called, 502 when it may have been), after a cancel so that a worker that only
+hung drops it; one lost while a classifier held it (vLLM not called, nothing sent to the client)
+is sent once more first, to whichever classifier takes it.
+
 Passthrough requests (an explicit model or adapter) are sent through the classifier like auto
 ones: it owns every routing decision (endpoints by weight, reasoning, fallbacks) and skips the
 model for them, so the ingress stays free of routing logic; the extra hop costs one NATS message.
@@ -44,7 +50,7 @@ from services.common.subjects import (
     Subjects,
 )
 from services.ingress import sse
-from services.ingress.inbox import Inbox, Mailbox, NoResponders
+from services.ingress.inbox import Inbox, Lost, Mailbox, NoResponders
 from services.ingress.outcomes import (
     ErrorAnswer,
     JsonAnswer,
@@ -123,12 +129,52 @@ class Exchange:
             ErrorKind.TIMEOUT, f"No answer within the request's deadline ({budget_s:.3g} s)."
         )
 
+    def _lost(self, lost: Lost, meta: RequestMeta) -> ErrorAnswer:
+        """The error for a request given up as lost (see `inbox.Lost`)."""
+        self.inbox.lost += 1
+        _log.warning(
+            "request_lost",
+            request_id=meta.request_id,
+            bus=lost.bus,
+            held_by=lost.held_by,
+            silent_s=lost.silent_s,
+        )
+        if lost.bus:
+            return error_answer(
+                ErrorKind.UNAVAILABLE,
+                "The router lost its connection to its message bus (NATS) while the request "
+                "was in the pipeline, so its answer cannot arrive. Retry shortly.",
+                retry_after=self.config.ingress.retry_after_s,
+            )
+        if lost.held_by == "dispatcher":
+            return error_answer(
+                ErrorKind.BAD_GATEWAY,
+                f"The dispatcher handling the request stopped answering (nothing for "
+                f"{lost.silent_s:g} s); it may have died while vLLM was generating.",
+            )
+        return error_answer(
+            ErrorKind.UNAVAILABLE,
+            f"The request was lost in the pipeline (nothing for {lost.silent_s:g} s): the "
+            "classifier or dispatcher holding it stopped. Retry.",
+            retry_after=self.config.ingress.retry_after_s,
+        )
+
     @staticmethod
     def _unexpected(message: object, meta: RequestMeta) -> ErrorAnswer:
         _log.warning("unexpected_reply", request_id=meta.request_id, kind=type(message).__name__)
         return error_answer(ErrorKind.BAD_GATEWAY, "The router's pipeline answered out of order.")
 
     def _no_classifier(self, meta: RequestMeta) -> ErrorAnswer:
+        """503 for "nobody listens on the classify subject": no classifier runs, or, right
+        after this process's bus connection came back, the workers have not resubscribed yet."""
+        if self.inbox.bus_unsettled(2 * self.config.liveness.stall_s):
+            _log.warning("no_classifier_after_reconnect", request_id=meta.request_id)
+            return error_answer(
+                ErrorKind.UNAVAILABLE,
+                "The router's connection to its message bus was lost and is being restored; "
+                "the workers are reconnecting. Retry shortly.",
+                retry_after=self.config.ingress.retry_after_s,
+            )
         _log.warning(
             "no_classifier",
             request_id=meta.request_id,
@@ -148,39 +194,49 @@ class Exchange:
 
         For `stream=True` the outcome is a `StreamAnswer` once the head arrived (the caller
         must `release()` it); errors before the head are ordinary `ErrorAnswer`s. `route_key`
-        picks the A/B variant instead of the request id (`routing.ab_key_header`).
+        picks the A/B variant instead of the request id (`routing.ab_key_header`). A request
+        lost while a classifier held it is sent once more (see the module docstring).
         """
         refused = self.overloaded()
         if refused is not None:
             return refused
         budget = self._budget(meta)
-        mailbox = self.inbox.open()
-        handed_over = False
-        try:
-            payload = encoder.encode(RouteChat(body=msgspec.Raw(body), route_key=route_key))
-            failed = await self._send(mailbox, self.subjects.classify, payload, meta)
-            if failed is not None:
-                return failed
-            deadline = self._clock() + budget
+        deadline = self._clock() + budget
+        payload = encoder.encode(RouteChat(body=msgspec.Raw(body), route_key=route_key))
+        retried = False
+        while True:
+            mailbox = self.inbox.open()
+            handed_over = False
             try:
-                first = await mailbox.receive(deadline - self._clock())
-            except TimeoutError:
-                return self._timeout(budget)
-            if isinstance(first, NoResponders):
-                return self._no_classifier(meta)
-            if isinstance(first, ReplyResponse):
-                return JsonAnswer(first.status, bytes(first.body), first.route)
-            if isinstance(first, ReplyError):
-                return self._from_error(first)
-            if isinstance(first, ReplyHead) and first.whole:
-                return await self._join(mailbox, first, deadline, budget, meta)
-            if isinstance(first, ReplyHead) and stream:
-                handed_over = True
-                return self._stream(mailbox, first, deadline, meta)
-            return self._unexpected(first, meta)
-        finally:
-            if not handed_over:
-                mailbox.close()
+                failed = await self._send(mailbox, self.subjects.classify, payload, meta)
+                if failed is not None:
+                    return failed
+                try:
+                    first = await mailbox.receive(deadline - self._clock())
+                except TimeoutError:
+                    return self._timeout(budget)
+                if isinstance(first, Lost):
+                    if first.retryable and not retried:
+                        retried = True
+                        _log.info("request_retried", request_id=meta.request_id)
+                        continue
+                    await self.cancel(meta)
+                    return self._lost(first, meta)
+                if isinstance(first, NoResponders):
+                    return self._no_classifier(meta)
+                if isinstance(first, ReplyResponse):
+                    return JsonAnswer(first.status, bytes(first.body), first.route)
+                if isinstance(first, ReplyError):
+                    return self._from_error(first)
+                if isinstance(first, ReplyHead) and first.whole:
+                    return await self._join(mailbox, first, deadline, budget, meta)
+                if isinstance(first, ReplyHead) and stream:
+                    handed_over = True
+                    return self._stream(mailbox, first, deadline, meta)
+                return self._unexpected(first, meta)
+            finally:
+                if not handed_over:
+                    mailbox.close()
 
     async def _join(
         self, mailbox: Mailbox, head: ReplyHead, deadline: float, budget: float, meta: RequestMeta
@@ -203,6 +259,10 @@ class Exchange:
                 return ErrorAnswer(error.status, error, head.route)
             elif isinstance(message, ReplyError):
                 return self._from_error(message)
+            elif isinstance(message, Lost):
+                message.held_by = "dispatcher"  # the head came from one
+                await self.cancel(meta)
+                return self._lost(message, meta)
             else:
                 break
         _log.warning("answer_incomplete", request_id=meta.request_id, pieces=len(parts))
@@ -213,23 +273,35 @@ class Exchange:
     def _stream(
         self, mailbox: Mailbox, head: ReplyHead, deadline: float, meta: RequestMeta
     ) -> StreamAnswer:
-        finished = False
+        finished = lost = False
+
+        async def receive(timeout_s: float) -> object:
+            # Lost work after the head: an in-band error (a `ReplyError` to the relay).
+            nonlocal lost
+            message = await mailbox.receive(timeout_s)
+            if not isinstance(message, Lost):
+                return message
+            lost = True
+            message.held_by = "dispatcher"  # a stream's head came from one
+            answer = self._lost(message, meta)
+            return ReplyError(status=answer.status, error=answer.error)
 
         async def chunks() -> AsyncIterator[bytes]:
             nonlocal finished
-            async for data in sse.relay(mailbox.receive, deadline, self._clock):
+            async for data in sse.relay(receive, deadline, self._clock):
                 yield data
             finished = True
 
         async def release() -> None:
             mailbox.close()
-            if not finished:
+            if lost or not finished:
                 await self.cancel(meta)
 
         return StreamAnswer(chunks=chunks(), release=release, route=head.route, status=head.status)
 
     async def cancel(self, meta: RequestMeta) -> None:
-        """Tell the dispatchers that the client of `meta`'s request went away, so the one running
+        """Tell the workers that the client of `meta`'s request went away (or that the request
+        was given up as lost), so a classifier still holding it drops it, the dispatcher running
         it stops its call to vLLM (and vLLM stops generating), and one that has not received it
         yet drops it on arrival (the cancel carries the request's deadline, how long it counts).
         Best effort: a bus failure is only logged."""
@@ -261,6 +333,8 @@ class Exchange:
                 return self._timeout(budget)
             if isinstance(reply, NoResponders):
                 return self._no_classifier(meta)
+            if isinstance(reply, Lost):
+                return self._lost(reply, meta)
             if isinstance(reply, ClassifyTextsResult):
                 if len(reply.results) != len(texts):
                     return error_answer(
@@ -284,9 +358,12 @@ class Exchange:
             except PublishError:
                 return False, None
             try:
-                answer, data = await mailbox.receive_raw(timeout_s)
+                item = await mailbox.receive_raw(timeout_s)
             except TimeoutError:
                 return False, None
+            if item is None:  # the bus was lost
+                return False, None
+            answer, data = item
             if answer is not None and answer.get("Status") == "503" and not data:
                 return False, None  # no responders
             raw = (answer or {}).get(HEADER_CONFIG_REVISION)

@@ -1,6 +1,12 @@
 """Response headers that describe the route, and what a client may say about its request id,
 trace context and timeout.
 
+Every request gets an id of the ingress's own (`RequestIds.pipeline`): it keys the request on
+the bus (`Lr-Request-Id`, cancellations) and in every log line. A client's `x-request-id` is
+never used for that, since two clients may send the same one (and one's departure would cancel
+the other's request); it is only echoed back in `x-request-id`, for correlation, and logged
+beside the ingress's id. `x-loraroute-request-id` always carries the ingress's id.
+
 Header names are upstream's (`x-vsr-selected-*`, vLLM Semantic Router) so existing dashboards and
 tests keep working. Client headers are read only for `x-request-id`, `traceparent` and the
 optional timeout; any `x-vsr-*` or internal (`Lr-*`) header a client sends is ignored, because
@@ -10,11 +16,13 @@ the ingress builds every internal header itself.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from schemas.wire import Route
 from services.common.bus import new_request_id
 
 __all__ = [
+    "PIPELINE_ID",
     "REQUEST_ID",
     "ROUTE_REASON",
     "SELECTED_CATEGORY",
@@ -22,7 +30,8 @@ __all__ = [
     "SELECTED_MODEL",
     "SELECTED_REASONING",
     "TIMEOUT",
-    "request_id",
+    "RequestIds",
+    "request_ids",
     "route_headers",
     "timeout_s",
     "traceparent",
@@ -33,6 +42,8 @@ SELECTED_CONFIDENCE = "x-vsr-selected-confidence"
 SELECTED_MODEL = "x-vsr-selected-model"
 SELECTED_REASONING = "x-vsr-selected-reasoning"
 REQUEST_ID = "x-request-id"
+#: loraroute's own: the id the ingress gave the request (in its logs, and on the bus).
+PIPELINE_ID = "x-loraroute-request-id"
 #: loraroute's own: why this model (`classified`, `below_threshold`, `passthrough`, ...), so a
 #: fallback to `default_model` is visible without reading logs.
 ROUTE_REASON = "x-loraroute-route"
@@ -43,12 +54,24 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 
-def request_id(client_value: str | None) -> str:
-    """The client's `x-request-id` when it is a sane token (1-128 characters of
-    `[A-Za-z0-9._:/+=-]`, so it is safe in logs and headers), else a fresh one."""
-    if client_value and _REQUEST_ID.match(client_value):
-        return client_value
-    return new_request_id()
+@dataclass(frozen=True, slots=True)
+class RequestIds:
+    """A request's ids: `pipeline`, made by the ingress, and the client's own `client`."""
+
+    pipeline: str
+    client: str | None = None
+
+    def response_headers(self) -> dict[str, str]:
+        """`x-request-id` (the client's when it sent one, else the ingress's) and
+        `x-loraroute-request-id` (the ingress's)."""
+        return {REQUEST_ID: self.client or self.pipeline, PIPELINE_ID: self.pipeline}
+
+
+def request_ids(client_value: str | None) -> RequestIds:
+    """A fresh id for the request, and the client's `x-request-id` when it is a sane token
+    (1-128 characters of `[A-Za-z0-9._:/+=-]`, so it is safe in logs and headers)."""
+    sane = client_value if client_value and _REQUEST_ID.match(client_value) else None
+    return RequestIds(new_request_id(), sane)
 
 
 def traceparent(client_value: str | None) -> str | None:

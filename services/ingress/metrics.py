@@ -18,13 +18,15 @@ _SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 
 class IngressMetrics:
     """Requests by route and status, their time to answer (to the head for streams), requests
-    open now, and replies dropped because their request had already ended."""
+    open now, replies dropped because their request had already ended, and requests given up as
+    lost."""
 
     def __init__(
         self,
         registry: CollectorRegistry,
         in_flight: Callable[[], float],
         late_replies: Callable[[], float],
+        lost: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self.registry = registry
         self.requests = Counter(
@@ -50,6 +52,12 @@ class IngressMetrics:
             "Replies dropped since start because their request had ended (deadline, client gone).",
             registry=registry,
         ).set_function(late_replies)
+        Gauge(
+            "loraroute_ingress_lost_requests",
+            "Requests given up since start as lost work: no sign of life for liveness.stall_s "
+            "(their worker died or hung) or the bus connection dropped.",
+            registry=registry,
+        ).set_function(lost)
 
         self.auth_refusals = Counter(
             "loraroute_ingress_auth_refusals_total",

@@ -78,10 +78,12 @@ class IngressState:
     models_by_key: dict[str, bytes] = field(default_factory=dict)
 
 
-def _forbidden(key: ApiKeyEntry | None, model: str, rid: str, state: IngressState) -> Response:
+def _forbidden(
+    key: ApiKeyEntry | None, model: str, ids: headers.RequestIds, state: IngressState
+) -> Response:
     state.metrics.refused("model")
-    _log.info("model_refused", key=key.name if key else None, model=model, request_id=rid)
-    return _error(forbidden_model(model), rid)
+    _log.info("model_refused", key=key.name if key else None, model=model, request_id=ids.pipeline)
+    return _error(forbidden_model(model), ids)
 
 
 def _state(request: Request) -> IngressState:
@@ -89,11 +91,8 @@ def _state(request: Request) -> IngressState:
     return state
 
 
-def _error(error: ErrorResponse, rid: str, extra: dict[str, str] | None = None) -> Response:
-    hdrs = {headers.REQUEST_ID: rid}
-    if extra:
-        hdrs.update(extra)
-    return Response(msgspec.json.encode(error), error.status, hdrs, _JSON)
+def _error(error: ErrorResponse, ids: headers.RequestIds) -> Response:
+    return Response(msgspec.json.encode(error), error.status, ids.response_headers(), _JSON)
 
 
 class _Relay(StreamingResponse):
@@ -110,8 +109,8 @@ class _Relay(StreamingResponse):
             await self._release()
 
 
-def _respond(outcome: Outcome, rid: str) -> Response:
-    hdrs = {headers.REQUEST_ID: rid, **headers.route_headers(outcome.route)}
+def _respond(outcome: Outcome, ids: headers.RequestIds) -> Response:
+    hdrs = {**ids.response_headers(), **headers.route_headers(outcome.route)}
     if isinstance(outcome, JsonAnswer):
         return Response(outcome.body, outcome.status, hdrs, _JSON)
     if isinstance(outcome, StreamAnswer):
@@ -121,7 +120,8 @@ def _respond(outcome: Outcome, rid: str) -> Response:
     if outcome.status >= 500:
         _log.warning(
             "request_failed",
-            request_id=rid,
+            request_id=ids.pipeline,
+            client_request_id=ids.client,
             status=outcome.status,
             error_type=outcome.error.error.type,
         )
@@ -148,11 +148,14 @@ async def _read_json_body(request: Request, limit: int) -> bytes | ErrorResponse
 
 
 def _meta(
-    request: Request, rid: str, timeout_s: float, config_revision: int | None = None
+    request: Request,
+    ids: headers.RequestIds,
+    timeout_s: float,
+    config_revision: int | None = None,
 ) -> RequestMeta:
     timeout = headers.timeout_s(timeout_s, request.headers.get(headers.TIMEOUT))
     return RequestMeta(
-        request_id=rid,
+        request_id=ids.pipeline,
         deadline_ms=deadline_after(timeout),
         # The ingress's own span when tracing is on, else the client's value as it came.
         traceparent=tracing.traceparent(headers.traceparent(request.headers.get("traceparent"))),
@@ -170,34 +173,41 @@ async def chat_completions(request: Request) -> Response:
 
 async def _chat(request: Request) -> Response:
     state = _state(request)
-    rid = headers.request_id(request.headers.get(headers.REQUEST_ID))
+    ids = headers.request_ids(request.headers.get(headers.REQUEST_ID))
     body = await _read_json_body(request, state.body_limit)
     if isinstance(body, ErrorResponse):
-        return _error(body, rid)
+        return _error(body, ids)
     view = parse_chat(body, state.config.limits)
     if isinstance(view, ErrorResponse):
-        return _error(view, rid)
+        return _error(view, ids)
     # One config revision for the whole request, also named to the later stages.
     config, revision = state.config, state.config_revision
     if config.target_of(view.model) is None:
-        return _error(unknown_model(view.model or ""), rid)
+        return _error(unknown_model(view.model or ""), ids)
     key = api_key(request.scope)
     named = view.model or config.default_model
     if not Keyring.allows(key, named):
-        return _forbidden(key, named, rid, state)
-    meta = _meta(request, rid, config.ingress.request_timeout_s, revision)
+        return _forbidden(key, named, ids, state)
+    meta = _meta(request, ids, config.ingress.request_timeout_s, revision)
+    # The A/B key: the configured header's value, else the client's own request id (the
+    # pipeline's id is new on every request, so a retried request could change variant).
     key_header = config.routing.ab_key_header
-    route_key = request.headers.get(key_header) or None if key_header else None
+    route_key = (request.headers.get(key_header) if key_header else None) or ids.client
     outcome = await _unless_client_leaves(
         request, state.exchange.chat(body, bool(view.stream), meta, route_key)
     )
     if outcome is None:
         await state.exchange.cancel(meta)
-        _log.info("client_gone", request_id=rid, key=key.name if key else None)
+        _log.info(
+            "client_gone",
+            request_id=ids.pipeline,
+            client_request_id=ids.client,
+            key=key.name if key else None,
+        )
         outcome = error_answer(
             ErrorKind.CLIENT_GONE, "The client closed its connection before the answer."
         )
-    return _respond(outcome, rid)
+    return _respond(outcome, ids)
 
 
 async def _client_left(request: Request) -> None:
@@ -264,10 +274,10 @@ async def ready(request: Request) -> Response:
 
 async def _classify(request: Request, batch: bool) -> Response:
     state = _state(request)
-    rid = headers.request_id(request.headers.get(headers.REQUEST_ID))
+    ids = headers.request_ids(request.headers.get(headers.REQUEST_ID))
     body = await _read_json_body(request, state.body_limit)
     if isinstance(body, ErrorResponse):
-        return _error(body, rid)
+        return _error(body, ids)
     depth = state.config.limits.max_json_depth
     parsed = (
         parse_classify_batch(body, state.config.ingress.max_classify_texts, depth)
@@ -275,19 +285,19 @@ async def _classify(request: Request, batch: bool) -> Response:
         else parse_classify_intent(body, depth)
     )
     if isinstance(parsed, ErrorResponse):
-        return _error(parsed, rid)
+        return _error(parsed, ids)
     texts = parsed.texts if isinstance(parsed, ClassifyBatchRequest) else [parsed.text]
     with_probabilities = parsed.options.return_probabilities
-    meta = _meta(request, rid, state.config.ingress.classify_timeout_s)
+    meta = _meta(request, ids, state.config.ingress.classify_timeout_s)
     reply = await state.exchange.classify(texts, with_probabilities, meta)
     if isinstance(reply, ErrorAnswer):
-        return _respond(reply, rid)
+        return _respond(reply, ids)
     assert isinstance(reply, ClassifyTextsResult)
     build = classify_api.batch_body if batch else classify_api.intent_body
     return Response(
         build(state.config, reply, with_probabilities),
         200,
-        {headers.REQUEST_ID: rid},
+        ids.response_headers(),
         _JSON,
     )
 

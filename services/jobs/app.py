@@ -116,6 +116,7 @@ class JobsWorker:
             files=resources.files,
             metrics=self.metrics,
             limits=self.config.limits,
+            stall_s=self.config.liveness.stall_s,
         )
         self._loops = [
             PullLoop(

@@ -23,6 +23,7 @@ import nats.errors
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from nats.js.object_store import ObjectStore
@@ -37,6 +38,8 @@ from schemas.jobs import (
     control_decoder,
     line_decoder,
 )
+from schemas.wire import is_keepalive
+from services.common import bus
 from services.common.subjects import HEADER_REQUEST_ID, Subjects
 from services.jobs import dead_letters, run_line
 from services.jobs.consumers import backoff_delay
@@ -84,8 +87,11 @@ class JobsHandlers:
         files: ObjectStore,
         metrics: JobsMetrics,
         limits: Limits | None = None,
+        stall_s: float | None = None,
     ) -> None:
         self.nc = nc
+        #: `liveness.stall_s`: silence after which a line in the pipeline is taken as lost.
+        self.stall_s = stall_s
         self.js = js
         self.subjects = subjects
         self.jobs = jobs
@@ -191,18 +197,24 @@ class JobsHandlers:
         return await run_line.run(line, self._request, timeout_s=self.jobs.line_timeout_s)
 
     async def _request(self, payload: bytes, headers: Mapping[str, str], timeout_s: float) -> bytes:
+        """Send a line to the job lane and return the answer's payload, skipping keepalives.
+
+        Silence longer than `stall_s` means the line was lost (its classifier or dispatcher
+        died, or the bus dropped the answer): `LineUnreachable` at once, not at the deadline.
+        It counts as the pipeline's state (no delivery used up) when the line was lost at a
+        classifier or with the connection; when a dispatcher may have called vLLM with it, it
+        uses a delivery, so a line that kills its dispatcher is dead-lettered, not run forever.
+        """
         subject = self.subjects.classify_jobs
+        inbox = self.nc.new_inbox()
         try:
-            reply = await self.nc.request(
-                subject, payload, timeout=max(timeout_s, 0.001), headers=dict(headers)
-            )
-        except nats.errors.NoRespondersError as error:
-            _log.info("no_classifier", subject=subject, request_id=headers.get(HEADER_REQUEST_ID))
-            raise run_line.LineUnreachable(
-                "no classifier is available", pipeline_down=True
-            ) from error
-        except nats.errors.TimeoutError as error:
-            raise run_line.LineUnreachable(f"no answer within {timeout_s:.3g} s") from error
+            sub = await self.nc.subscribe(inbox)
+            try:
+                await self.nc.publish(subject, payload, reply=inbox, headers=dict(headers))
+                return await self._answer(sub, subject, timeout_s)
+            finally:
+                with contextlib.suppress(nats.errors.Error):
+                    await sub.unsubscribe()
         except nats.errors.Error as error:  # connection closed or reconnecting
             _log.info(
                 "bus_unavailable", error=repr(error), request_id=headers.get(HEADER_REQUEST_ID)
@@ -210,7 +222,36 @@ class JobsHandlers:
             raise run_line.LineUnreachable(
                 "the message bus is unavailable", pipeline_down=True
             ) from error
-        return reply.data
+
+    async def _answer(self, sub: Subscription, subject: str, timeout_s: float) -> bytes:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + max(timeout_s, 0.001)
+        held_by = b""
+        while True:
+            left = end - loop.time()
+            if left <= 0:
+                raise run_line.LineUnreachable(f"no answer within {timeout_s:.3g} s")
+            stalls = self.stall_s is not None and self.stall_s < left
+            try:
+                msg = await sub.next_msg(timeout=self.stall_s if stalls else left)
+            except nats.errors.TimeoutError as error:
+                if not stalls:
+                    raise run_line.LineUnreachable(f"no answer within {timeout_s:.3g} s") from error
+                bus_lost = not self.nc.is_connected
+                at_classifier = held_by == b"classifier"
+                where = "the bus connection dropped" if bus_lost else "its worker stopped"
+                self.metrics.lines.labels("lost").inc()
+                raise run_line.LineUnreachable(
+                    f"the line was lost in the pipeline ({where}; nothing for {self.stall_s:g} s)",
+                    pipeline_down=bus_lost or at_classifier,
+                ) from error
+            if bus.is_no_responders(msg):
+                _log.info("no_classifier", subject=subject)
+                raise run_line.LineUnreachable("no classifier is available", pipeline_down=True)
+            if not is_keepalive(msg.data):
+                return msg.data
+            if held_by != b"dispatcher":
+                held_by = b"classifier" if b'"classifier"' in msg.data else b"dispatcher"
 
     async def _store(self, result: JobResult) -> bool:
         return await store_result(self.js, self.subjects, result)

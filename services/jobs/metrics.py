@@ -19,7 +19,8 @@ class JobsMetrics:
             "Job line deliveries by outcome: completed (status 200 stored), failed (another "
             "result stored), duplicate (a result was stored already), retried (redelivered "
             "later), waiting (tried again in the same delivery while the pipeline was down), "
-            "dead (sent to the dead-letter stream).",
+            "dead (sent to the dead-letter stream), lost (a run given up after "
+            "liveness.stall_s of silence: its worker died or the bus dropped its answer).",
             ["outcome"],
             registry=registry,
         )

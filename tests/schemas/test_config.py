@@ -317,3 +317,14 @@ def test_upstream_keys_are_ignored_with_one_warning_naming_each(tmp_path: Path) 
     assert "prompt_guard (line" in message
     assert "categories[0].model_scores[0].reasoning_description (line" in message
     assert config.default_model == "llama2-7b"
+
+
+def test_the_stall_bound_must_cover_three_heartbeats() -> None:
+    data = __import__("yaml").safe_load(GUIDE)
+    config = decode_config(data)
+    assert (config.liveness.heartbeat_s, config.liveness.stall_s) == (1.0, 5.0)
+    assert check(config)[0] == []
+    data["liveness"] = {"heartbeat_s": 2.0, "stall_s": 5.0}
+    errors, _ = check(decode_config(data))
+    assert [e.path for e in errors] == ["liveness.stall_s"]
+    assert "three heartbeats" in errors[0].message

@@ -241,6 +241,7 @@ FRAME = 'data: {"choices":[{"delta":{"content":"Grüße ☃\\n"}}]}\n\ndata: [DO
         wire.ReplyEnd(chunks=42, error=error_response(ErrorKind.BAD_GATEWAY, "cut\nshort")),
         wire.ReplyResponse(status=200, body=msgspec.Raw(b'{"id":"x"}'), route=ROUTE),
         wire.ReplyError(status=503, error=error_response(ErrorKind.UNAVAILABLE, "none")),
+        wire.ReplyAlive(held_by="classifier"),
     ],
     ids=lambda m: type(m).__name__,
 )
@@ -254,6 +255,19 @@ def test_a_chunk_is_a_header_line_then_its_bytes() -> None:
     assert (
         encode_reply(StreamChunk(seq=7, data=FRAME)) == b'{"type":"chunk","v":1,"seq":7}\n' + FRAME
     )
+
+
+def test_a_keepalive_is_told_from_every_answer_without_decoding() -> None:
+    for held_by in ("classifier", "dispatcher"):
+        assert wire.is_keepalive(encode_reply(wire.ReplyAlive(held_by=held_by)))
+    answers: list[wire.ReplyMessage] = [
+        wire.ReplyHead(route=ROUTE),
+        StreamChunk(seq=0, data=b'{"type":"alive"}'),
+        wire.ReplyEnd(chunks=1),
+        wire.ReplyResponse(status=200, body=msgspec.Raw(b'{"type":"alive"}')),
+        wire.ReplyError(status=499, error=error_response(ErrorKind.CLIENT_GONE, "alive")),
+    ]
+    assert not any(wire.is_keepalive(encode_reply(m)) for m in answers)
 
 
 def test_other_replies_are_their_json() -> None:

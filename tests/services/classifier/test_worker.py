@@ -25,6 +25,7 @@ from schemas.wire import (
     ClassifyTexts,
     ClassifyTextsResult,
     DispatchRequest,
+    ReplyAlive,
     ReplyError,
     RouteChat,
     dispatch_decoder,
@@ -211,6 +212,38 @@ class TestWithFakeBackend:
             await dispatcher.next()
         assert caller.replies[blocked].empty()
 
+    async def test_a_held_request_gets_keepalives_and_a_notice_before_it_is_forwarded(
+        self, config: Config, backend: KeywordBackend, nats_url: str, client: Client
+    ) -> None:
+        data = msgspec.to_builtins(config)
+        data["liveness"] = {"heartbeat_s": 0.05, "stall_s": 0.2}
+        engine = Engine(
+            keyword_tokenizer(),
+            backend,
+            LabelMap.build(LABELS, {c.name: c.mmlu_categories for c in config.categories}),
+        )
+        worker = ClassifierWorker(decode_config(data), engine, nats_url, name="keepalive-test")
+        await worker.start()
+        try:
+            caller, dispatcher = await _setup(worker, client)
+            backend.gate.clear()
+            reply = await caller.send(chat("block blood"), request_id="held 1")
+            await asyncio.sleep(0.4)  # held: the inference thread is blocked
+            backend.gate.set()
+            forwarded, _ = await dispatcher.next()
+            assert forwarded.route.model == "medical-lora"
+            got = [reply_decoder.decode((await caller.reply(reply)).data)]
+            while not caller.replies[reply].empty():
+                got.append(reply_decoder.decode((await caller.reply(reply)).data))
+            assert len(got) >= 3
+            assert all(m == ReplyAlive(held_by="classifier") for m in got[:-1])
+            # The last word before the forward: vLLM may be called from now on.
+            assert got[-1] == ReplyAlive(held_by="dispatcher")
+            assert worker.keepalives is not None and len(worker.keepalives) == 0
+        finally:
+            backend.gate.set()
+            await worker.stop(5)
+
     async def test_a_cancel_drops_a_queued_chat_request(
         self, worker: ClassifierWorker, client: Client, backend: KeywordBackend
     ) -> None:
@@ -232,7 +265,11 @@ class TestWithFakeBackend:
         models = sorted([(await dispatcher.next())[0].route.model for _ in sent])
         assert models == ["legal-lora", "technical-lora"]
         await asyncio.sleep(0.1)
-        assert dispatcher.got.empty() and caller.replies[left].empty()
+        assert dispatcher.got.empty()
+        # Its requester is answered all the same: 499, never silence.
+        error = _error(await caller.reply(left))
+        assert error.status == 499 and error.error.error.type == "ClientClosedRequest"
+        assert caller.replies[left].empty()
         assert (
             worker.metrics.registry.get_sample_value(
                 "loraroute_classifier_rejected_total", {"kind": "cancelled"}

@@ -147,7 +147,12 @@ class Harness:
     ) -> None:
         self.pool = EndpointPool(endpoints)
         self.config = DispatcherConfig(**config)
-        self.upstream = Upstream(max_connections_per_endpoint=16, connect_timeout_s=2.0)
+        self.upstream = Upstream(
+            max_connections_per_endpoint=16,
+            connect_timeout_s=2.0,
+            first_byte_timeout_s=self.config.first_byte_timeout_s,
+            between_chunks_timeout_s=self.config.between_chunks_timeout_s,
+        )
         self.dispatch = Dispatch(
             config=self.config,
             pool=self.pool,
@@ -407,6 +412,25 @@ class TestWhole:
         assert _only_error(h).status == 504 and outcome.status == 504
         assert time.monotonic() - started >= 0.25
 
+    async def test_a_hung_vllm_is_504_after_the_first_byte_timeout_tried_once_per_endpoint(
+        self, vllm: FakeVllm, harness_factory: Callable[..., Harness]
+    ) -> None:
+        released = asyncio.Event()
+
+        async def hang(request: web.Request) -> web.StreamResponse:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(released.wait(), 60)
+            return web.Response(body=_completion(), content_type="application/json")
+
+        vllm.handler = hang
+        h = harness_factory([_endpoint("a", vllm.port)], first_byte_timeout_s=0.2)
+        outcome = await h.run(CHAT, deadline_s=60.0)
+        released.set()
+        error = _only_error(h)
+        assert error.status == 504 and outcome.status == 504
+        assert "first_byte_timeout_s" in error.error.error.message
+        assert len(vllm.bodies) == 1  # a timeout is not tried again on the same endpoint
+
     async def test_expired_work_never_reaches_vllm(
         self, vllm: FakeVllm, harness_factory: Callable[..., Harness]
     ) -> None:
@@ -469,6 +493,43 @@ class TestStream:
         assert isinstance(end, ReplyEnd) and end.error is not None
         assert end.error.error.code == 502
         assert vllm2.bodies == []
+
+    async def test_a_stream_with_no_first_chunk_is_504_before_any_byte(
+        self, vllm: FakeVllm, harness_factory: Callable[..., Harness]
+    ) -> None:
+        async def head_only(request: web.Request) -> web.StreamResponse:
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            with contextlib.suppress(ConnectionError):
+                await asyncio.sleep(60)
+            return response
+
+        vllm.handler = head_only
+        h = harness_factory([_endpoint("a", vllm.port)], first_byte_timeout_s=0.2)
+        await h.run(STREAM, deadline_s=60.0)
+        error = _only_error(h)
+        assert error.status == 504 and "first_byte_timeout_s" in error.error.error.message
+
+    async def test_a_stream_silent_between_chunks_ends_with_an_in_band_504(
+        self, vllm: FakeVllm, harness_factory: Callable[..., Harness]
+    ) -> None:
+        async def stalls(request: web.Request) -> web.StreamResponse:
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            await response.write(FRAMES[0])
+            with contextlib.suppress(ConnectionError):
+                await asyncio.sleep(60)
+            return response
+
+        vllm.handler = stalls
+        h = harness_factory([_endpoint("a", vllm.port)], between_chunks_timeout_s=0.2)
+        outcome = await h.run(STREAM, deadline_s=60.0)
+        head, chunk, end = h.sent
+        assert isinstance(head, ReplyHead) and isinstance(chunk, StreamChunk)
+        assert isinstance(end, ReplyEnd) and end.error is not None
+        assert end.error.error.code == 504
+        assert "between_chunks_timeout_s" in end.error.error.message
+        assert outcome.chunks == 1
 
     async def test_in_band_vllm_error_is_passed_through(
         self, vllm: FakeVllm, harness_factory: Callable[..., Harness]

@@ -20,6 +20,7 @@ from nats.aio.msg import Msg
 from schemas.config import Config, decode_config
 from schemas.wire import (
     DispatchRequest,
+    ReplyAlive,
     ReplyEnd,
     ReplyError,
     ReplyHead,
@@ -233,6 +234,11 @@ async def test_cancel_stops_the_call_to_vllm(config: Config, nats_url: str, clie
         assert w.handlers is not None
         await asyncio.sleep(0.05)
         assert not w.handlers.tasks
+        # The requester is always answered: after the chunks, a 499 (never silence).
+        last = first
+        while not isinstance(last, ReplyError):
+            last = decode_reply((await asyncio.wait_for(replies.get(), 5)).data)
+        assert last.status == 499 and last.error.error.type == "ClientClosedRequest"
     finally:
         await w.stop(5)
         await server.close()
@@ -290,3 +296,38 @@ async def test_remembered_cancels_expire_and_are_bounded(
         reply = reply_decoder.decode((await asyncio.wait_for(replies.get(), 5)).data)
         assert reply.status == (499 if rid == "c3" else 200), rid
     assert len(vllm_calls) == 2
+
+
+async def test_a_slow_vllm_sends_keepalives_then_the_answer(
+    config: Config, nats_url: str, client: Client
+) -> None:
+    async def slow(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(1.0)
+        return web.Response(body=COMPLETION, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", slow)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    data = msgspec.to_builtins(config)
+    data["vllm_endpoints"][0]["port"] = server.port
+    data["liveness"] = {"heartbeat_s": 0.1, "stall_s": 0.5}
+    w = DispatcherWorker(decode_config(data), nats_url, name="keepalive-test")
+    await w.start()
+    try:
+        inbox = f"_INBOX.{uuid.uuid4().hex}.t9"
+        replies = await _collect(client, inbox)
+        meta = bus.RequestMeta(request_id="slow 1", deadline_ms=bus.deadline_after(30))
+        await client.publish(
+            w.dispatch_subjects[0], _request(), reply=inbox, headers=meta.to_headers()
+        )
+        got = [decode_reply((await asyncio.wait_for(replies.get(), 5)).data)]
+        while not isinstance(got[-1], ReplyResponse):
+            got.append(decode_reply((await asyncio.wait_for(replies.get(), 5)).data))
+        alive = got[:-1]
+        # vLLM kept it silent for 1 s: keepalives at least every two heartbeats.
+        assert len(alive) >= 4 and all(a == ReplyAlive(held_by="dispatcher") for a in alive)
+        assert w.keepalives is not None and len(w.keepalives) == 0
+    finally:
+        await w.stop(5)
+        await server.close()

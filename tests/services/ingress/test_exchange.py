@@ -231,3 +231,28 @@ async def test_readiness_pings_each_worker_kind(config: Config) -> None:
 
     exchange, _ = make(config, answer)
     assert await exchange.readiness() == {"classifier": True, "dispatcher:llama2-7b": False}
+
+
+async def test_a_lost_bus_is_503_at_once_and_says_so(config: Config) -> None:
+    exchange, bus = make(config, None)
+    meta = RequestMeta(request_id="r-bus", deadline_ms=deadline_after(30.0))
+    waiting = asyncio.ensure_future(exchange.chat(BODY, False, meta))
+    while not bus.sent:
+        await asyncio.sleep(0)
+    exchange.inbox.lose_all()
+    outcome = await waiting
+    assert isinstance(outcome, ErrorAnswer) and outcome.status == 503
+    assert "message bus" in outcome.error.error.message
+    assert outcome.retry_after == config.ingress.retry_after_s
+    # A cancel follows, so a worker that still holds the request drops it once the bus is back.
+    assert bus.sent[-1][0] == "loraroute.cancel.r-bus"
+
+
+async def test_no_responders_right_after_a_bus_loss_blames_the_bus(config: Config) -> None:
+    exchange, _ = make(config, NO_RESPONDERS)
+    exchange.inbox.lose_all()
+    exchange.inbox.restored()
+    outcome = await exchange.chat(BODY, False, META)
+    assert isinstance(outcome, ErrorAnswer) and outcome.status == 503
+    assert "No classifier" not in outcome.error.error.message
+    assert "message bus" in outcome.error.error.message

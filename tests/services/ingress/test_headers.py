@@ -38,11 +38,20 @@ def test_reasoning_off_is_explicit() -> None:
     assert headers.route_headers(None) == {}
 
 
-def test_request_id_keeps_sane_client_ids_only() -> None:
-    assert headers.request_id("abc-123_x.y") == "abc-123_x.y"
+def test_the_pipeline_id_is_always_the_ingress_own_and_sane_client_ids_are_echoed() -> None:
+    ids = headers.request_ids("abc-123_x.y")
+    assert ids.client == "abc-123_x.y"
+    assert ids.pipeline != ids.client and len(ids.pipeline) == 32
+    assert ids.response_headers() == {
+        "x-request-id": "abc-123_x.y",
+        "x-loraroute-request-id": ids.pipeline,
+    }
+    # The same client id twice: two different pipeline ids (cancels key on these).
+    assert headers.request_ids("abc-123_x.y").pipeline != ids.pipeline
     for bad in [None, "", "has space", "x" * 129, "new\nline", "é"]:
-        generated = headers.request_id(bad)
-        assert generated != bad and len(generated) == 32
+        ids = headers.request_ids(bad)
+        assert ids.client is None and len(ids.pipeline) == 32
+        assert ids.response_headers()["x-request-id"] == ids.pipeline
 
 
 def test_traceparent_is_validated() -> None:

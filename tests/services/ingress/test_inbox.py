@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from schemas.errors import ErrorKind, error_response
-from schemas.wire import ReplyError, StreamChunk, encode_reply, encoder
-from services.ingress.inbox import NO_RESPONDERS, Inbox
+from schemas.wire import ReplyAlive, ReplyError, StreamChunk, encode_reply, encoder
+from services.ingress.inbox import NO_RESPONDERS, Inbox, Lost
 
 
 async def test_messages_reach_their_mailbox_in_order() -> None:
@@ -73,3 +75,52 @@ async def test_zero_timeout_on_empty_mailbox_times_out() -> None:
     inbox = Inbox("_INBOX.t")
     with inbox.open() as box, pytest.raises(TimeoutError):
         await box.receive(0.0)
+
+
+async def test_keepalives_are_consumed_and_remembered() -> None:
+    inbox = Inbox("_INBOX.t", stall_s=5.0)
+    with inbox.open() as box:
+        inbox.deliver(box.reply, None, encoder.encode(ReplyAlive(held_by="classifier")))
+        inbox.deliver(box.reply, None, encoder.encode(StreamChunk(seq=0, data=b"x")))
+        assert await box.receive(1.0) == StreamChunk(seq=0, data=b"x")
+        assert box.held_by == "classifier"
+        inbox.deliver(box.reply, None, encoder.encode(ReplyAlive(held_by="dispatcher")))
+        inbox.deliver(box.reply, None, encoder.encode(ReplyAlive(held_by="classifier")))
+        with pytest.raises(TimeoutError):
+            await box.receive(0.05)
+        assert box.held_by == "dispatcher"  # once vLLM may have been called, it stays so
+
+
+async def test_silence_past_the_stall_bound_is_lost_work() -> None:
+    inbox = Inbox("_INBOX.t", stall_s=0.05)
+    with inbox.open() as box:
+        inbox.deliver(box.reply, None, encoder.encode(ReplyAlive(held_by="classifier")))
+        lost = await box.receive(30.0)
+        assert isinstance(lost, Lost)
+        assert (lost.bus, lost.held_by, lost.retryable) == (False, "classifier", True)
+    with inbox.open() as box:
+        lost = await box.receive(30.0)
+        # Nothing heard: vLLM may have been called by now, so it is not sent again.
+        assert isinstance(lost, Lost) and lost.held_by is None and not lost.retryable
+    # A deadline shorter than the stall bound stays a deadline.
+    with inbox.open() as box, pytest.raises(TimeoutError):
+        await box.receive(0.01)
+
+
+async def test_a_lost_bus_connection_ends_every_open_request_at_once() -> None:
+    inbox = Inbox("_INBOX.t", stall_s=60.0)
+    a, b = inbox.open(), inbox.open()
+    waiting = asyncio.ensure_future(a.receive(30.0))
+    await asyncio.sleep(0)
+    assert inbox.lose_all() == 2
+    for lost in (await waiting, await b.receive(30.0)):
+        assert isinstance(lost, Lost) and lost.bus and not lost.retryable
+    assert inbox.bus_unsettled(10.0)
+    inbox.restored()
+    assert inbox.bus_unsettled(10.0) and not inbox.bus_unsettled(0.0)
+    # A request opened before the loss and silent since then is lost with the bus, too.
+    inbox2 = Inbox("_INBOX.u", stall_s=0.05)
+    with inbox2.open() as box:
+        inbox2.epoch += 1
+        lost = await box.receive(30.0)
+        assert isinstance(lost, Lost) and lost.bus

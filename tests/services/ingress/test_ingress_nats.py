@@ -23,6 +23,7 @@ from schemas.errors import ErrorKind, error_response
 from schemas.wire import (
     ClassifyTexts,
     ClassifyTextsResult,
+    ReplyAlive,
     ReplyEnd,
     ReplyError,
     ReplyHead,
@@ -78,6 +79,8 @@ def ingress(nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                 "request_timeout_s": 5.0,
                 "ready_timeout_s": 0.3,
             },
+            # Lost work is given up after 1 s of silence (well inside the 5 s deadline).
+            "liveness": {"heartbeat_s": 0.2, "stall_s": 1.0},
         },
     )
     service = Service(
@@ -101,6 +104,7 @@ class Responder:
 
     def __init__(self) -> None:
         self.seen_headers: list[dict[str, str]] = []
+        self.tasks: set[asyncio.Task[None]] = set()
 
     def replies(self, msg: Msg) -> list[Any]:
         message = classify_decoder.decode(msg.data)
@@ -145,6 +149,17 @@ class Responder:
             return [ReplyError(status=429, error=error)]
         if text == "upstream-404":
             return [ReplyResponse(status=404, body=msgspec.Raw(b'{"error":{"message":"no"}}'))]
+        if text == "lost-at-classifier":  # a classifier that held it, then died
+            return [ReplyAlive(held_by="classifier")]
+        if text == "lost-at-classifier-once":  # ... and a live one that takes the retry
+            first = sum(_text_of(h) == text for h in self.seen_headers) == 1
+            if first:
+                return [ReplyAlive(held_by="classifier")]
+            return [ReplyResponse(status=200, body=msgspec.Raw(UPSTREAM_JSON), route=ROUTE)]
+        if text == "lost-at-dispatcher":  # vLLM may have been called when it died
+            return [ReplyAlive(held_by="classifier"), ReplyAlive(held_by="dispatcher")]
+        if text == "lost-mid-stream":
+            return [ReplyHead(route=ROUTE), chunks[0]]
         return []  # "silent": never answers
 
     async def on_message(self, msg: Msg) -> None:
@@ -152,8 +167,15 @@ class Responder:
         if "Lr-Ping" in headers:
             await msg.respond(b"")
             return
-        self.seen_headers.append(headers)
         message = classify_decoder.decode(msg.data)
+        if isinstance(message, RouteChat):
+            headers["text"] = _last_user_text(bytes(message.body))
+        self.seen_headers.append(headers)
+        if isinstance(message, RouteChat) and headers["text"] == "slow-with-keepalives":
+            task = asyncio.create_task(self._slow(msg))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+            return
         if isinstance(message, RouteChat) and _last_user_text(bytes(message.body)) == "late":
             await asyncio.sleep(0.6)
             await msg._client.publish(
@@ -163,6 +185,22 @@ class Responder:
             return
         for reply in self.replies(msg):
             await msg._client.publish(msg.reply, encode_reply(reply))
+
+    async def _slow(self, msg: Msg) -> None:
+        """A dispatcher whose vLLM takes 2.5 s (over twice the stall bound): keepalives every
+        0.3 s, then the answer."""
+        for _ in range(8):
+            await msg._client.publish(msg.reply, encode_reply(ReplyAlive(held_by="dispatcher")))
+            await asyncio.sleep(0.3)
+        answer = ReplyResponse(status=200, body=msgspec.Raw(UPSTREAM_JSON), route=ROUTE)
+        await msg._client.publish(msg.reply, encode_reply(answer))
+
+    def attempts(self, text: str) -> list[dict[str, str]]:
+        return [h for h in self.seen_headers if _text_of(h) == text]
+
+
+def _text_of(headers: dict[str, str]) -> str | None:
+    return headers.get("text")
 
 
 @pytest.fixture
@@ -274,7 +312,8 @@ async def test_json_answer_with_route_headers(
     assert response.headers["x-vsr-selected-confidence"] == "0.9313"
     assert response.headers["x-vsr-selected-reasoning"] == "on"
     seen = responder.seen_headers[-1]
-    assert seen["Lr-Request-Id"] == "client-id-1"
+    # The pipeline runs on the ingress's own id; the client's is only echoed.
+    assert seen["Lr-Request-Id"] == response.headers["x-loraroute-request-id"] != "client-id-1"
     assert int(seen["Lr-Deadline-Ms"]) > time.time() * 1000, "client's internal header ignored"
 
 
@@ -363,7 +402,7 @@ async def test_client_leaving_a_stream_leaves_the_ingress_healthy(
             headers={"x-loraroute-timeout": "2"},
         ) as response:
             await asyncio.sleep(0.05)
-            assert response.status_code in {200, 504}
+            assert response.status_code in {200, 503, 504}
     response = await client.post("/v1/chat/completions", json=chat("json"))
     assert response.status_code == 200
 
@@ -431,3 +470,81 @@ async def test_metrics_count_answers_and_late_replies(
     assert 'loraroute_ingress_requests_total{code="504",route="chat"}' in text
     assert _metric(text, "loraroute_ingress_late_replies") == before + 1
     assert _metric(text, "loraroute_ingress_in_flight") == 0
+
+
+# ------------------------------------------------------------------------------ lost work
+
+
+async def test_silence_is_lost_work_answered_before_the_deadline(
+    client: httpx.AsyncClient, responder: Responder
+) -> None:
+    # Nothing at all came back: no keepalive, so nobody can say vLLM was not called: no retry.
+    before = _metric((await client.get("/metrics")).text, "loraroute_ingress_lost_requests")
+    response = await client.post("/v1/chat/completions", json=chat("silent"))
+    assert response.status_code == 503  # a deadline would be 504
+    error = response.json()["error"]
+    assert error["type"] == "ServiceUnavailableError" and "lost" in error["message"]
+    assert response.headers["retry-after"] == "1"
+    assert len(responder.attempts("silent")) == 1
+    after = _metric((await client.get("/metrics")).text, "loraroute_ingress_lost_requests")
+    assert after == before + 1
+
+
+async def test_work_lost_at_a_classifier_is_sent_once_more(
+    client: httpx.AsyncClient, responder: Responder
+) -> None:
+    response = await client.post("/v1/chat/completions", json=chat("lost-at-classifier-once"))
+    assert response.status_code == 200 and response.content == UPSTREAM_JSON
+    first, second = responder.attempts("lost-at-classifier-once")
+    assert first["Lr-Request-Id"] == second["Lr-Request-Id"]
+
+
+async def test_work_lost_at_classifiers_twice_is_an_explicit_503(
+    client: httpx.AsyncClient, responder: Responder
+) -> None:
+    response = await client.post("/v1/chat/completions", json=chat("lost-at-classifier"))
+    assert response.status_code == 503
+    assert "lost" in response.json()["error"]["message"]
+    assert len(responder.attempts("lost-at-classifier")) == 2  # one retry, no more
+
+
+async def test_work_lost_at_a_dispatcher_is_502_never_retried_and_cancelled(
+    client: httpx.AsyncClient, responder: Responder, nats_url: str, ingress: Ingress
+) -> None:
+    nc = await nats.connect(nats_url)
+    cancels: list[str] = []
+
+    async def on_cancel(msg: Msg) -> None:
+        cancels.append(msg.subject)
+
+    await nc.subscribe(ingress.subjects.cancel_all, cb=on_cancel)
+    await nc.flush()
+    try:
+        response = await client.post("/v1/chat/completions", json=chat("lost-at-dispatcher"))
+        await nc.flush()
+        await asyncio.sleep(0.2)
+    finally:
+        await nc.close()
+    assert response.status_code == 502
+    assert "dispatcher" in response.json()["error"]["message"]
+    (attempt,) = responder.attempts("lost-at-dispatcher")
+    assert cancels == [ingress.subjects.cancel(attempt["Lr-Request-Id"])]
+
+
+async def test_keepalives_hold_a_slow_request_past_the_stall_bound(
+    client: httpx.AsyncClient, responder: Responder
+) -> None:
+    response = await client.post("/v1/chat/completions", json=chat("slow-with-keepalives"))
+    assert response.status_code == 200 and response.content == UPSTREAM_JSON
+
+
+async def test_a_stream_lost_after_its_head_ends_with_an_in_band_error(
+    client: httpx.AsyncClient, responder: Responder
+) -> None:
+    response = await client.post("/v1/chat/completions", json=chat("lost-mid-stream", stream=True))
+    assert response.status_code == 200
+    events = [e for e in response.content.split(b"\n\n") if e]
+    assert events[0] + b"\n\n" == FRAMES[0]
+    error = msgspec.json.decode(events[-2][len(b"data: ") :])["error"]
+    assert error["type"] == "BadGatewayError" and "dispatcher" in error["message"]
+    assert events[-1] == b"data: [DONE]"

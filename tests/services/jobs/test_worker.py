@@ -11,10 +11,12 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig
 from prometheus_client import CollectorRegistry
 
 from schemas.jobs import CancelBatch, DeadLetter, JobLine, result_decoder
+from schemas.wire import ReplyAlive, ReplyResponse, encode_reply
 from services.common.jetstream import JetStreamSetupError
 from services.jobs.app import JobsWorker
 from services.jobs.consumers import ensure_consumer, line_consumer
@@ -330,3 +332,51 @@ async def test_stop_hands_back_a_line_waiting_for_the_pipeline_at_once(
         assert info.num_ack_pending == 1 and info.num_pending == 0
         assert (await h.js.stream_info(h.subjects.dead_stream)).state.messages == 0
         assert (await h.js.stream_info(h.subjects.results_stream)).state.messages == 0
+
+
+async def test_a_line_lost_in_the_pipeline_is_run_again_long_before_its_timeout(
+    nats_url: str, jobs_folder: Path, fast_mock: int
+) -> None:
+    # The job lane's "classifier" takes the line, says a dispatcher has it, and goes silent (the
+    # dispatcher died while vLLM ran): the worker must give the run up after `liveness.stall_s`,
+    # not `line_timeout_s`, and run the line again; the second run is answered.
+    config, _ = job_config(jobs_folder, fast_mock, line_timeout_s=60.0, max_deliver=3)
+    config = msgspec.structs.replace(
+        config, liveness=msgspec.structs.replace(config.liveness, heartbeat_s=0.1, stall_s=0.5)
+    )
+    async with harness(nats_url, config, pipeline=False, jobs_worker=False) as h:
+        attempts: list[float] = []
+
+        async def lane(msg: Msg) -> None:
+            attempts.append(asyncio.get_running_loop().time())
+            if len(attempts) == 1:
+                await h.nc.publish(msg.reply, encode_reply(ReplyAlive(held_by="dispatcher")))
+                return
+            answer = ReplyResponse(status=200, body=msgspec.Raw(b'{"id":"x","choices":[]}'))
+            await h.nc.publish(msg.reply, encode_reply(answer))
+
+        await h.nc.subscribe(h.subjects.classify_jobs, queue="classifiers", cb=lane)
+        await h.nc.flush()
+        registry = CollectorRegistry()
+        worker = JobsWorker(config, nats_url, registry=registry)
+        await worker.start()
+        try:
+            line = JobLine(job_id="lostjob", custom_id="l1", body=msgspec.Raw(b'{"messages":[]}'))
+            await h.js.publish(h.subjects.job_lines("lostjob"), msgspec.json.encode(line))
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 20
+            while (await h.js.stream_info(h.subjects.results_stream)).state.messages < 1:
+                assert loop.time() < deadline, "the line never finished"
+                await asyncio.sleep(0.05)
+        finally:
+            await worker.stop(5)
+        assert len(attempts) == 2
+        assert registry.get_sample_value("loraroute_jobs_lines_total", {"outcome": "lost"}) == 1
+        # Lost after a dispatcher had it: a delivery was used (a line that kills its
+        # dispatcher is dead-lettered after max_deliver, never run forever).
+        assert registry.get_sample_value("loraroute_jobs_lines_total", {"outcome": "retried"}) == 1
+        stored = await h.js.get_last_msg(
+            h.subjects.results_stream, h.subjects.job_results("lostjob")
+        )
+        response = result_decoder.decode(stored.data).line.response
+        assert response is not None and response.status_code == 200
