@@ -1,0 +1,1 @@
+python loadtest/multiturn_routes.py --per-set 200 --json multiturn.json
