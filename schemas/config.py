@@ -263,7 +263,8 @@ class Routing(_Strict):
     refuses?") then inherits the conversation's topic; each turn costs one more text."""
     history_weight: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.5
     """Weight of the turn before the last one relative to the last (1); the turn before that
-    weighs its square, and so on. Lower follows a topic change in the last turn sooner."""
+    weighs its square, and so on. Lower follows a topic change in the last turn sooner; 0
+    classifies the last turn only."""
     max_text_chars: Annotated[int, msgspec.Meta(ge=16)] = 2048
     """Text classified is cut to this many characters (head and tail kept) before tokenizing;
     the tokenizer then truncates at the model's max length. Both are counted, never silent."""

@@ -159,8 +159,8 @@ class Router:
 
         The last user message, then up to `routing.history_user_turns` earlier user turns,
         newest first, each cut to the window on its own and weighted `history_weight ** k`
-        (k turns before the last). Without any user turn, the last message with text alone;
-        without any text, one empty text.
+        (k turns before the last; none with a weight of 0). Without any user turn, the last
+        message with text alone; without any text, one empty text.
         """
         routing = self.config.routing
         messages = [] if isinstance(view.messages, UnsetType) else view.messages
@@ -168,7 +168,8 @@ class Router:
         if not user_texts:
             other = [t for m in messages if (t := message_text(m))]
             return [self.bound(other[-1]) if other else ClassifyText("")]
-        recent = user_texts[::-1][: routing.history_user_turns + 1]
+        earlier = routing.history_user_turns if routing.history_weight > 0 else 0
+        recent = user_texts[::-1][: earlier + 1]
         turns = []
         for back, text in enumerate(recent):
             bounded = self.bound(text)

@@ -73,6 +73,11 @@ class TestText:
         view = _view(("user", "one"), ("assistant", "x"), ("user", "two"), ("user", "three"))
         assert router.turns_of(view) == [ClassifyText("three"), ClassifyText("two", weight=0.8)]
 
+    def test_a_weight_of_zero_classifies_the_last_turn_only(self, shipped: dict[str, Any]) -> None:
+        router = Router(_config(shipped, routing={"history_weight": 0.0}))
+        view = _view(("user", "one"), ("user", "two"))
+        assert router.turns_of(view) == [ClassifyText("two")]
+
     def test_content_parts(self) -> None:
         parts: list[dict[str, Any]] = [
             {"type": "text", "text": "What is"},
