@@ -17,9 +17,15 @@ routes to, and the share that falls below the threshold and goes to the default 
 - `join`: the earlier turn and the last one classified as one text;
 - `mix d`: the turns classified apart, their distributions mixed with weight 1 for the last
   turn and `d` for the one before (`routing.history_weight: d`);
-- `last+join c`: the last turn alone (weight 1) mixed with the joined text (weight `c`).
+- `last+join c`: the last turn alone (weight 1) mixed with the joined text (weight `c`);
+- `evidence d`: the turns classified apart and combined as the classifier does
+  (`route_chat.combine` against `Engine.neutral_probabilities`, `routing.history_weight: d`).
+
+Three-turn sets (`... after two turns`: two held-out questions of one category, then a
+follow-up or a question of another) score the shipped rule with its two earlier turns.
 
     LORAROUTE_DATA_DIR=... python loadtest/multiturn_routes.py --per-set 200 --json out.json
+    LORAROUTE_DATA_DIR=... python loadtest/multiturn_routes.py --per-set 100 --cost
 """
 
 from __future__ import annotations
@@ -27,8 +33,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import statistics
 import sys
-from collections.abc import Callable
+import time
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +45,7 @@ from modelkit.data import default_data_dir, load_jsonl
 from modelkit.heldout import CHAT_FILE
 from modelkit.plan import split_file
 from services.classifier.engine import Engine
+from services.classifier.route_chat import combine
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -81,6 +89,8 @@ def conversations(per_set: int) -> dict[str, list[tuple[list[str], str]]]:
         "follow-up": [],
         "topic change": [],
         "same topic": [],
+        "follow-up after two turns": [],
+        "topic change after two turns": [],
     }
     for i in range(per_set):
         a = labels[i % len(labels)]
@@ -92,7 +102,25 @@ def conversations(per_set: int) -> dict[str, list[tuple[list[str], str]]]:
         sets["follow-up"].append(([first, FOLLOW_UPS[i % len(FOLLOW_UPS)]], a))
         sets["topic change"].append(([first, pick(b, i + 7)], b))
         sets["same topic"].append(([first, pick(a, i + 13)], a))
+        second = pick(a, i + 13)
+        sets["follow-up after two turns"].append(
+            ([first, second, FOLLOW_UPS[(i + 5) % len(FOLLOW_UPS)]], a)
+        )
+        sets["topic change after two turns"].append(([first, second, pick(b, i + 7)], b))
     return sets
+
+
+def cost(engine: Engine, conversations: list[list[str]], trials: int = 3) -> int:
+    """Print the median CPU ms per request classified alone, sending 1, 2 or 3 turns."""
+    for turns in (1, 2, 3):
+        runs = []
+        for _ in range(trials):
+            start = time.process_time()
+            for conversation in conversations:
+                engine.classify(conversation[::-1][:turns])
+            runs.append((time.process_time() - start) / len(conversations) * 1000)
+        print(f"{turns} turn(s): median {statistics.median(runs):.1f} ms CPU per request {runs}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,34 +130,53 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threshold", type=float, default=0.6)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument(
+        "--cost",
+        action="store_true",
+        help="instead: CPU time per request classified alone, by how many turns it sends",
+    )
     args = p.parse_args(argv)
     engine = Engine.from_model_dir(args.model, intra_op_threads=args.threads)
-    cats = list(engine.categories)
+    cats = list(engine.labels)
     sets = conversations(args.per_set)
+    if args.cost:
+        return cost(engine, [t for t, _ in sets["follow-up after two turns"]])
 
     def probs(texts: list[str]) -> FloatArray:
         return np.stack(
             [np.asarray(list(c.probabilities.values())) for c in engine.classify(texts)]
         )
 
-    schemes: dict[str, Callable[[FloatArray, FloatArray, FloatArray], FloatArray]] = {
-        "last": lambda last, first, joined: last,
-        "join": lambda last, first, joined: joined,
-    }
-    for d in (0.3, 0.5, 0.7, 1.0):
-        schemes[f"mix {d}"] = lambda last, first, joined, d=d: (last + d * first) / (1 + d)
-    for c in (0.5, 1.0, 2.0):
-        schemes[f"last+join {c}"] = lambda last, first, joined, c=c: (last + c * joined) / (1 + c)
+    neutral = engine.neutral_probabilities()
     out: dict[str, dict[str, dict[str, float]]] = {}
     for name, convs in sets.items():
         print(f"classifying {name}: {len(convs)} conversations", file=sys.stderr, flush=True)
-        last = probs([t[-1] for t, _ in convs])
-        first = probs([t[0] for t, _ in convs])
+        turns = len(convs[0][0])
+        # Per turn, newest first: [n, labels] label probabilities.
+        alone = [probs([t[-1 - k] for t, _ in convs]) for k in range(turns)]
         joined = probs(["\n".join(t) for t, _ in convs])
         truth = np.asarray([cats.index(y) for _, y in convs])
+        schemes: dict[str, FloatArray] = {"last": alone[0], "join": joined}
+        if turns == 2:
+            for d in (0.3, 0.5, 0.7, 1.0):
+                schemes[f"mix {d}"] = (alone[0] + d * alone[1]) / (1 + d)
+            for c in (0.5, 1.0, 2.0):
+                schemes[f"last+join {c}"] = (alone[0] + c * joined) / (1 + c)
+        for d in (0.3, 0.5, 0.7):
+            weights = [d**k for k in range(turns)]
+            schemes[f"evidence {d}"] = np.stack(
+                [combine([a[i] for a in alone], weights, neutral) for i in range(len(convs))]
+            )
+        if turns > 2:
+            for d in (0.3, 0.5, 0.7):
+                schemes[f"evidence {d}, one earlier turn"] = np.stack(
+                    [
+                        combine([alone[0][i], alone[1][i]], [1.0, d], neutral)
+                        for i in range(len(convs))
+                    ]
+                )
         out[name] = {}
-        for scheme, mix in schemes.items():
-            mixed = mix(last, first, joined)
+        for scheme, mixed in schemes.items():
             best = mixed.argmax(axis=1)
             confident = mixed.max(axis=1) >= args.threshold
             out[name][scheme] = {
@@ -137,18 +184,13 @@ def main(argv: list[str] | None = None) -> int:
                 "routed_right": float(np.mean((best == truth) & confident)),
                 "below_threshold": float(np.mean(~confident)),
             }
-    header = (
-        "| scheme | " + " | ".join(f"{s}: right / routed right / below thr." for s in sets) + " |"
-    )
-    print(header)
-    print("|---|" + "---|" * len(sets))
-    for scheme in schemes:
-        cells = [
-            f"{100 * out[s][scheme]['accuracy']:.1f} / {100 * out[s][scheme]['routed_right']:.1f} / "
-            f"{100 * out[s][scheme]['below_threshold']:.1f}"
-            for s in sets
-        ]
-        print(f"| {scheme} | " + " | ".join(cells) + " |")
+    for name, scores in out.items():
+        print(f"\n{name}: right / routed right / below threshold (%)")
+        for scheme, f in scores.items():
+            print(
+                f"| {scheme} | {100 * f['accuracy']:.1f} / {100 * f['routed_right']:.1f} / "
+                f"{100 * f['below_threshold']:.1f} |"
+            )
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
     return 0

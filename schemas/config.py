@@ -257,7 +257,7 @@ class Routing(_Strict):
     system_prompt_mode: Literal["insert", "replace"] = "insert"
     """`insert` puts the category's prompt before an existing system message's text; `replace`
     overwrites it. Without a system message, both add one first."""
-    history_user_turns: Annotated[int, msgspec.Meta(ge=0, le=8)] = 2
+    history_user_turns: Annotated[int, msgspec.Meta(ge=0, le=8)] = 1
     """Earlier user turns classified with the last one, each as a text of its own in the same
     queue (0: the last user message only). A follow-up without topic words ("and what if he
     refuses?") then inherits the conversation's topic; each turn costs one more text."""

@@ -6,6 +6,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 import pytest
 
 from schemas.errors import ErrorKind
@@ -206,7 +207,13 @@ def _conversation(*turns: str) -> bytes:
 
 
 def test_a_conversation_queues_its_turns_whole_and_is_answered_once(intake: Intake) -> None:
-    # Four user turns: the last and two earlier ones (the default) are classified.
+    # Four user turns: the last and two earlier ones are classified.
+    intake.router = Router(
+        msgspec.structs.replace(
+            intake.router.config,
+            routing=msgspec.structs.replace(intake.router.config.routing, history_user_turns=2),
+        )
+    )
     assert (
         intake.take(_conversation("hello", "law", "blood", "code"), meta(), "inbox.1", 0.0) is None
     )

@@ -49,7 +49,7 @@ class TestText:
     def test_last_user_message_first_then_earlier_turns_weighted(
         self, shipped: dict[str, Any]
     ) -> None:
-        router = Router(_config(shipped))  # defaults: 2 earlier turns, weight 0.5
+        router = Router(_config(shipped, routing={"history_user_turns": 2}))  # weight 0.5
         view = _view(
             ("system", "be brief"),
             ("user", "first question"),
