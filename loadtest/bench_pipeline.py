@@ -130,6 +130,8 @@ class Bench:
         model["category_mapping_path"] = str(REPO / model["category_mapping_path"])
         data["vllm_endpoints"][0]["port"] = self.mock_port
         data["ingress"]["port"] = self.ingress_port
+        if getattr(self.args, "classifier_gpu", False):  # loadtest/gpu_bench.sh
+            model["use_cpu"] = False
         path = self.workdir / "config.yaml"
         path.write_text(yaml.safe_dump(data, sort_keys=False))
         return path
@@ -378,6 +380,11 @@ def main() -> int:
         "--nats-auth",
         action="store_true",
         help="NATS with the users and permissions of `loraroute up` (default: none)",
+    )
+    parser.add_argument(
+        "--classifier-gpu",
+        action="store_true",
+        help="run the classifier with the CUDA provider (`category_model.use_cpu: false`)",
     )
     parser.add_argument(
         "--targets",

@@ -1,4 +1,4 @@
-"""`loraroute model build | train | average | memory | eval`: the model toolkit's verbs.
+"""`loraroute model build | train | average | memory | ranges | eval`: the model toolkit's verbs.
 
 Each verb is a command-line module of the toolkit (`modelkit.cli.<module>`, exposing
 `main(argv) -> int`), imported only when used, so `build` on a current model directory
@@ -28,6 +28,10 @@ VERBS: dict[str, tuple[str, str]] = {
     "memory": (
         "modelkit.cli.memory",
         "give trained heads a nearest-neighbour memory of their training rows",
+    ),
+    "ranges": (
+        "modelkit.cli.ranges",
+        "measure the activation ranges the int8 build quantizes with",
     ),
     "eval": ("modelkit.cli.evaluate", "measure a head or a built model on labelled data"),
 }

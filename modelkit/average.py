@@ -32,6 +32,7 @@ from modelkit.encoder import Encoder
 from modelkit.finetune import LOGIT_SCALE, calibrate_and_save, lora_meta
 from modelkit.heads import Head, default_weights_dir, head_names, load_head
 from modelkit.memory import attach_memory
+from modelkit.ranges import CALIBRATION_TEXTS, attach_ranges
 from modelkit.runs import RunError, plan_again, training_meta
 
 __all__ = ["average", "read_runs"]
@@ -193,5 +194,7 @@ def average(
     if memory:
         for plan in plans:
             attach_memory(plan, enc, out / plan.name, options.seed)
+    for plan in plans:  # last: the ranges of the encoder as saved, for the static int8 build
+        attach_ranges(plan, out / plan.name, options.seed, enc.tokenize, CALIBRATION_TEXTS)
     print(f"done in {time.monotonic() - started:.0f} s; weights in {out}", file=sys.stderr)
     return out

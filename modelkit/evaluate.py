@@ -30,7 +30,15 @@ from modelkit.plan import split_file
 from modelkit.scores import Report, report
 from services.classifier.engine import Engine
 
-__all__ = ["EvalError", "EvalOptions", "Evaluation", "evaluate", "evaluate_texts", "load_rows"]
+__all__ = [
+    "EvalError",
+    "EvalOptions",
+    "Evaluation",
+    "evaluate",
+    "evaluate_texts",
+    "load_rows",
+    "probabilities",
+]
 
 
 class EvalError(ValueError):
@@ -45,7 +53,7 @@ class EvalOptions(msgspec.Struct, frozen=True, kw_only=True):
     onnx_file: str | None = None
     typos: bool = False
     typo_copies: int = 1
-    held_out: Literal["balanced", "subject"] | None = None
+    held_out: Literal["balanced", "subject", "group"] | None = None
     part: Literal["test", "validation"] = "test"
     seed: int = 0
     threads: int = 0
@@ -108,13 +116,20 @@ def evaluate_texts(
     """Score `classify(texts) -> probabilities [n, len(labels)]` on `rows`, with progress."""
     index = {name: i for i, name in enumerate(labels)}
     y = np.asarray([index[e.label] for e in rows], dtype=np.int64)
+    return report(labels, probabilities(classify, rows, label), y)
+
+
+def probabilities(
+    classify: Any, rows: Sequence[Example], label: str = "classifying"
+) -> npt.NDArray[np.float32]:
+    """`classify(texts)` over `rows` in chunks, with progress on stderr: `[n, labels]`."""
     chunk = 256
     parts: list[npt.NDArray[np.float32]] = []
     for start in range(0, len(rows), chunk):
         parts.append(classify([e.text for e in rows[start : start + chunk]]))
         done = min(start + chunk, len(rows))
         print(f"{label}: {done}/{len(rows)}", file=sys.stderr, flush=True)
-    return report(labels, np.concatenate(parts), y)
+    return np.concatenate(parts)
 
 
 def evaluate(options: EvalOptions) -> Evaluation:

@@ -37,6 +37,7 @@ from modelkit.data import (
     subject_key,
     text_key,
 )
+from modelkit.heldout import group_holdout_split
 from modelkit.options import SplitOptions, TrainOptions
 from modelkit.scores import report
 from modelkit.sources import DEFAULT_SOURCES
@@ -147,10 +148,17 @@ def split_file(
     cuts them, before rows held out of another file are removed from `train`.
 
     The test part is, by `split`, "balanced" (`test_per_class` rows per label; 0 means a
-    fifth of the smallest label, at most 150) or "subject" (whole subjects, about a fifth of
-    each label). The validation part takes `val_per_class` rows per label from the rest (0
-    means half the balanced test count). `loraroute model eval --held-out` scores either.
+    fifth of the smallest label, at most 150), "subject" (whole subjects, about a fifth of
+    each label) or "group" (whole groups of consecutive ids, about a fifth of every source's
+    rows of each label: `modelkit.heldout`, for conversational files). The validation part
+    takes `val_per_class` rows per label from the rest (0 means half the balanced test count;
+    with "group", whole groups again, about a tenth of the file). `loraroute model eval
+    --held-out` scores any of them.
     """
+    if split == "group":
+        rest, test = group_holdout_split(rows, 0.2, seed=seed)
+        train, val = group_holdout_split(rest, 0.125, seed=seed + 1)
+        return train, val, test
     if split == "subject":
         rest, test = subject_holdout_split(rows, 0.2, seed=seed)
     elif split == "balanced":

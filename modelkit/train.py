@@ -32,6 +32,7 @@ from modelkit.heads import ADAPTER_DIR, default_weights_dir, save_head
 from modelkit.memory import attach_memory
 from modelkit.options import TrainOptions
 from modelkit.plan import HeadPlan, balance_weights, evaluate_plan, head_meta, plan_heads
+from modelkit.ranges import CALIBRATION_TEXTS, attach_ranges
 
 __all__ = ["train"]
 
@@ -145,5 +146,7 @@ def train(options: TrainOptions) -> Path:
     if options.memory:
         for plan in plans:
             attach_memory(plan, enc, out / plan.name, options.seed)
+    for plan in plans:  # last: the ranges of the encoder as saved, for the static int8 build
+        attach_ranges(plan, out / plan.name, options.seed, enc.tokenize, CALIBRATION_TEXTS)
     print(f"done in {time.monotonic() - started:.0f} s; weights in {out}", file=sys.stderr)
     return out

@@ -2,7 +2,8 @@
 
 Request shapes follow the upstream router's API so its clients work unchanged. Responses keep its
 field names but not its gaps: `probabilities` is the full distribution over the config's
-categories when asked for, and a text below the threshold reports `category: null` with
+categories when asked for (and `label_probabilities` the model's own, over all its labels),
+and a text below the threshold reports `category: null` with
 `routing_decision: "below_threshold"` and the `default_model` as `recommended_model`, which is
 exactly what routing does with it.
 """
@@ -58,6 +59,9 @@ class IntentResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
     routing_decision: str
     """`classified` or `below_threshold` (the request would go to `default_model`)."""
     probabilities: dict[str, float] | None = None
+    label_probabilities: dict[str, float] | None = None
+    """With `return_probabilities`: every model label's probability (the full distribution
+    `probabilities` folds into categories; labels no category claims are only here)."""
 
 
 class BatchItem(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -69,6 +73,8 @@ class BatchItem(msgspec.Struct, kw_only=True, omit_defaults=True):
     routing_decision: str
     truncated: bool = False
     probabilities: dict[str, float] | None = None
+    label_probabilities: dict[str, float] | None = None
+    """As in `IntentResponse`."""
 
 
 class BatchStatistics(msgspec.Struct, kw_only=True):

@@ -260,9 +260,14 @@ class Routing(_Strict):
     system_prompt_mode: Literal["insert", "replace"] = "insert"
     """`insert` puts the category's prompt before an existing system message's text; `replace`
     overwrites it. Without a system message, both add one first."""
-    history_user_turns: Annotated[int, msgspec.Meta(ge=0)] = 0
-    """Earlier user turns classified together with the last one (0: the last user message only).
-    More turns keep a conversation on one adapter; fewer follow topic changes at once."""
+    history_user_turns: Annotated[int, msgspec.Meta(ge=0, le=8)] = 1
+    """Earlier user turns classified with the last one, each as a text of its own in the same
+    queue (0: the last user message only). A follow-up without topic words ("and what if he
+    refuses?") then inherits the conversation's topic; each turn costs one more text."""
+    history_weight: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.5
+    """Weight of the turn before the last one relative to the last (1); the turn before that
+    weighs its square, and so on. Lower follows a topic change in the last turn sooner; 0
+    classifies the last turn only."""
     max_text_chars: Annotated[int, msgspec.Meta(ge=16)] = 2048
     """Text classified is cut to this many characters (head and tail kept) before tokenizing;
     the tokenizer then truncates at the model's max length. Both are counted, never silent."""

@@ -130,6 +130,9 @@ class TextClassification(msgspec.Struct, kw_only=True):
     label: str
     probabilities: dict[str, float] | None = None
     truncated: bool = False
+    label_probabilities: dict[str, float] | None = None
+    """With `return_probabilities`: the model's whole distribution, every label of the model
+    (`probabilities` folds it into the config's categories)."""
 
 
 class ClassifyTextsResult(msgspec.Struct, tag="texts_result", kw_only=True):

@@ -14,9 +14,16 @@ from modelkit.cli.flags import add_seed, add_threads
 from modelkit.data import DataError
 from modelkit.evaluate import EvalError, EvalOptions, Evaluation, evaluate
 from modelkit.options import OptionsError
+from modelkit.scorecard import ScorecardOptions, format_scorecard, scorecard
 from modelkit.scores import format_report
 
-__all__ = ["build_parser", "main", "options_from", "print_evaluation"]
+__all__ = [
+    "build_parser",
+    "main",
+    "options_from",
+    "print_evaluation",
+    "scorecard_options_from",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,9 +35,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data",
         type=Path,
-        required=True,
+        default=None,
         metavar="FILE.jsonl",
-        help="labelled JSONL; every label must be one of the model's labels",
+        help="labelled JSONL; every label must be one of the model's labels (required "
+        "unless --scorecard)",
+    )
+    p.add_argument(
+        "--scorecard",
+        action="store_true",
+        help="score every held-out part of the default data folder in one table against "
+        "its target: exam, query-style and MMLU-Pro test rows (with typo/clean and ECE), "
+        "unseen subjects, and conversational questions (all, length-matched, per source)",
+    )
+    p.add_argument(
+        "--mmlu-model",
+        type=Path,
+        default=Path("models") / "loraroute-mmlu-pro",
+        help="with --scorecard: the built 14-class model (default: models/loraroute-mmlu-pro)",
+    )
+    p.add_argument(
+        "--subject-model",
+        type=Path,
+        default=None,
+        help="with --scorecard: a built domain model trained with --split subject, for the "
+        "unseen-subjects row (not measured without it)",
+    )
+    p.add_argument(
+        "--subject-mmlu-model",
+        type=Path,
+        default=None,
+        help="with --scorecard: the same for the 14-class head",
     )
     p.add_argument(
         "--model",
@@ -59,10 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--held-out",
-        choices=("balanced", "subject"),
+        choices=("balanced", "subject", "group"),
         default=None,
         help="score only the test rows `loraroute model train` held out of this "
-        "file with that --split (and the same --seed)",
+        "file with that --split (and the same --seed); group: whole groups of consecutive "
+        "ids of every source, the conversational file's split",
     )
     p.add_argument(
         "--part",
@@ -111,10 +146,49 @@ def print_evaluation(result: Evaluation) -> None:
     print()
 
 
+def scorecard_options_from(args: argparse.Namespace) -> ScorecardOptions:
+    """The `ScorecardOptions` of a `loraroute model eval --scorecard` command line."""
+    return ScorecardOptions(
+        model=args.model,
+        mmlu_model=args.mmlu_model,
+        subject_model=args.subject_model,
+        subject_mmlu_model=args.subject_mmlu_model,
+        onnx_file=args.onnx_file,
+        typo_copies=args.typo_copies,
+        seed=args.seed,
+        threads=args.threads,
+        correct_spelling=args.correct_spelling,
+    )
+
+
+def _run_scorecard(args: argparse.Namespace) -> int:
+    try:
+        rows = scorecard(scorecard_options_from(args))
+    except (DataError, EvalError) as exc:
+        print(f"loraroute model eval: {exc}", file=sys.stderr)
+        return 2
+    print(format_scorecard(rows))
+    if args.json:
+        figures = [row.figures() for row in rows]
+        args.json.write_text(json.dumps(figures, indent=1) + "\n", encoding="utf-8")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `loraroute model eval`; 0 on success, 2 on bad data, a missing model or labels."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.scorecard:
+        if args.data is not None or args.held_out or args.typos:
+            parser.error(
+                "--scorecard scores the default data folder: leave out --data, "
+                "--held-out and --typos (--typo-copies sets its typo copies)"
+            )
+        if args.typo_copies < 1:
+            parser.error("--typo-copies must be at least 1")
+        return _run_scorecard(args)
+    if args.data is None:
+        parser.error("--data is required (or --scorecard)")
     options = options_from(args)
     try:
         options.check()

@@ -185,6 +185,8 @@ class ClassifierWorker:
             batcher=self.batcher,
             metrics=self.metrics,
             label_map=self.engine.label_map,
+            # Before the batcher's inference thread starts: the engine is not thread-safe.
+            neutral=self.engine.neutral_probabilities(),
         )
         nc = self.nc
         self.keepalives = Keepalives(

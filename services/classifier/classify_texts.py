@@ -54,15 +54,15 @@ def record(
     else None (also for a call already answered with an error)."""
     if work.failed:
         return None
-    done = work.fill(
-        index,
-        text_result(
-            classification,
-            threshold=threshold,
-            truncated_chars=work.truncated_chars[index],
-            return_probabilities=work.return_probabilities,
-        ),
+    result = text_result(
+        classification,
+        threshold=threshold,
+        truncated_chars=work.truncated_chars[index],
+        return_probabilities=work.return_probabilities,
     )
+    outcome = "classified" if result.category is not None else "below_threshold"
+    metrics.decisions.labels("api", outcome).inc()
+    done = work.fill(index, result)
     return answer(work, metrics) if done else None
 
 
@@ -75,10 +75,9 @@ def answer(work: TextsWork, metrics: WorkerMetrics) -> ClassifyTextsResult:
 
 
 def fail_once(work: ChatWork | TextsWork) -> bool:
-    """True when `work` is to be answered with an error now: always for a chat request, only
-    the first time for an API call (one error per call, however many of its texts failed)."""
-    if isinstance(work, TextsWork):
-        if work.failed:
-            return False
-        work.failed = True
+    """True when `work` is to be answered with an error now: only the first time (one error
+    per request, however many of its texts (API texts, conversation turns) failed)."""
+    if work.failed:
+        return False
+    work.failed = True
     return True

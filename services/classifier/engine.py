@@ -21,7 +21,22 @@ from services.classifier.model_dir import load_model_dir
 from services.classifier.onnx_backend import OnnxBackend
 from services.classifier.tokens import Encoded, Tokenizer
 
-__all__ = ["Classification", "Counters", "Engine"]
+__all__ = ["NEUTRAL_TEXTS", "Classification", "Counters", "Engine"]
+
+#: Turns of a conversation that carry no topic: what the model reads in them is the baseline
+#: against which the turns of a conversation are weighed (`neutral_probabilities`).
+NEUTRAL_TEXTS = (
+    "ok",
+    "yes",
+    "and?",
+    "tell me more",
+    "go on",
+    "hmm",
+    "what do you mean?",
+    "please continue",
+    "thanks",
+    "sure, and?",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +162,13 @@ class Engine:
     def categories(self) -> tuple[str, ...]:
         """The categories results are reported in."""
         return self.label_map.categories
+
+    def neutral_probabilities(self) -> npt.NDArray[np.float32]:
+        """The mean label distribution of `NEUTRAL_TEXTS`: the model's reading of a text with
+        no topic. Runs the model: call it before a batcher's inference thread starts."""
+        results = self.classify(NEUTRAL_TEXTS)
+        mean = np.mean([r.label_probabilities for r in results], axis=0)
+        return np.asarray(mean / mean.sum(), dtype=np.float32)
 
     def classify(self, texts: Sequence[str]) -> list[Classification]:
         """Classify `texts` (any number; batched by the backend's `max_batch_size`), in order.

@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import numpy.typing as npt
 import structlog
 
 from schemas.errors import ErrorKind
@@ -22,7 +24,7 @@ from services.classifier import classify_texts, route_chat
 from services.classifier.admission import INTERNAL_ERROR, OVERLOADED, Refusal, admit, read
 from services.classifier.batch_queue import LANES
 from services.classifier.labels import LabelMap
-from services.classifier.route import ClassifyText, Router
+from services.classifier.route import Router
 from services.classifier.route_chat import Forward
 from services.classifier.work import ChatWork, Item, TextsWork
 from services.common.subjects import model_token
@@ -57,6 +59,9 @@ class Intake:
     metrics: WorkerMetrics
     label_map: LabelMap | None = None
     """The current config revision's label map (the engine folds with the same one)."""
+    neutral: npt.NDArray[np.float32] | None = None
+    """The model's label distribution for a text with no topic (`Engine.neutral_probabilities`),
+    against which conversation turns are combined (`route_chat.combine`)."""
 
     def swap(self, router: Router, label_map: LabelMap | None) -> None:
         """Route new requests by another config revision; queued ones keep theirs."""
@@ -80,19 +85,20 @@ class Intake:
         if isinstance(message, RouteChat):
             router = self.router
             taken = route_chat.take_chat(message, router)
-            if not isinstance(taken, ClassifyText):
+            if not isinstance(taken, list):
                 return taken
             work = ChatWork(
                 meta,
                 reply,
                 message.body,
-                taken.truncated,
+                any(t.truncated for t in taken),
                 received,
                 router=router,
                 label_map=self.label_map,
                 route_key=message.route_key,
+                weights=[t.weight for t in taken],
             )
-            texts = {0: taken}
+            texts = dict(enumerate(taken))
         else:
             work, texts = classify_texts.take_texts(message, meta, reply, received, self.router)
             if not texts:  # every text was empty: nothing for the model
@@ -153,7 +159,14 @@ class Intake:
         self, work: ChatWork | TextsWork, index: int, classification: Classification
     ) -> Forward | ClassifyTextsResult | None:
         if isinstance(work, ChatWork):
-            return route_chat.classified(work, classification, self.router)
+            if work.failed or not work.fill(index, classification):
+                return None
+            forward = route_chat.classified(work, self.router, self.neutral)
+            below = forward.route.reason == "below_threshold"
+            self.metrics.decisions.labels(
+                "chat", "below_threshold" if below else "classified"
+            ).inc()
+            return forward
         return classify_texts.record(
             work, index, classification, threshold=self.router.threshold, metrics=self.metrics
         )

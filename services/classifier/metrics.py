@@ -81,6 +81,15 @@ class WorkerMetrics:
             ["kind"],
             registry=registry,
         )
+        self.decisions = Counter(
+            "loraroute_classifier_decisions_total",
+            "Texts the model classified, by path (chat: routed chat requests; api: texts of the "
+            "classification API) and outcome (classified: a category at or above the threshold; "
+            "below_threshold: no category or below it, so the default model). The share "
+            "below_threshold / all is what the threshold sends to the default model.",
+            ["path", "outcome"],
+            registry=registry,
+        )
         self.classified_texts = Counter(
             "loraroute_classifier_api_texts_total",
             "Texts classified for the classification API.",

@@ -3,9 +3,12 @@
 Plain logic (DESIGN section 4): no NATS, no model. `Router` is built once from the config and
 answers three questions for each request:
 
-- `text_of(view)`: which text to classify (the last user message, optionally with earlier user
-  turns), bounded to `routing.max_text_chars` with head and tail kept; a cut is flagged, never
-  silent. The classification API uses the same window (`bound_text`), so both paths agree.
+- `turns_of(view)`: which texts to classify: the last user message and up to
+  `routing.history_user_turns` earlier user turns, each a text of its own with its weight
+  (`history_weight` to the power of how far back it is; the last turn weighs 1), each bounded
+  to `routing.max_text_chars` with head and tail kept; a cut is flagged, never silent. The
+  classification API uses the same window (`bound_text`), so both paths agree. How the turns'
+  results combine: `route_chat.combine`.
 - `passthrough(model)`: a request naming a configured base model or adapter goes through
   unchanged (no classification); an unknown name is an error; an auto name returns None. What
   a name means is `Config.target_of`'s decision, the same the ingress makes.
@@ -56,10 +59,12 @@ class UnknownModelError(LookupError):
 
 @dataclass(frozen=True, slots=True)
 class ClassifyText:
-    """The text to classify for one request; `truncated` when it was cut to the window."""
+    """A text to classify for one request; `truncated` when it was cut to the window;
+    `weight`: its share when several turns of a conversation are combined."""
 
     text: str
     truncated: bool = False
+    weight: float = 1.0
 
 
 def message_text(message: ChatMessage) -> str:
@@ -149,26 +154,29 @@ class Router:
 
     # ------------------------------------------------------------------ text
 
-    def text_of(self, view: ChatRequestView) -> ClassifyText:
-        """The text to classify for a chat request (see the module docstring).
+    def turns_of(self, view: ChatRequestView) -> list[ClassifyText]:
+        """The texts to classify for a chat request, the last user turn first.
 
-        The last user message, preceded by up to `routing.history_user_turns` earlier user
-        turns (oldest first, newline-joined). Earlier turns are dropped, oldest first, before
-        the last message is cut. Without any user turn, the last message with text is used.
+        The last user message, then up to `routing.history_user_turns` earlier user turns,
+        newest first, each cut to the window on its own and weighted `history_weight ** k`
+        (k turns before the last; none with a weight of 0). Without any user turn, the last
+        message with text alone; without any text, one empty text.
         """
-        limit = self.config.routing.max_text_chars
+        routing = self.config.routing
         messages = [] if isinstance(view.messages, UnsetType) else view.messages
         user_texts = [t for m in messages if m.role == "user" and (t := message_text(m))]
         if not user_texts:
             other = [t for m in messages if (t := message_text(m))]
-            return bound_text(other[-1], limit) if other else ClassifyText("")
-        turns = user_texts[-(self.config.routing.history_user_turns + 1) :]
-        dropped = False
-        while len(turns) > 1 and sum(map(len, turns)) + len(turns) - 1 > limit:
-            turns = turns[1:]
-            dropped = True
-        bounded = bound_text("\n".join(turns), limit)
-        return ClassifyText(bounded.text, bounded.truncated or dropped)
+            return [self.bound(other[-1]) if other else ClassifyText("")]
+        earlier = routing.history_user_turns if routing.history_weight > 0 else 0
+        recent = user_texts[::-1][: earlier + 1]
+        turns = []
+        for back, text in enumerate(recent):
+            bounded = self.bound(text)
+            turns.append(
+                ClassifyText(bounded.text, bounded.truncated, routing.history_weight**back)
+            )
+        return turns
 
     def bound(self, text: str) -> ClassifyText:
         """The classification API's window: the same bound as the routing path."""

@@ -41,6 +41,19 @@ class ChatWork:
     them even when a newer revision is swapped in while it waits (None: the worker's current)."""
     route_key: str | None = None
     """What picks its A/B variant (`Router.decide`'s `key`)."""
+    weights: list[float] = field(default_factory=lambda: [1.0])
+    """One weight per text classified: the last user turn first, then earlier turns."""
+    parts: list[Classification | None] = field(init=False)
+    failed: bool = False
+    """Set once an error reply was sent, so the results of its other turns are dropped."""
+
+    def __post_init__(self) -> None:
+        self.parts = [None] * len(self.weights)
+
+    def fill(self, index: int, result: Classification) -> bool:
+        """Store the result of turn `index`; True when that was the last one missing."""
+        self.parts[index] = result
+        return all(p is not None for p in self.parts)
 
 
 @dataclass(slots=True)
@@ -83,19 +96,33 @@ def text_result(
     truncated_chars: bool,
     return_probabilities: bool,
 ) -> TextClassification:
-    """The API result for one text: `category` None below `threshold`, like routing."""
+    """The API result for one text: `category` None below `threshold`, like routing; with
+    `return_probabilities`, the category and the model label distributions."""
     below = classification.category is None or classification.confidence < threshold
+    labels = None
+    if return_probabilities and classification.label_map is not None:
+        labels = {
+            label: float(p)
+            for label, p in zip(
+                classification.label_map.labels, classification.label_probabilities, strict=True
+            )
+        }
     return TextClassification(
         category=None if below else classification.category,
         confidence=classification.confidence,
         label=classification.label,
         probabilities=dict(classification.probabilities) if return_probabilities else None,
         truncated=truncated_chars or classification.truncated,
+        label_probabilities=labels,
     )
 
 
 def empty_result(return_probabilities: bool) -> TextClassification:
     """The API result for an empty text: no category, nothing classified."""
     return TextClassification(
-        category=None, confidence=0.0, label="", probabilities={} if return_probabilities else None
+        category=None,
+        confidence=0.0,
+        label="",
+        probabilities={} if return_probabilities else None,
+        label_probabilities={} if return_probabilities else None,
     )

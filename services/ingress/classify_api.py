@@ -53,6 +53,7 @@ def intent_body(config: Config, reply: ClassifyTextsResult, with_probabilities: 
             recommended_model=recommended_model(config, result.category),
             routing_decision=_decision(result),
             probabilities=result.probabilities if with_probabilities else None,
+            label_probabilities=result.label_probabilities if with_probabilities else None,
         )
     )
 
@@ -72,6 +73,7 @@ def batch_body(config: Config, reply: ClassifyTextsResult, with_probabilities: b
             routing_decision=_decision(r),
             truncated=r.truncated,
             probabilities=r.probabilities if with_probabilities else None,
+            label_probabilities=r.label_probabilities if with_probabilities else None,
         )
         for r in results
     ]

@@ -309,6 +309,13 @@ def test_classification_api_through_the_real_classifier(pipeline: Pipeline) -> N
     probabilities = body["results"][0]["probabilities"]
     assert set(probabilities) == {"technical", "medical", "legal", "general"}
     assert body["results"][0]["recommended_model"] == "medical-lora"
+    # The model's whole distribution, every label (here one per category), summing to 1.
+    labels = body["results"][0]["label_probabilities"]
+    assert set(labels) == {"technical", "medical", "legal", "general"}
+    assert sum(labels.values()) == pytest.approx(1.0, abs=1e-4)
+    assert max(labels, key=labels.__getitem__) == "medical"
+    plain = httpx.post(f"{pipeline.ingress_url}/api/v1/classify/batch", json={"texts": [MEDICAL]})
+    assert "label_probabilities" not in plain.json()["results"][0]  # only when asked for
 
 
 def _sample(mock_url: str, series: str) -> float:

@@ -18,6 +18,7 @@ def test_each_verb_is_a_toolkit_command_module() -> None:
         "train": "modelkit.cli.train",
         "average": "modelkit.cli.average",
         "memory": "modelkit.cli.memory",
+        "ranges": "modelkit.cli.ranges",
         "eval": "modelkit.cli.evaluate",
     }
 

@@ -59,7 +59,7 @@ def test_hash_follows_the_head_files_and_the_variant(tmp_path: Path) -> None:
     head = _head(tmp_path / "domain")
     first = build_hash(head)
     assert build_hash(head) == first
-    assert build_hash(head, "int8") != first
+    assert build_hash(head, "fp32") != first
     meta = json.loads((head / "meta.json").read_text())
     (head / "meta.json").write_text(json.dumps(meta | {"note": "retrained"}))
     assert build_hash(head) != first
@@ -120,7 +120,7 @@ def test_a_head_with_bad_files_is_refused(tmp_path: Path, cache: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_real_build_with_a_lora_adapter(tmp_path: Path, cache: Path) -> None:
     import torch
     from peft import LoraConfig, get_peft_model
@@ -157,7 +157,24 @@ def test_real_build_with_a_lora_adapter(tmp_path: Path, cache: Path) -> None:
     )
     save_memory(head_dir, memory)
 
+    # Without activation ranges only fp32 is built, and it is the default.
     out = tmp_path / "models" / "loraroute-domain"
+    messages: list[str] = []
+    result = build(head_dir, out, threads=1, use_cache=False, progress=messages.append)
+    info = json.loads((out / "build_info.json").read_text())
+    assert set(info["variants"]) == {"fp32"} and info["default_variant"] == "fp32"
+    assert (out / "model.onnx").read_bytes() == (out / "onnx" / "model_fp32.onnx").read_bytes()
+    assert any("loraroute model ranges" in m for m in messages)
+
+    from modelkit.encoder import Encoder
+    from modelkit.ranges import RANGES_FILE, measure_ranges, write_ranges
+
+    tokenize = Encoder(max_length=32).tokenize
+    calibration = ["what is a mutex", "my head hurts", "can I sue my landlord", "x " * 40]
+    merged = load_encoder(head_dir / ADAPTER_DIR)
+    write_ranges(head_dir, measure_ranges(merged, tokenize, calibration), {"texts": 4})
+    assert (head_dir / RANGES_FILE).is_file() and build_hash(head_dir) != result.hash
+
     result = build(head_dir, out, threads=1)
     assert result.status == "built"
     info = json.loads((out / "build_info.json").read_text())
@@ -178,8 +195,22 @@ def test_real_build_with_a_lora_adapter(tmp_path: Path, cache: Path) -> None:
     got = engine.backend.logits(batch)  # type: ignore[attr-defined]
     np.testing.assert_allclose(got, expected, atol=1e-3)
     assert reference.memory is not None
-    # The head's node and the memory's nodes stay fp32 beside the quantized encoder.
-    assert info["variants"]["int8"]["fp32_nodes_kept"] > 1
+    # Every weight product of the six encoder layers is quantized; the head and memory are not.
+    assert info["default_variant"] == "int8"
+    assert info["variants"]["int8"]["quantized_products"] == 36
+    assert (out / "model.onnx").read_bytes() == (out / "onnx" / "model_int8.onnx").read_bytes()
+
+    # Static int8: a text's probabilities do not depend on its batch mates. Alone and in a
+    # batch of varied lengths (so with padding) they may differ by float rounding only; see
+    # tests/e2e/test_route_agreement.py for the tolerance.
+    int8 = Engine.from_model_dir(out, intra_op_threads=1, max_batch_size=64)
+    mixed = [*texts, "why is the sky blue", "ok", "contract " * 25, "dose of aspirin for a child"]
+    batched = int8.classify(mixed)
+    for text, b in zip(mixed, batched, strict=True):
+        (alone,) = int8.classify([text])
+        np.testing.assert_allclose(alone.label_probabilities, b.label_probabilities, atol=1e-4)
+        assert alone.label == b.label
+    assert info["variants"]["int8"]["max_abs_prob_delta_alone_vs_batch"] < 1e-4
 
     assert build(head_dir, out).status == "current"
     shutil.rmtree(out)

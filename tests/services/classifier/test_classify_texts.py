@@ -26,7 +26,11 @@ def test_empty_texts_are_filled_in_and_need_no_model(router: Router, probabiliti
     work, texts = _take(["", "code", ""], router, probabilities=probabilities)
     assert texts == {1: ClassifyText("code")}
     empty = TextClassification(
-        category=None, confidence=0.0, label="", probabilities={} if probabilities else None
+        category=None,
+        confidence=0.0,
+        label="",
+        probabilities={} if probabilities else None,
+        label_probabilities={} if probabilities else None,
     )
     assert work.results == [empty, None, empty]
     assert (work.remaining, work.reply, work.return_probabilities) == (1, "inbox.1", probabilities)
@@ -92,9 +96,9 @@ def test_a_call_fails_once_and_drops_its_other_results(
     assert worker_metrics.registry.get_sample_value(API_TEXTS) == 0.0
 
 
-def test_a_chat_request_is_failed_whenever_asked() -> None:
-    work = ChatWork(meta(), "inbox.1", body("code"), False, 0.0)
-    assert fail_once(work) and fail_once(work)
+def test_a_chat_request_is_failed_once_for_all_its_turns() -> None:
+    work = ChatWork(meta(), "inbox.1", body("code"), False, 0.0, weights=[1.0, 0.5])
+    assert fail_once(work) and not fail_once(work)
 
 
 def test_answer_counts_only_filled_results(worker_metrics: WorkerMetrics) -> None:

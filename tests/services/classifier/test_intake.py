@@ -6,6 +6,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 import pytest
 
 from schemas.errors import ErrorKind
@@ -23,6 +24,7 @@ from tests.services.classifier.fakes import keyword_tokenizer
 from tests.services.classifier.plain import body, classification, meta, unstarted_batcher
 
 REJECTED = "loraroute_classifier_rejected_total"
+DECISIONS = "loraroute_classifier_decisions_total"
 
 
 @pytest.fixture
@@ -195,3 +197,51 @@ def test_job_lane_requests_queue_apart_and_report_their_lane(intake: Intake) -> 
     assert [type(outcome) for _work, outcome in answers] == [Forward, Forward]
     assert _sample(intake, "loraroute_classifier_batch_size_sum", {"lane": "job"}) == 2.0
     assert _sample(intake, "loraroute_classifier_queue_depth", {"lane": "job"}) == 0.0
+
+
+def _conversation(*turns: str) -> bytes:
+    messages = []
+    for turn in turns:
+        messages += [{"role": "user", "content": turn}, {"role": "assistant", "content": "ok"}]
+    return _chat(None, messages=messages[:-1])
+
+
+def test_a_conversation_queues_its_turns_whole_and_is_answered_once(intake: Intake) -> None:
+    # Four user turns: the last and two earlier ones are classified.
+    intake.router = Router(
+        msgspec.structs.replace(
+            intake.router.config,
+            routing=msgspec.structs.replace(intake.router.config.routing, history_user_turns=2),
+        )
+    )
+    assert (
+        intake.take(_conversation("hello", "law", "blood", "code"), meta(), "inbox.1", 0.0) is None
+    )
+    entries = _queued(intake)
+    assert [e.payload.index for e in entries] == [0, 1, 2]
+    work = entries[0].payload.work
+    assert isinstance(work, ChatWork) and work.weights == [1.0, 0.5, 0.25]
+    parts = [classification("technical", 0.9), classification("medical", 0.9)]
+    # Nothing is sent until the last turn is in.
+    first = intake.complete(Batch(entries=entries[:2]), (parts, 0.01), None)
+    assert first == []
+    ((answered, forward),) = intake.complete(
+        Batch(entries=entries[2:]), ([classification("legal", 0.9)], 0.01), None
+    )
+    assert answered is work and isinstance(forward, Forward)
+    # One decision for the conversation (the turns themselves are not counted).
+    assert _sample(intake, DECISIONS, {"path": "chat", "outcome": "classified"}) == 1.0
+    assert _sample(intake, DECISIONS, {"path": "chat", "outcome": "below_threshold"}) is None
+
+
+def test_a_conversation_is_failed_expired_and_cancelled_whole(intake: Intake) -> None:
+    assert intake.take(_conversation("law", "code"), meta("a"), "inbox.a", 0.0) is None
+    entries = _queued(intake)
+    failed = intake.complete(Batch(entries=entries), None, RuntimeError("boom"))
+    assert len(failed) == 1 and isinstance(failed[0][1], Refusal)
+    assert intake.take(_conversation("law", "code"), meta("b"), "inbox.b", 0.0) is None
+    assert len(intake.expire(_queued(intake))) == 1
+    assert intake.take(_conversation("law", "code"), meta("c"), "inbox.c", 0.0) is None
+    intake.cancel(model_token("c"))
+    assert _queued(intake) == []
+    assert _sample(intake, REJECTED, {"kind": "cancelled"}) == 1.0

@@ -14,6 +14,7 @@ from schemas.config import Config, decode_config
 from schemas.openai import ChatMessage, ChatRequestView
 from services.classifier.route import (
     TRUNCATION_MARK,
+    ClassifyText,
     Router,
     UnknownModelError,
     bound_text,
@@ -45,20 +46,37 @@ def _view(*messages: tuple[str, Any], model: str = "MoM") -> ChatRequestView:
 
 
 class TestText:
-    def test_last_user_message_by_default(self, shipped: dict[str, Any]) -> None:
-        router = Router(_config(shipped))
+    def test_last_user_message_first_then_earlier_turns_weighted(
+        self, shipped: dict[str, Any]
+    ) -> None:
+        router = Router(_config(shipped, routing={"history_user_turns": 2}))  # weight 0.5
         view = _view(
             ("system", "be brief"),
             ("user", "first question"),
             ("assistant", "an answer"),
             ("user", "second question"),
+            ("user", "third question"),
+            ("user", "fourth question"),
         )
-        assert router.text_of(view).text == "second question"
+        turns = router.turns_of(view)
+        assert [t.text for t in turns] == ["fourth question", "third question", "second question"]
+        assert [t.weight for t in turns] == [1.0, 0.5, 0.25]
 
-    def test_earlier_user_turns_when_configured(self, shipped: dict[str, Any]) -> None:
-        router = Router(_config(shipped, routing={"history_user_turns": 1}))
+    def test_last_user_message_only_without_history(self, shipped: dict[str, Any]) -> None:
+        router = Router(_config(shipped, routing={"history_user_turns": 0}))
+        view = _view(("user", "one"), ("assistant", "x"), ("user", "two"))
+        assert router.turns_of(view) == [ClassifyText("two")]
+
+    def test_history_weight_is_configurable(self, shipped: dict[str, Any]) -> None:
+        routing = {"history_user_turns": 1, "history_weight": 0.8}
+        router = Router(_config(shipped, routing=routing))
         view = _view(("user", "one"), ("assistant", "x"), ("user", "two"), ("user", "three"))
-        assert router.text_of(view).text == "two\nthree"
+        assert router.turns_of(view) == [ClassifyText("three"), ClassifyText("two", weight=0.8)]
+
+    def test_a_weight_of_zero_classifies_the_last_turn_only(self, shipped: dict[str, Any]) -> None:
+        router = Router(_config(shipped, routing={"history_weight": 0.0}))
+        view = _view(("user", "one"), ("user", "two"))
+        assert router.turns_of(view) == [ClassifyText("two")]
 
     def test_content_parts(self) -> None:
         parts: list[dict[str, Any]] = [
@@ -71,9 +89,9 @@ class TestText:
 
     def test_no_user_turn_uses_the_last_text(self, shipped: dict[str, Any]) -> None:
         router = Router(_config(shipped))
-        assert router.text_of(_view(("system", "sys text"))).text == "sys text"
-        assert router.text_of(_view()).text == ""
-        assert router.text_of(_view(("user", ""), ("user", []))).text == ""
+        assert router.turns_of(_view(("system", "sys text"))) == [ClassifyText("sys text")]
+        assert router.turns_of(_view()) == [ClassifyText("")]
+        assert router.turns_of(_view(("user", ""), ("user", []))) == [ClassifyText("")]
 
     def test_bound_keeps_head_and_tail_and_flags_it(self) -> None:
         text = "H" * 100 + "M" * 1000 + "T" * 100
@@ -83,16 +101,24 @@ class TestText:
         assert TRUNCATION_MARK in bounded.text
         assert not bound_text("short", 64).truncated
 
-    def test_long_history_drops_oldest_turns_first(self, shipped: dict[str, Any]) -> None:
+    def test_every_turn_is_bounded_on_its_own(self, shipped: dict[str, Any]) -> None:
         router = Router(_config(shipped, routing={"history_user_turns": 3, "max_text_chars": 40}))
-        view = _view(("user", "a" * 30), ("user", "b" * 10), ("user", "c" * 10))
-        result = router.text_of(view)
-        assert result.text == "b" * 10 + "\n" + "c" * 10 and result.truncated
+        view = _view(("user", "a" * 50), ("user", "b" * 10), ("user", "c" * 10))
+        turns = router.turns_of(view)
+        assert [t.text for t in turns[:2]] == ["c" * 10, "b" * 10]
+        assert turns[2].truncated and len(turns[2].text) == 40
+        assert not turns[0].truncated
+
+    def test_history_is_bounded(self, shipped: dict[str, Any]) -> None:
+        from schemas.config import ConfigError
+
+        with pytest.raises(ConfigError, match="history_user_turns"):
+            _config(shipped, routing={"history_user_turns": 9})
 
     def test_same_window_for_the_api(self, shipped: dict[str, Any]) -> None:
         router = Router(_config(shipped, routing={"max_text_chars": 32}))
         long = "x" * 100
-        assert router.bound(long) == router.text_of(_view(("user", long)))
+        assert [router.bound(long)] == router.turns_of(_view(("user", long)))
 
 
 # ---------------------------------------------------------------------------- decisions

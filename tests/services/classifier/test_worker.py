@@ -73,6 +73,7 @@ async def worker(
     )
     w = ClassifierWorker(config, engine, nats_url, name="worker-test")
     await w.start()
+    backend.batches.clear()  # the reading of topic-free texts at start
     try:
         yield w
     finally:
@@ -143,6 +144,16 @@ class TestWithFakeBackend:
         await caller.send(chat(None))
         request, _ = await dispatcher.next()
         assert request.route.reason == "empty" and request.route.model == "llama2-7b"
+        await caller.send(chat("code"))
+        await dispatcher.next()
+
+        def decisions(outcome: str) -> float | None:
+            return worker.metrics.registry.get_sample_value(
+                "loraroute_classifier_decisions_total", {"path": "chat", "outcome": outcome}
+            )
+
+        # The empty request was never classified: one of two classified texts fell below.
+        assert (decisions("below_threshold"), decisions("classified")) == (1, 1)
 
     async def test_passthrough_skips_the_model(
         self, worker: ClassifierWorker, client: Client, backend: KeywordBackend
@@ -287,6 +298,15 @@ class TestWithFakeBackend:
         assert [r.category for r in result.results] == ["technical", None, None, "medical"]
         assert result.results[0].probabilities is not None
         assert set(result.results[0].probabilities) == set(LABELS)
+        labels = result.results[0].label_probabilities
+        assert labels is not None and set(labels) == set(LABELS)
+        assert sum(labels.values()) == pytest.approx(1.0, abs=1e-5)
+        assert labels["technical"] == pytest.approx(0.9)
+        assert result.results[2].label_probabilities == {}  # the empty text
+        below = worker.metrics.registry.get_sample_value(
+            "loraroute_classifier_decisions_total", {"path": "api", "outcome": "below_threshold"}
+        )
+        assert below == 1  # "maybe"; the empty text is not classified
         empty = encoder.encode(ClassifyTexts(texts=[]))
         result = reply_decoder.decode((await caller.reply(await caller.send(empty))).data)
         assert isinstance(result, ClassifyTextsResult) and result.results == []
@@ -420,6 +440,37 @@ class TestWithBuiltModel:
         assert request.route.model == model
         body = msgspec.json.decode(request.body)
         assert body["messages"][-1]["content"] == text  # vLLM gets the text as sent, typos too
+
+    @pytest.mark.parametrize(
+        ("turns", "model"),
+        [
+            # A follow-up without topic words inherits the conversation's topic ...
+            (
+                ["Is a verbal contract enforceable in court?", "what should I do?"],
+                "legal-lora",
+            ),
+            (["What causes high blood pressure?", "and if it gets worse?"], "medical-lora"),
+            # ... and a last turn with a topic of its own wins over the earlier ones.
+            (
+                ["What causes high blood pressure?", "Explain async/await in JavaScript"],
+                "technical-lora",
+            ),
+        ],
+    )
+    async def test_a_conversation_routes_by_its_turns(
+        self, real_worker: ClassifierWorker, client: Client, turns: list[str], model: str
+    ) -> None:
+        caller, dispatcher = await _setup(real_worker, client)
+        messages: list[dict[str, str]] = []
+        for turn in turns:
+            messages += [{"role": "user", "content": turn}, {"role": "assistant", "content": "..."}]
+        await caller.send(chat(None, messages=messages[:-1]))
+        request, _ = await dispatcher.next()
+        assert request.route.model == model, request.route
+        batches = real_worker.metrics.registry.get_sample_value(
+            "loraroute_classifier_decisions_total", {"path": "chat", "outcome": "classified"}
+        )
+        assert batches == 1  # one decision for the whole conversation
 
     async def test_a_job_line_is_routed_by_the_model(
         self, real_worker: ClassifierWorker, client: Client

@@ -1,0 +1,1 @@
+python loadtest/chat_probe.py --cache embeddings.npz
