@@ -38,6 +38,7 @@ NOT_RUN = {
     "fuzz-api.sh": "minutes of measurement for docs/reliability.md; its options are checked "
     "here and tests/e2e/test_fuzz_api.py runs the same generation, smaller",
     "faults.sh": "minutes of measurement for docs/reliability.md; its options are checked here",
+    "forgery-tests.sh": "the tests it names are part of this suite",
 }
 
 
