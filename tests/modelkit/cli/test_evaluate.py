@@ -15,7 +15,10 @@ ROWS = [
     ("Python raises KeyError when I read a dict, why?", "technical"),
     ("What are the side effects of metformin?", "medical"),
     ("My child has had a fever for three days, should I see a doctor?", "medical"),
-    ("Can my landlord keep the deposit if the lease says nothing about it?", "legal"),
+    # Plainly legal: the default model reads this one legal at 0.96 (fp32 and int8). A vaguer
+    # tenancy question ("Can my landlord keep the deposit if the lease says nothing about it?")
+    # sits near 0.5 between legal and general, below any sane threshold in either variant.
+    ("What rights does a tenant have under a written lease?", "legal"),
     ("Is a verbal contract enforceable in court?", "legal"),
     ("Set an alarm for seven tomorrow morning", "general"),
     ("What is the capital of Australia?", "general"),
