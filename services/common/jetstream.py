@@ -18,8 +18,10 @@ is an operator's decision.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
+import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import (
     KeyValueConfig,
@@ -28,12 +30,13 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.errors import BucketNotFoundError, NotFoundError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from schemas.config import Jobs
 from schemas.jobs import RequestCounts
+from services.common.log import get_logger
 from services.common.subjects import Subjects
 
 __all__ = [
@@ -53,6 +56,8 @@ DUPLICATE_WINDOW_S = 24 * 3600.0
 
 #: The settings compared with an existing stream; a difference is a `JetStreamSetupError`.
 _COMPARED = ("subjects", "retention", "storage", "num_replicas", "max_age", "duplicate_window")
+
+_log = get_logger()
 
 
 class JetStreamSetupError(Exception):
@@ -179,17 +184,31 @@ async def _object_store(js: JetStreamContext, subjects: Subjects, jobs: Jobs) ->
 
 
 async def ensure_job_resources(
-    js: JetStreamContext, subjects: Subjects, jobs: Jobs
+    js: JetStreamContext, subjects: Subjects, jobs: Jobs, *, ready_timeout_s: float = 30.0
 ) -> JobResources:
     """Create every job stream and bucket that is missing; return the buckets' handles.
 
-    Idempotent, so every process calls it at start-up. Raises `JetStreamSetupError`.
+    Idempotent, so every process calls it at start-up. Raises `JetStreamSetupError`. A
+    JetStream that does not answer yet (a cluster still electing its leader: a timeout or a
+    503) is asked again, with backoff, for up to `ready_timeout_s`; then its error is raised.
     """
-    for config in job_streams(subjects, jobs):
-        await ensure_stream(js, config)
-    return JobResources(
-        batches=await _kv(js, subjects, jobs), files=await _object_store(js, subjects, jobs)
-    )
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + ready_timeout_s
+    delay = 0.25
+    while True:
+        try:
+            for config in job_streams(subjects, jobs):
+                await ensure_stream(js, config)
+            return JobResources(
+                batches=await _kv(js, subjects, jobs),
+                files=await _object_store(js, subjects, jobs),
+            )
+        except (nats.errors.TimeoutError, ServiceUnavailableError) as error:
+            if loop.time() + delay > deadline:
+                raise
+            _log.warning("jetstream_not_ready", error=repr(error), retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
 async def result_counts(js: JetStreamContext, subjects: Subjects, job_id: str) -> RequestCounts:
