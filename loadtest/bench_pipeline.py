@@ -63,6 +63,24 @@ TARGETS = ("direct", "passthrough", "auto", "stream")
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
+def chat_bodies(model: str, *, stream: bool = False, system: str | None = None) -> list[bytes]:
+    """One encoded chat request per query in `QUERIES` (16 tokens), after a `system` message if
+    given."""
+    head = [{"role": "system", "content": system}] if system else []
+    extra = {"stream": True} if stream else {}
+    return [
+        json.dumps(
+            {
+                "model": model,
+                "max_tokens": 16,
+                "messages": [*head, {"role": "user", "content": q}],
+                **extra,
+            }
+        ).encode()
+        for q in QUERIES
+    ]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -137,10 +155,14 @@ class Bench:
         return path
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> Proc:
+        return self.spawn(name, [sys.executable, "-m", "loraroute", *args], env)
+
+    def spawn(self, name: str, command: list[str], env: dict[str, str], cwd: Path = REPO) -> Proc:
+        """Start `command`, logging to `<workdir>/<name>.log`; `stop()` stops it."""
         log = (self.workdir / f"{name}.log").open("ab")
         process = subprocess.Popen(
-            [sys.executable, "-m", "loraroute", *args],
-            cwd=REPO,
+            command,
+            cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -151,7 +173,8 @@ class Bench:
         self.procs.append(proc)
         return proc
 
-    def _wait(self, url: str, timeout_s: float = 120.0) -> None:
+    def wait(self, url: str, timeout_s: float = 120.0) -> None:
+        """Until `url` answers 200; fails when a started process exits first."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for proc in self.procs:
@@ -207,7 +230,7 @@ class Bench:
             ],
             env,
         )
-        self._wait(f"http://127.0.0.1:{self.mock_port}/health")
+        self.wait(f"http://127.0.0.1:{self.mock_port}/health")
         common = ["--nats", url, "--config", str(config)]
         for kind in ("classifier", "dispatcher"):
             count = getattr(self.args, f"{kind}s", 1)
@@ -216,7 +239,7 @@ class Bench:
                 self._spawn(name, [kind, *common], kind_env(kind))
         ingress = ["ingress", *common, "--port", str(self.ingress_port)]
         self._spawn("ingress", ingress, kind_env("ingress"))
-        self._wait(f"http://127.0.0.1:{self.ingress_port}/ready")
+        self.wait(f"http://127.0.0.1:{self.ingress_port}/ready")
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
@@ -250,18 +273,7 @@ class Bench:
         url, model = self._target(target)
         concurrency = 1 if kind == "latency" else self.args.concurrency
         phase = Phase(target, kind)
-        stream = {"stream": True} if target == "stream" else {}
-        bodies = [
-            json.dumps(
-                {
-                    "model": model,
-                    "max_tokens": 16,
-                    "messages": [{"role": "user", "content": q}],
-                    **stream,
-                }
-            ).encode()
-            for q in QUERIES
-        ]
+        bodies = chat_bodies(model, stream=target == "stream")
         headers = {"content-type": "application/json"}
         connector = aiohttp.TCPConnector(limit=concurrency)
         async with aiohttp.ClientSession(connector=connector) as session:

@@ -38,6 +38,9 @@ NOT_RUN = {
     "fuzz-api.sh": "minutes of measurement for docs/reliability.md; its options are checked "
     "here and tests/e2e/test_fuzz_api.py runs the same generation, smaller",
     "faults.sh": "minutes of measurement for docs/reliability.md; its options are checked here",
+    "bench-vs-litellm.sh": "ten minutes of measurement and a LiteLLM install for "
+    "docs/benchmarks.md; its options are checked here and tests/loadtest/"
+    "test_bench_vs_litellm.py runs the script's smoke mode",
     "forgery-tests.sh": "the tests it names are part of this suite",
 }
 
@@ -196,8 +199,8 @@ def test_api_keys_example_writes_a_keys_file_the_ingress_config_names(tmp_path: 
     assert load_keyring(config, None).names == ["team-a", "ops"]
 
 
-def test_reliability_examples_name_real_options() -> None:
-    for name in ("fuzz-api.sh", "faults.sh"):
+def test_measurement_examples_name_real_options() -> None:
+    for name in ("fuzz-api.sh", "faults.sh", "bench-vs-litellm.sh"):
         words = shlex.split((EXAMPLES / name).read_text(encoding="utf-8"))
         assert words[0] == "python"
         shown = subprocess.run(
