@@ -38,6 +38,7 @@ from modelkit.calibration import fit_linear_head, fit_temperature, softmax
 from modelkit.data import Example, class_counts
 from modelkit.encoder import Encoder, print_progress
 from modelkit.heads import ADAPTER_DIR, save_head
+from modelkit.heldout import source_name
 from modelkit.options import TrainOptions
 from modelkit.plan import HeadPlan, balance_weights, evaluate_plan, head_meta
 from modelkit.scores import report
@@ -109,6 +110,26 @@ def label_masks(plans: list[HeadPlan]) -> tuple[list[list[bool]], list[list[int]
     return masks, ids
 
 
+def _draw_by_source(items: list[Example], cap: int, rng: random.Random) -> list[Example]:
+    """At most `cap` of `items` (one label of one file), the sources sharing the draw equally:
+    a source with fewer rows than its share gives all of them and the rest is split among
+    the others. In the conversational file 9,000 cooking titles would otherwise crowd out
+    ExpertQA's few hundred questions of the same label."""
+    by_source: dict[str, list[Example]] = defaultdict(list)
+    for e in items:
+        by_source[source_name(e)].append(e)
+    if len(by_source) == 1 or len(items) <= cap:
+        return rng.sample(items, min(cap, len(items)))
+    picked: list[Example] = []
+    left = cap
+    pools = sorted(by_source.values(), key=len)
+    for k, pool in enumerate(pools):
+        take = min(len(pool), left // (len(pools) - k))
+        picked.extend(rng.sample(pool, take))
+        left -= take
+    return picked
+
+
 def _epoch_rows(
     plans: list[HeadPlan],
     cap: int,
@@ -134,7 +155,7 @@ def _epoch_rows(
             for e in f.train:
                 by_label[e.label].append(e)
             for label, items in sorted(by_label.items()):
-                picked = rng.sample(items, min(cap, len(items)))
+                picked = _draw_by_source(items, cap, rng)
                 w = share / (len(by_label) * len(picked))
                 for e in picked:
                     targets = merged.setdefault(e.text, [])
@@ -446,8 +467,12 @@ def lora_meta(plans: list[HeadPlan], r: int, alpha: int, note: str = "") -> dict
         "dir": ADAPTER_DIR,
         "shared_by": [p.name for p in plans],
         "note": note
-        or "one adapter trained for all heads at once (multi-task); every head folder "
-        "holds an identical copy",
+        or (
+            "one adapter trained for all heads at once (multi-task); every head folder "
+            "holds an identical copy"
+            if len(plans) > 1
+            else "one adapter trained for this head alone"
+        ),
         "r": r,
         "alpha": alpha,
         "targets": LORA_TARGETS,

@@ -39,13 +39,15 @@ from modelkit.heads import (
     load_head,
     save_memory,
 )
+from modelkit.heldout import CHAT_FILE
 from modelkit.plan import HeadPlan, balance_weights, evaluate_plan
-from modelkit.runs import RunError, plan_again
+from modelkit.runs import RunError, plan_again, trained_together
 from modelkit.scores import balanced_accuracy, confusion_matrix
 
 __all__ = [
     "CHOICES",
     "GRID",
+    "MEMORY_SKIPS",
     "MemoryVote",
     "add_memory",
     "attach_memory",
@@ -161,6 +163,14 @@ def fit_memory(
     return chosen, measured
 
 
+#: Files whose training rows the memory leaves out. The vote reads every stored row for every
+#: text, so its cost grows with the rows; the conversational file's 15,000 would more than
+#: double them (single-text CPU +35 %) and added nothing on that file's own held-out rows,
+#: where the head alone does as well (docs/benchmarks.md, "Training on the conversational
+#: questions").
+MEMORY_SKIPS: frozenset[str] = frozenset({CHAT_FILE})
+
+
 def attach_memory(plan: HeadPlan, enc: Encoder, head_dir: Path, seed: int) -> Memory:
     """Fit a memory for the head saved in `head_dir` (trained on `plan`'s rows with `enc`),
     write it there and record it, with test figures, in the head's meta.json.
@@ -172,7 +182,7 @@ def attach_memory(plan: HeadPlan, enc: Encoder, head_dir: Path, seed: int) -> Me
     if not head.normalize:
         raise ValueError(f"{head_dir}: a memory needs normalised embeddings")
     enc.eval()
-    parts = [f.train for f in plan.files]
+    parts = [[] if f.name in MEMORY_SKIPS else f.train for f in plan.files]
     rows = [e for part in parts for e in part]
     xt = enc.embed([e.text for e in rows], progress=print_progress(f"memory {plan.name}"))
     yt = np.asarray([plan.index(e.label) for e in rows], dtype=np.int64)
@@ -204,6 +214,7 @@ def attach_memory(plan: HeadPlan, enc: Encoder, head_dir: Path, seed: int) -> Me
     meta["memory"] = {
         "file": MEMORY_FILE,
         "rows": len(yt),
+        "files": [f.name for f, part in zip(plan.files, parts, strict=True) if part],
         "k": memory.k,
         "tau": memory.tau,
         "mix": memory.mix,
@@ -237,12 +248,13 @@ def add_memory(weights: Path, data: Sequence[Path] = (), threads: int = 0) -> li
     if not names:
         raise RunError(f"no heads under {weights}")
     heads: dict[str, list[Head]] = {n: [load_head(weights / n)] for n in names}
-    options, plans = plan_again(heads, data, [weights])
-    enc = Encoder(max_length=options.max_length, normalize=options.normalize)
-    for p in enc.parameters():
-        p.requires_grad_(False)
     memories = []
-    for plan in plans:
-        enc.model = load_encoder(heads[plan.name][0].lora_dir)  # each head's own copy
-        memories.append(attach_memory(plan, enc, weights / plan.name, options.seed))
+    for group in trained_together(heads):
+        options, plans = plan_again(group, data, [weights])
+        enc = Encoder(max_length=options.max_length, normalize=options.normalize)
+        for p in enc.parameters():
+            p.requires_grad_(False)
+        for plan in plans:
+            enc.model = load_encoder(heads[plan.name][0].lora_dir)  # each head's own copy
+            memories.append(attach_memory(plan, enc, weights / plan.name, options.seed))
     return memories

@@ -37,7 +37,7 @@ from modelkit.data import (
     subject_key,
     text_key,
 )
-from modelkit.heldout import group_holdout_split
+from modelkit.heldout import CHAT_FILE, group_holdout_split
 from modelkit.options import SplitOptions, TrainOptions
 from modelkit.scores import report
 from modelkit.sources import DEFAULT_SOURCES
@@ -50,6 +50,7 @@ __all__ = [
     "balance_weights",
     "borrow_by_subject",
     "evaluate_plan",
+    "file_split",
     "head_meta",
     "plan_heads",
     "split_file",
@@ -60,7 +61,7 @@ ProbsOf = Callable[[list[str]], npt.NDArray[np.floating[Any]]]
 
 #: Label order of the default heads, fixed so committed weights keep their index order.
 DEFAULT_HEADS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "domain": (DOMAIN_FILES, ("technical", "medical", "legal", "general")),
+    "domain": ((*DOMAIN_FILES, CHAT_FILE), ("technical", "medical", "legal", "general")),
     "mmlu-pro": (
         MMLU_PRO_FILES,
         (
@@ -137,6 +138,12 @@ def _test_count(rows: Sequence[Example], test_per_class: int) -> int:
     return test_per_class or max(1, min(150, min(class_counts(rows).values()) // 5))
 
 
+def file_split(name: str, split: str) -> str:
+    """The split a file is cut by: the conversational file always by groups (its rows come
+    in runs from one author or task, and it has no subjects), any other by `split`."""
+    return "group" if name == CHAT_FILE else split
+
+
 def split_file(
     rows: Sequence[Example],
     split: str,
@@ -186,7 +193,11 @@ def plan_heads(options: SplitOptions) -> list[HeadPlan]:
         plan = HeadPlan(name, labels)
         for fname, rows in per_file:
             train, val, test = split_file(
-                rows, options.split, options.seed, options.test_per_class, options.val_per_class
+                rows,
+                file_split(fname, options.split),
+                options.seed,
+                options.test_per_class,
+                options.val_per_class,
             )
             plan.files.append(FileSplit(fname, train, val, test))
         plans.append(plan)

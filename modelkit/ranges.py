@@ -152,7 +152,7 @@ def add_ranges(
 
     from modelkit.encoder import Encoder
     from modelkit.heads import head_names, load_head
-    from modelkit.runs import RunError, plan_again
+    from modelkit.runs import RunError, plan_again, trained_together
 
     if threads:
         torch.set_num_threads(threads)
@@ -160,9 +160,12 @@ def add_ranges(
     if not names:
         raise RunError(f"no heads under {weights}")
     heads = {n: [load_head(weights / n)] for n in names}
-    options, plans = plan_again(heads, data, [weights])
-    enc = Encoder(max_length=options.max_length, normalize=options.normalize)
-    return [
-        attach_ranges(plan, weights / plan.name, options.seed, enc.tokenize, texts)
-        for plan in plans
-    ]
+    written = []
+    for group in trained_together(heads):
+        options, plans = plan_again(group, data, [weights])
+        enc = Encoder(max_length=options.max_length, normalize=options.normalize)
+        written += [
+            attach_ranges(plan, weights / plan.name, options.seed, enc.tokenize, texts)
+            for plan in plans
+        ]
+    return written

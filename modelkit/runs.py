@@ -17,7 +17,7 @@ from modelkit.heads import Head
 from modelkit.options import TrainOptions
 from modelkit.plan import DEFAULT_HEADS, HeadPlan, plan_heads
 
-__all__ = ["RunError", "plan_again", "saved_options", "training_meta"]
+__all__ = ["RunError", "plan_again", "saved_options", "trained_together", "training_meta"]
 
 
 class RunError(ValueError):
@@ -28,6 +28,25 @@ def training_meta(head: Head) -> dict[str, Any]:
     """The `training` entry of `head`'s meta.json ({} when absent)."""
     training = head.meta.get("training", {})
     return training if isinstance(training, dict) else {}
+
+
+def trained_together(heads: dict[str, list[Head]]) -> list[dict[str, list[Head]]]:
+    """`heads` grouped by the run that trained them: heads sharing one encoder adapter
+    (`encoder_lora.shared_by` in meta.json) were split and trained together and are carved
+    again together; a head trained alone (or without an adapter) forms a group of its own.
+    The default weights hold such a mix when one head was retrained on new data."""
+    groups: list[dict[str, list[Head]]] = []
+    placed: set[str] = set()
+    for name, per_run in heads.items():
+        if name in placed:
+            continue
+        lora = per_run[0].meta.get("encoder_lora") or {}
+        together = [n for n in lora.get("shared_by", [name]) if n in heads] or [name]
+        if name not in together:
+            together.append(name)
+        groups.append({n: heads[n] for n in together if n not in placed})
+        placed.update(together)
+    return groups
 
 
 def saved_options(heads: dict[str, list[Head]], data: Sequence[Path]) -> TrainOptions:
@@ -49,13 +68,16 @@ def saved_options(heads: dict[str, list[Head]], data: Sequence[Path]) -> TrainOp
         for f in per_run[0].meta.get("data", {}).get("files", [])
     )
     head = None
-    if data or set(heads) != set(DEFAULT_HEADS):
-        if len(heads) != 1:
+    # The heads carved together are those the run trained together (the adapter's
+    # `shared_by`), which may be more than the ones asked for (see `trained_together`).
+    trained = set((first.meta.get("encoder_lora") or {}).get("shared_by") or heads)
+    if data or trained != set(DEFAULT_HEADS):
+        if len(trained) != 1:
             raise RunError(
-                f"runs with heads {sorted(heads)}: only the default heads or a single head "
+                f"runs with heads {sorted(trained)}: only the default heads or a single head "
                 "can be split again"
             )
-        head = next(iter(heads))
+        head = next(iter(trained))
     recorded = training_meta(first) | {
         "max_length": first.max_length,
         "normalize": first.normalize,

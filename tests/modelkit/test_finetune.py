@@ -3,12 +3,15 @@ linear probe, and the consistency loss."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 
 from modelkit.data import Example
 from modelkit.encoder import Encoder
 from modelkit.finetune import (
+    _epoch_rows,
     consistency_loss,
     label_masks,
     masked_logits,
@@ -145,3 +148,16 @@ def test_probe_heads_start_from_a_fit_of_the_frozen_encoder(enc: Encoder) -> Non
         subject = (20.0 * heads[1](x)).argmax(dim=1).tolist()
     assert labels == [plan.index(e.label) for e in rows]  # the main head separates the labels
     assert subject == list(range(len(rows)))  # and the auxiliary head the subjects
+
+
+def test_epoch_rows_share_a_labels_draw_among_its_sources() -> None:
+    # 300 rows of one source and 20 of another, one label, cap 100: the small source gives
+    # all 20 and the large one the other 80, not 94 of the large and 6 of the small.
+    rows = [Example(f"big {i}", "general", id=f"big/{i}") for i in range(300)]
+    rows += [Example(f"small {i}", "general", id=f"small/{i}") for i in range(20)]
+    rows += [Example(f"tech {i}", "technical", id=f"big/t{i}") for i in range(10)]
+    plan = HeadPlan("h", ["technical", "general"], [FileSplit("f", rows, [], [])])
+    drawn = [text for text, _ in _epoch_rows([plan], 100, random.Random(0))]
+    assert sum(t.startswith("small") for t in drawn) == 20
+    assert sum(t.startswith("big") for t in drawn) == 80
+    assert sum(t.startswith("tech") for t in drawn) == 10

@@ -116,10 +116,26 @@ def test_subject_split_keeps_a_held_out_subject_out_of_every_head(
         "mmlu_pro_train.jsonl",
         [(f"pro {s} {i}", ("law", "math")[s % 2], f"ori_mmlu-s{s}") for s in range(6) for i in range(10)],
     )  # fmt: skip
+    chat = [
+        {"text": f"chat {lab} {i}", "label": lab, "id": f"{lab}src/{i}"}
+        for lab in ("technical", "medical", "legal", "general")
+        for i in range(60)
+    ]
+    (tmp_path / "chat_train.jsonl").write_text(
+        "\n".join(json.dumps(r) for r in chat) + "\n", encoding="utf-8"
+    )
     monkeypatch.setenv("LORAROUTE_DATA_DIR", str(tmp_path))
     plans = plan_heads(SplitOptions(split="subject"))
+    # The conversational file has no subjects: it is cut by groups whatever the split.
+    (chat_part,) = [f for p in plans for f in p.files if f.name == "chat_train.jsonl"]
+    assert [e.text for e in chat_part.test] == [
+        e.text for e in split_file([Example(**r) for r in chat], "group", 0)[2]
+    ]
     held_by_file = {
-        f.name: {subject_key(e.subject) for e in f.test} for p in plans for f in p.files if f.test
+        f.name: {subject_key(e.subject) for e in f.test if e.subject}
+        for p in plans
+        for f in p.files
+        if f.test
     }
     held = set().union(*held_by_file.values())
     # The files hold out different subjects, so the rule is what keeps them apart.

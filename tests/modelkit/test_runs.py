@@ -10,7 +10,7 @@ import pytest
 
 from modelkit.heads import WEIGHTS_DIR, Head, head_names, load_head, save_head
 from modelkit.options import TrainOptions
-from modelkit.runs import RunError, saved_options
+from modelkit.runs import RunError, saved_options, trained_together
 
 
 def _head(path: Path, training: dict[str, Any], **meta: Any) -> Head:
@@ -58,10 +58,17 @@ def test_the_recorded_options_come_back_typed(tmp_path: Path) -> None:
 
 def test_the_committed_heads_were_trained_with_the_default_split() -> None:
     heads = {name: [load_head(WEIGHTS_DIR / name)] for name in head_names()}
-    options = saved_options(heads, [])
-    assert (options.data, options.head, options.borrow_subjects) == ((), None, True)
-    assert (options.split, options.seed, options.test_per_class) == ("balanced", 0, 0)
-    assert (options.max_length, options.normalize) == (128, True)
+    # The domain head was retrained alone on the conversational file as well; the 14-label
+    # head comes from the earlier run that trained both heads together.
+    groups = trained_together(heads)
+    assert [sorted(g) for g in groups] == [["domain"], ["mmlu-pro"]]
+    alone, joint = (saved_options(g, []) for g in groups)
+    assert (alone.head, alone.borrow_subjects) == ("domain", False)
+    assert (joint.head, joint.borrow_subjects) == (None, True)
+    for options in (alone, joint):
+        assert options.data == ()
+        assert (options.split, options.seed, options.test_per_class) == ("balanced", 0, 0)
+        assert (options.max_length, options.normalize) == (128, True)
 
 
 def test_missing_files_and_bad_records_are_refused(tmp_path: Path) -> None:

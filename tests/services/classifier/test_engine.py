@@ -54,22 +54,14 @@ def test_unmistakable_queries_get_their_class(domain_engine: Engine, label: str)
     ]
 
 
-#: Everyday legal questions in chat style. The training data has no chat-style legal queries;
-#: docs/benchmarks.md, "Everyday legal questions", measures the gap on 24 such questions
-#: (loadtest/legal_chat.jsonl). The default model still reads some of them as general: those
-#: are strict xfails, so when a retrained model gets one right it fails and the mark goes.
-MISSED = pytest.mark.xfail(
-    strict=True, reason="known gap: no conversational legal training data for the default model"
-)
-
-
+#: Everyday legal questions in chat style, which the default model once read as general before
+#: it trained on conversational questions (docs/benchmarks.md, "Conversational questions";
+#: loadtest/legal_chat.jsonl has 24 such questions).
 @pytest.mark.parametrize(
     "text",
     [
         "Can I sue my employer for wrongful termination?",
-        pytest.param(
-            "Can my landlord keep my security deposit if I break the lease early?", marks=MISSED
-        ),
+        "Can my landlord keep my security deposit if I break the lease early?",
     ],
 )
 def test_conversational_legal_queries(domain_engine: Engine, text: str) -> None:
