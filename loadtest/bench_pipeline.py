@@ -14,8 +14,13 @@ kinds and an N-node NATS cluster instead of one server. It measures latency at 1
 flight (p50/p99), throughput at `--concurrency` in flight, and the CPU time per request of
 every process (from /proc/<pid>/stat, before and after each phase).
 `passthrough` minus `direct` is the plumbing; `auto` minus `passthrough` is the classifier's
-forward pass. Loopback only, bounded in requests and time. Not a test: it prints a table and
-writes JSON for docs/benchmarks.md.
+forward pass. With `auto` among the targets, each repetition ends with the classifier alone
+on the same texts (`standalone`: the engine the worker builds from the same config, in this
+process while the stack idles, at 1 and 2 onnxruntime threads and batch sizes 1, 2, 4, ... up
+to `batching.max_batch_size`, each for `--standalone-s` seconds), and the script prints
+"auto / classifier standalone best": the auto rate at saturation over the best of those
+rates, from the same repetition. Loopback only, bounded in requests and time. Not a test: it
+prints a table and writes JSON for docs/benchmarks.md.
 
     nice python loadtest/bench_pipeline.py --requests 400 --duration 5 --concurrency 32
 """
@@ -34,12 +39,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import httpx
+import msgspec
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,6 +55,9 @@ sys.path.insert(0, str(REPO))
 from loraroute import natsauth  # noqa: E402
 from loraroute.natsserver import NatsCluster, NatsServer  # noqa: E402
 from services.common.subjects import Subjects  # noqa: E402
+
+if TYPE_CHECKING:
+    from services.classifier.engine import Engine
 
 QUERIES = [
     "Explain async/await in JavaScript",
@@ -88,9 +98,10 @@ def free_port() -> int:
         return port
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of `pid` in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """utime + stime of `pid` in seconds (of its thread `thread` only, when given)."""
+    stat = Path(f"/proc/{pid}/task/{thread}/stat" if thread else f"/proc/{pid}/stat")
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
@@ -113,6 +124,9 @@ class Phase:
     seconds: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
     cpu_ms_per_request: dict[str, float] = field(default_factory=dict)
+    loop_ms_per_request: dict[str, float] = field(default_factory=dict)
+    """Of the classifiers' CPU, their main thread's (the event loop; the rest is the model's
+    threads)."""
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -122,6 +136,9 @@ class Phase:
             "errors": self.errors,
             "req_per_s": round(self.requests / self.seconds, 1) if self.seconds else 0.0,
             "cpu_ms_per_request": {k: round(v, 4) for k, v in self.cpu_ms_per_request.items()},
+            "classifier_loop_ms_per_request": {
+                k: round(v, 4) for k, v in self.loop_ms_per_request.items()
+            },
         }
         if self.latencies_ms:
             ordered = sorted(self.latencies_ms)
@@ -138,6 +155,7 @@ class Bench:
         self.nats: NatsServer | NatsCluster | None = None
         self.mock_port = free_port()
         self.ingress_port = free_port()
+        self.config_path = workdir / "config.yaml"
 
     # ------------------------------------------------------------------ processes
 
@@ -150,9 +168,8 @@ class Bench:
         data["ingress"]["port"] = self.ingress_port
         if getattr(self.args, "classifier_gpu", False):  # loadtest/gpu_bench.sh
             model["use_cpu"] = False
-        path = self.workdir / "config.yaml"
-        path.write_text(yaml.safe_dump(data, sort_keys=False))
-        return path
+        self.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return self.config_path
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> Proc:
         return self.spawn(name, [sys.executable, "-m", "loraroute", *args], env)
@@ -292,8 +309,10 @@ class Bench:
             for i in range(self.args.warmup):  # connections, caches, JIT-free warm paths
                 await one(i, record=False)
             pids = self.pids()
+            loops = {name: pid for name, pid in pids.items() if name.startswith("classifier")}
             before = {name: cpu_seconds(pid) for name, pid in pids.items()}
             before["load generator"] = time.process_time()
+            loops_before = {name: cpu_seconds(pid, pid) for name, pid in loops.items()}
             started = time.perf_counter()
             if kind == "latency":
                 for i in range(self.args.requests):
@@ -311,11 +330,84 @@ class Bench:
             phase.seconds = time.perf_counter() - started
             after = {name: cpu_seconds(pid) for name, pid in pids.items()}
             after["load generator"] = time.process_time()
+            loops_after = {name: cpu_seconds(pid, pid) for name, pid in loops.items()}
         n = max(phase.requests, 1)
         phase.cpu_ms_per_request = {
             name: (after[name] - before[name]) * 1000 / n for name in before
         }
+        phase.loop_ms_per_request = {
+            name: (loops_after[name] - loops_before[name]) * 1000 / n for name in loops
+        }
         return phase
+
+
+def standalone_engines(config_path: Path, threads: tuple[int, ...] = (1, 2)) -> dict[int, Engine]:
+    """The engine the classifier worker builds from the config at `config_path`
+    (`load_engine`), once per onnxruntime thread count in `threads`."""
+    from schemas.config import load_config
+    from services.classifier.app import load_engine
+
+    config, _warnings = load_config(config_path)
+    return {
+        t: load_engine(
+            msgspec.structs.replace(
+                config, inference=msgspec.structs.replace(config.inference, intra_op_threads=t)
+            )
+        )
+        for t in threads
+    }
+
+
+def standalone(
+    engines: Mapping[int, Engine], max_batch_size: int, seconds: float
+) -> list[dict[str, Any]]:
+    """The classifier alone on `QUERIES` (in rotation): texts per second and process CPU ms per
+    text for each engine (by thread count) and batch size 1, 2, 4, ... up to `max_batch_size`,
+    each for `seconds`. A batch is tokenized and classified as the worker does it
+    (`Tokenizer.encode`, then `Engine.classify_encoded`)."""
+    sizes = [1 << i for i in range(max_batch_size.bit_length()) if 1 << i <= max_batch_size]
+    out = []
+    for threads, engine in engines.items():
+        for size in sizes:
+            batches = [
+                [QUERIES[(start + i) % len(QUERIES)] for i in range(size)]
+                for start in range(len(QUERIES))
+            ]
+            engine.classify_encoded(engine.tokenizer.encode(batches[0]))  # warm-up
+            done = 0
+            cpu0, start = time.process_time(), time.perf_counter()
+            while (elapsed := time.perf_counter() - start) < seconds or not done:
+                engine.classify_encoded(engine.tokenizer.encode(batches[done % len(batches)]))
+                done += size
+            out.append(
+                {
+                    "threads": threads,
+                    "batch_size": size,
+                    "texts_per_s": round(done / elapsed, 1),
+                    "cpu_ms_per_text": round((time.process_time() - cpu0) * 1000 / done, 4),
+                }
+            )
+    return out
+
+
+def standalone_ratio(
+    rep: int, results: list[dict[str, Any]], runs: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Repetition `rep`'s auto rate at saturation against the best standalone rate."""
+    best = max(runs, key=lambda r: r["texts_per_s"])
+    auto = next(
+        r
+        for r in results
+        if r["rep"] == rep and r["target"] == "auto" and r["kind"] == "saturation"
+    )
+    return {
+        "rep": rep,
+        "auto_req_per_s": auto["req_per_s"],
+        "best": best,
+        "auto_over_standalone_best": round(auto["req_per_s"] / best["texts_per_s"], 3),
+        "auto_classifier_cpu_ms_per_request": auto["cpu_ms_per_request"].get("classifier"),
+        "runs": runs,
+    }
 
 
 def write_report(args: argparse.Namespace, body: dict[str, Any]) -> None:
@@ -360,7 +452,13 @@ async def _main(args: argparse.Namespace) -> int:
         bench = Bench(args, Path(folder))
         try:
             bench.start()
+            alone = "auto" in args.targets and args.standalone_s > 0
+            engines = standalone_engines(bench.config_path) if alone else {}
+            max_batch = int(
+                yaml.safe_load(bench.config_path.read_text())["batching"]["max_batch_size"]
+            )
             results: list[dict[str, Any]] = []
+            ratios: list[dict[str, Any]] = []
             for rep in range(args.reps):
                 for kind in ("latency", "saturation"):
                     for target in args.targets:
@@ -368,10 +466,35 @@ async def _main(args: argparse.Namespace) -> int:
                         summary = {"rep": rep, **phase.summary()}
                         results.append(summary)
                         print(json.dumps(summary), file=sys.stderr, flush=True)
+                if engines:  # the stack idles meanwhile
+                    runs = standalone(engines, max_batch, args.standalone_s)
+                    ratios.append(standalone_ratio(rep, results, runs))
+                    print(
+                        json.dumps({k: v for k, v in ratios[-1].items() if k != "runs"}),
+                        file=sys.stderr,
+                        flush=True,
+                    )
         finally:
             bench.stop()
-    write_report(args, {"results": results})
+    write_report(args, {"results": results, "standalone": ratios})
     print(_table(results))
+    for r in results:
+        if r["target"] == "auto" and r["classifier_loop_ms_per_request"]:
+            loop = sum(r["classifier_loop_ms_per_request"].values())
+            total = sum(v for k, v in r["cpu_ms_per_request"].items() if k.startswith("classifier"))
+            print(
+                f"rep {r['rep']}, auto {r['kind']}: classifier CPU ms per request {total:.3f}, "
+                f"of which the event loop {loop:.3f} and the model's threads {total - loop:.3f}"
+            )
+    for r in ratios:
+        best = r["best"]
+        print(
+            f"rep {r['rep']}: auto / classifier standalone best = {r['auto_req_per_s']} / "
+            f"{best['texts_per_s']} texts/s (batch {best['batch_size']}, {best['threads']} "
+            f"thread(s), {best['cpu_ms_per_text']} CPU ms/text) = "
+            f"{r['auto_over_standalone_best']:.2f}; classifier CPU ms per auto request at "
+            f"saturation {r['auto_classifier_cpu_ms_per_request']}"
+        )
     return 0
 
 
@@ -382,6 +505,13 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32, help="in flight at saturation")
     parser.add_argument("--warmup", type=int, default=40)
     parser.add_argument("--reps", type=int, default=1)
+    parser.add_argument(
+        "--standalone-s",
+        type=float,
+        default=1.0,
+        help="seconds per configuration of the classifier alone after each repetition "
+        "(with the auto target; 0: skip)",
+    )
     parser.add_argument("--out", help="write the JSON report here")
     parser.add_argument("--classifiers", type=int, default=1, help="classifier processes")
     parser.add_argument("--dispatchers", type=int, default=1, help="dispatcher processes")

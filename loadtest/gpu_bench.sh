@@ -32,7 +32,7 @@ if (( dry )); then
   py=${PYTHON:-python3}
   provider=cpu
   sizes=(--batch-sizes 1 4 --token-budgets 64 --texts 12 --trials 1 --threads 1)
-  pipeline=(--requests 5 --duration 1 --concurrency 4 --warmup 2)
+  pipeline=(--requests 5 --duration 1 --concurrency 4 --warmup 2 --standalone-s 0.05)
 else
   nvidia-smi > "$out/nvidia-smi.txt"
   if [[ ! -x .venv-gpu/bin/python ]]; then

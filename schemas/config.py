@@ -286,7 +286,13 @@ class Batching(_Strict):
     max_batch_tokens: Annotated[int, msgspec.Meta(ge=16)] = 8192
     """Padded cost budget (longest x count); stops one long text from inflating a whole batch."""
     max_wait_ms: Annotated[float, msgspec.Meta(ge=0.0)] = 2.0
-    """How long a batch may wait to fill. 0: classify whatever is queued at once."""
+    """How long a batch may wait to fill while another batch runs (with `run_when_idle`; else
+    always). 0: classify whatever is queued at once."""
+    run_when_idle: bool = True
+    """When no batch is running or ready to run, classify what is queued at once instead of
+    waiting `max_wait_ms` for batch mates: nothing would run meanwhile, so the wait only adds
+    latency. Batches still grow under load, from what arrives while one runs. false: every
+    batch waits up to `max_wait_ms` (holds requests in the queue on purpose)."""
     max_queue: Annotated[int, msgspec.Meta(ge=1)] = 1024
     """Requests waiting beyond this are refused at once (overloaded) rather than queued forever."""
     max_job_queue: Annotated[int, msgspec.Meta(ge=1)] = 256
@@ -317,16 +323,20 @@ class Inference(_Strict):
     what typos cost in accuracy for a fraction of a millisecond per text; it can mistake a rare
     name at the start of a sentence for a typo. Turn it off for languages other than English."""
 
-    intra_op_threads: Annotated[int, msgspec.Meta(ge=0)] = 0
-    """Threads for one batch; 0 lets ONNX Runtime use every core."""
+    intra_op_threads: Annotated[int, msgspec.Meta(ge=0)] = 1
+    """Threads for one batch. 1 costs the least CPU per request: a second thread wakes for every
+    operator, and a short text's forward pass gains nothing from it. Set the cores the classifier
+    has to itself (2 on its own two cores) to speed up large batches. 0 lets ONNX Runtime take
+    one thread per physical core, each pinned to its core, where it waits whenever that core
+    is busy with other work."""
     inter_op_threads: Annotated[int, msgspec.Meta(ge=1)] = 1
     spin_wait: bool = False
     """Let idle ONNX Runtime threads busy-wait for the next batch. Saves a little latency under
     sustained load; costs CPU between requests that the other services on the machine need."""
     onnx_file: str | None = None
     """Graph to load, relative to the model directory, instead of the upstream search
-    (`model.onnx`, then `onnx/*.onnx`). `onnx/model_int8.onnx` of a built model is 2-3x
-    faster on CPUs, but a text's result then varies slightly with its batch mates."""
+    (`model.onnx`, then `onnx/*.onnx`). A built model's `model.onnx` is its static int8 graph;
+    `onnx/model_fp32.onnx` is the unquantized one, about half as fast on CPUs."""
 
 
 class LoraAffinity(_Strict):

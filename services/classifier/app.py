@@ -159,6 +159,7 @@ class ClassifierWorker:
             max_job_queue=batching.max_job_queue,
             max_job_batch_size=batching.max_job_batch_size,
             job_quiet_s=batching.job_quiet_s,
+            run_when_idle=batching.run_when_idle,
         )
         credentials: dict[str, Any] = dict(self.nats_options)
         self.nc = await bus.connect(

@@ -7,7 +7,7 @@ entry's lane is full, so a request is never queued without limit), `next_batch`,
 Two lanes, each a FIFO with its own bound: `interactive` (requests a client waits for) and
 `job` (lines of batch jobs). Interactive entries always go first: a batch holds entries of one
 lane only; a job batch is cut only when no interactive entry waits and the caller says the model
-is idle (`jobs=True`), so job work fills idle capacity and an interactive request waits behind
+is idle (`idle=True`), so job work fills idle capacity and an interactive request waits behind
 at most one job batch, itself capped at `max_job_batch_size` entries to bound that wait while
 interactive requests come in. When none has arrived for `job_quiet_s` before the oldest waiting
 job entry, job batches grow to `max_batch_size`: a batch job alone gets the model's full
@@ -17,8 +17,10 @@ forward pass that each interactive answer in that batch waits for.
 
 A batch closes when it holds `max_batch_size` entries (job batches: see above), when
 one more entry would push its padded cost (longest x count) over `max_batch_tokens`, or when its
-oldest entry has waited `max_wait_s`. Entries past their deadline are dropped first and handed
-back, so the caller can answer them.
+oldest entry has waited `max_wait_s`. With `run_when_idle`, a batch is due at once whenever the
+caller says the model is idle: waiting for batch mates then only delays the answer, as nothing
+runs meanwhile; `max_wait_s` applies while a batch runs. Entries past their deadline are dropped
+first and handed back, so the caller can answer them.
 
 Within a batch, entries of similar length are grouped to cut padding: the oldest entry always
 goes first (nothing starves), then the shortest of a window of waiting entries fill the rest.
@@ -82,7 +84,9 @@ class BatchQueue(Generic[T]):
     entry arrived within `job_quiet_s` before the oldest job entry (None: never).
 
     `window` is how many waiting entries a batch may choose from when grouping by length
-    (default: twice `max_batch_size`); 1 keeps strict arrival order.
+    (default: twice `max_batch_size`); 1 keeps strict arrival order. `run_when_idle`: a batch
+    is due at once when the caller says the model is idle (`idle=True`), instead of after
+    `max_wait_s`.
     """
 
     def __init__(
@@ -96,6 +100,7 @@ class BatchQueue(Generic[T]):
         max_job_batch_size: int | None = None,
         job_quiet_s: float | None = None,
         window: int | None = None,
+        run_when_idle: bool = False,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or max_batch_tokens < 1 or max_wait_s < 0:
             raise ValueError("batch queue limits must be positive")
@@ -108,6 +113,7 @@ class BatchQueue(Generic[T]):
         self.max_job_queue = max_job_queue
         self.max_job_batch_size = min(max_batch_size, max_job_batch_size or max_batch_size)
         self.job_quiet_s = job_quiet_s
+        self.run_when_idle = run_when_idle
         #: Arrival (monotonic s) of the latest interactive entry appended.
         self._last_interactive = float("-inf")
         self.window = max(1, window if window is not None else 2 * max_batch_size)
@@ -154,12 +160,12 @@ class BatchQueue(Generic[T]):
             self._lanes[lane] = kept
         return gone
 
-    def _lane(self, jobs: bool) -> deque[Entry[T]] | None:
+    def _lane(self, idle: bool) -> deque[Entry[T]] | None:
         """The lane the next batch comes from: interactive whenever it holds an entry, else
-        the job lane when `jobs` allows it; None when neither may give a batch."""
+        the job lane when the model is `idle`; None when neither may give a batch."""
         if self._lanes["interactive"]:
             return self._lanes["interactive"]
-        if jobs and self._lanes["job"]:
+        if idle and self._lanes["job"]:
             return self._lanes["job"]
         return None
 
@@ -183,31 +189,32 @@ class BatchQueue(Generic[T]):
                 return True
         return False
 
-    def ready_at(self, *, jobs: bool = True) -> float | None:
+    def ready_at(self, *, idle: bool = True) -> float | None:
         """When the next batch may be cut (monotonic s): its lane's oldest arrival plus
-        `max_wait_s`, or -inf when a full batch already waits; None when nothing may be cut
-        (both lanes empty, or only job entries wait and `jobs` is False)."""
-        entries = self._lane(jobs)
+        `max_wait_s`, or -inf when a full batch already waits or, with `run_when_idle`, the
+        model is `idle`; None when nothing may be cut (both lanes empty, or only job entries
+        wait and the model is not `idle`)."""
+        entries = self._lane(idle)
         if entries is None:
             return None
-        if self._full(entries):
+        if (idle and self.run_when_idle) or self._full(entries):
             return float("-inf")
         return entries[0].arrival + self.max_wait_s
 
-    def next_batch(self, now: float, *, force: bool = False, jobs: bool = True) -> Batch[T]:
+    def next_batch(self, now: float, *, force: bool = False, idle: bool = True) -> Batch[T]:
         """Drop expired entries, then cut a batch if one is due at `now` (or `force`).
 
         The batch comes from the interactive lane whenever it holds an entry; from the job lane
-        only when it is empty and `jobs` is True (the caller's model is idle). The returned
+        only when it is empty and the caller's model is `idle`. The returned
         batch's `entries` are sorted by tokens (shortest first) and may be empty (nothing due);
         `expired` lists the entries dropped for their deadline. An entry longer than the whole
         token budget still forms a batch on its own.
         """
         batch: Batch[T] = Batch(expired=self.drop_expired(now))
-        due = self.ready_at(jobs=jobs)
+        due = self.ready_at(idle=idle)
         if due is None or (not force and now < due):
             return batch
-        entries = self._lane(jobs)
+        entries = self._lane(idle)
         assert entries is not None  # ready_at said a batch is due
         size = self._size(entries)
         oldest = entries.popleft()

@@ -2,13 +2,17 @@
 
 Two asyncio tasks and one thread:
 
-- the *forming* task waits until a batch is due (`BatchQueue.ready_at`), cuts it, prepares it
+- the *forming* task waits until a batch is due (`BatchQueue.ready_at`; with the queue's
+  `run_when_idle`, at once while nothing is handed over or running), cuts it, prepares it
   (`prepare`, e.g. collating token arrays) and hands it over through a slot of size 1; it
   forms the next batch only once the slot is free, so a batch is never cut earlier than it
   must be, yet one is always ready when the thread finishes;
 - the *inference* task moves each prepared batch to one dedicated thread (`run`, the model's
   forward pass: never on the event loop), then hands the results to `complete`, in a task of
-  its own so that the thread starts on the next batch at once;
+  its own so that the thread starts on the next batch at once. The thread takes batches from a
+  plain queue and answers through `call_soon_threadsafe` into an asyncio future: no executor
+  and no `concurrent.futures.Future` chained to the loop's, which cost the event loop more
+  (docs/benchmarks.md, "The classifier at one request in flight and at saturation");
 - expired entries go to `expire` as soon as the queue drops them.
 
 Job-lane entries are cut only while no batch is handed over or running (the model is idle), so
@@ -23,10 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Generic, TypeVar
+from queue import SimpleQueue
+from typing import Any, Generic, TypeVar
 
 import structlog
 
@@ -68,7 +73,9 @@ class Batcher(Generic[T, P, R]):
         self._expire = expire
         self._clock = clock
         self._thread_name = thread_name
-        self._executor: ThreadPoolExecutor | None = None
+        self._thread: threading.Thread | None = None
+        # To the inference thread: (prepared batch, the future its result goes to), or None: stop.
+        self._to_thread: SimpleQueue[tuple[P, asyncio.Future[R]] | None] = SimpleQueue()
         self._wake = asyncio.Event()
         # The hand-off of size 1: a prepared batch waiting for the thread, and its two signals.
         self._slot: tuple[Batch[T], P] | None = None
@@ -88,7 +95,13 @@ class Batcher(Generic[T, P, R]):
         """Start the forming and inference tasks and the inference thread."""
         if self._tasks:
             return
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._thread_name)
+        self._thread = threading.Thread(
+            target=self._thread_main,
+            args=(asyncio.get_running_loop(),),
+            name=self._thread_name,
+            daemon=True,
+        )
+        self._thread.start()
         self._tasks = [
             asyncio.create_task(self._forming(), name="batcher-forming"),
             asyncio.create_task(self._inference(), name="batcher-inference"),
@@ -140,9 +153,10 @@ class Batcher(Generic[T, P, R]):
         self._tasks = []
         if self._followups:
             await asyncio.gather(*self._followups, return_exceptions=True)
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        if self._thread is not None:
+            self._to_thread.put(None)  # after the batch it may be running
+            self._thread.join()
+            self._thread = None
 
     # ------------------------------------------------------------------ tasks
 
@@ -165,9 +179,10 @@ class Batcher(Generic[T, P, R]):
 
     async def _forming(self) -> None:
         while True:
-            # Job entries only on idle capacity; `_finish` wakes this task when the thread frees.
-            jobs = self._running == 0
-            due = self.queue.ready_at(jobs=jobs)
+            # Idle: nothing handed over or running. Job entries only then, and with the queue's
+            # `run_when_idle` any batch at once; `_finish` wakes this task when the thread frees.
+            idle = self._running == 0
+            due = self.queue.ready_at(idle=idle)
             if due is None:
                 self._check_idle()
                 self._wake.clear()
@@ -184,7 +199,7 @@ class Batcher(Generic[T, P, R]):
             if self._slot is not None:
                 await self._slot_free.wait()
                 continue  # time has passed: look at the queue again
-            batch = self.queue.next_batch(self._clock(), force=self._closing, jobs=jobs)
+            batch = self.queue.next_batch(self._clock(), force=self._closing, idle=idle)
             if batch.expired:
                 self._spawn(self._expire(batch.expired))
             if not batch.entries:
@@ -207,12 +222,25 @@ class Batcher(Generic[T, P, R]):
             (batch, prepared), self._slot = self._slot, None
             self._slot_filled.clear()
             self._slot_free.set()
+            done: asyncio.Future[R] = loop.create_future()
+            self._to_thread.put((prepared, done))
             try:
-                results = await loop.run_in_executor(self._executor, self._run, prepared)
+                results = await done
             except Exception as error:
                 self._finish(batch, None, error)
             else:
                 self._finish(batch, results, None)
+
+    def _thread_main(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The inference thread: runs each batch it is given and answers on the loop."""
+        while (work := self._to_thread.get()) is not None:
+            prepared, done = work
+            try:
+                result = self._run(prepared)
+            except BaseException as error:  # handed to the loop, as an executor would
+                _call_on(loop, _set_exception, done, error)
+            else:
+                _call_on(loop, _set_result, done, result)
 
     def _finish(self, batch: Batch[T], results: R | None, error: BaseException | None) -> None:
         self._running -= len(batch.entries)
@@ -230,3 +258,18 @@ class Batcher(Generic[T, P, R]):
             # complete/expire must not raise; if one does, keep the batcher alive and visible.
             _log.error("batch_callback_failed", error=repr(task.exception()))
         self._check_idle()
+
+
+def _call_on(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+        loop.call_soon_threadsafe(callback, *args)
+
+
+def _set_result(future: asyncio.Future[R], result: R) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _set_exception(future: asyncio.Future[Any], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)

@@ -69,8 +69,9 @@ class OnnxBackend:
 
         `use_cpu=False` asks for CUDA (device `device_id`) when this onnxruntime build has
         it; `require_gpu=True` raises `ProviderError` unless CUDA was obtained.
-        `intra_op_threads=0` lets onnxruntime use one thread per physical core: set it
-        to the cores this process may use, or it competes with its neighbours.
+        `intra_op_threads=0` lets onnxruntime use one thread per physical core, the extra
+        ones pinned to their cores (a pinned thread waits while its core runs other work): set
+        it to the cores this process may use, or it competes with its neighbours.
         `spin_wait=False` lets idle intra-op threads sleep instead of busy-waiting for the
         next batch (onnxruntime's default spins, which burns CPU between requests).
         Raises `ModelDirError` when the graph cannot be loaded or does not fit the contract.

@@ -56,7 +56,7 @@ def drained(nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         tmp_path_factory.mktemp("drain"),
         mock_args=("--ttft-ms", str(TTFT_MS)),
         changes={
-            "batching": {"max_wait_ms": QUEUE_MS, "max_batch_size": 64},
+            "batching": {"max_wait_ms": QUEUE_MS, "max_batch_size": 64, "run_when_idle": False},
             "jobs": {"concurrency": 4},
         },
     )

@@ -1,10 +1,11 @@
 """Nothing waits for dead work: every service as a real process, each failure under load.
 
 Two classifiers, two dispatchers, one ingress and a mock vLLM on a nats-server of the test's
-own. Requests go 20 at a time (the classifiers hold each for up to 3 s, `batching.max_wait_ms`,
-and the mock takes 3 s to answer, so all 20 are in flight, in a classifier's queue or in a
-dispatcher's call to vLLM, when the failure comes). Then, in turn: one classifier is killed
-(SIGKILL), one dispatcher is killed, the nats-server is killed and started again, and vLLM hangs.
+own. Requests go 20 at a time (the classifiers hold each for up to 3 s, `batching.max_wait_ms`
+with `run_when_idle` off, and the mock takes 3 s to answer, so all 20 are in flight, in a
+classifier's queue or in a dispatcher's call to vLLM, when the failure comes). Then, in turn:
+one classifier is killed (SIGKILL), one dispatcher is killed, the nats-server is killed and
+started again, and vLLM hangs.
 Every request must end with an answer or an explicit error (502, 503, or 504 with the
 first-byte timeout's message for the hang), never by waiting for its deadline, which is set
 large (120 s) so that a pass proves the liveness bound works; the times from each failure to
@@ -129,7 +130,7 @@ def stack(nats: NatsServer, tmp_path: Path) -> Iterator[Stack]:
             "ingress": {"request_timeout_s": DEADLINE_S, "ready_timeout_s": 2.0},
             # Requests wait up to 3 s in a classifier's queue: long enough to be held there,
             # and to have been told so by a keepalive, when the classifier is killed.
-            "batching": {"max_wait_ms": 3000},
+            "batching": {"max_wait_ms": 3000, "run_when_idle": False},
             "dispatcher": {"first_byte_timeout_s": 8.0},
         },
     )

@@ -51,3 +51,7 @@ def test_dry_run_writes_the_classifier_and_pipeline_figures(
     auto = [r for r in pipeline["results"] if r["target"] == "auto"]
     assert {r["kind"] for r in auto} == {"latency", "saturation"}
     assert all(r["requests"] > 0 and r["errors"] == 0 for r in auto)
+    # The classifier alone on the same texts, and the auto rate against its best.
+    (alone,) = pipeline["standalone"]
+    assert alone["best"]["texts_per_s"] > 0 and alone["auto_over_standalone_best"] > 0
+    assert {r["threads"] for r in alone["runs"]} == {1, 2}

@@ -50,6 +50,19 @@ def test_waits_for_max_wait_then_cuts() -> None:
     assert len(q) == 0
 
 
+def test_run_when_idle_cuts_at_once_only_while_the_model_is_idle() -> None:
+    q = _queue(max_wait_s=10.0, run_when_idle=True)
+    q.append(_entry("a", arrival=1.0))
+    q.append(_entry("b", arrival=1.0))
+    # A batch runs: the next one waits for batch mates as without the option.
+    assert q.ready_at(idle=False) == pytest.approx(11.0)
+    assert q.next_batch(1.0, idle=False).entries == []
+    # Nothing runs: whatever waits is due now.
+    assert q.ready_at(idle=True) == float("-inf")
+    assert _names(q.next_batch(1.0, idle=True).entries) == ["a", "b"]
+    assert q.ready_at(idle=True) is None
+
+
 def test_force_cuts_at_once() -> None:
     q = _queue()
     q.append(_entry("a", arrival=1.0))
@@ -195,11 +208,11 @@ def test_interactive_entries_go_first_even_when_jobs_are_older() -> None:
 def test_job_entries_wait_while_the_model_is_busy() -> None:
     q = _queue(max_job_queue=10, max_wait_s=0.0)
     q.append(_job("j", arrival=0.0))
-    assert q.ready_at(jobs=False) is None
-    assert q.next_batch(1.0, jobs=False).entries == []
-    assert q.next_batch(1.0, force=True, jobs=False).entries == []
-    assert q.ready_at(jobs=True) == 0.0
-    assert _names(q.next_batch(1.0, jobs=True).entries) == ["j"]
+    assert q.ready_at(idle=False) is None
+    assert q.next_batch(1.0, idle=False).entries == []
+    assert q.next_batch(1.0, force=True, idle=False).entries == []
+    assert q.ready_at(idle=True) == 0.0
+    assert _names(q.next_batch(1.0, idle=True).entries) == ["j"]
 
 
 def test_a_waiting_interactive_entry_holds_back_due_jobs() -> None:
@@ -232,7 +245,7 @@ def test_deadlines_drop_entries_of_both_lanes() -> None:
     q.append(_job("j-ok", deadline=9.0))
     q.append(_entry("a-late", deadline=1.0))
     # Expired entries come back even when the job lane may not run and nothing else is cut.
-    batch = q.next_batch(2.0, jobs=False)
+    batch = q.next_batch(2.0, idle=False)
     assert sorted(_names(batch.expired)) == ["a-late", "j-late"] and batch.entries == []
     assert [e.lane for e in sorted(batch.expired, key=lambda e: e.payload)] == [
         "interactive",

@@ -54,7 +54,7 @@ class Recorder:
 
 
 def _batcher(rec: Recorder, **kw: float) -> Batcher[str, list[str], list[str]]:
-    args: dict[str, float] = {
+    args: dict[str, float | bool] = {
         "max_batch_size": 4,
         "max_batch_tokens": 10_000,
         "max_wait_s": 0.005,
@@ -115,6 +115,30 @@ async def test_next_batch_forms_while_the_current_one_runs() -> None:
         assert await batcher.drain(5)
         assert rec.prepared == [["a", "b"], ["c", "d"], ["e", "f"]]
         assert set(rec.completed) == set("abcdef")
+    finally:
+        rec.gate.set()
+        await batcher.close()
+
+
+async def test_an_idle_model_runs_at_once_a_busy_one_lets_the_next_batch_wait() -> None:
+    rec = Recorder()
+    rec.gate.clear()  # hold each batch on the thread until released
+    batcher = _batcher(rec, max_wait_s=10.0, run_when_idle=True)
+    batcher.start()
+    try:
+        batcher.submit(_entry("a"))
+        # Idle: cut at once, not after the 10 s wait.
+        await _until(lambda: rec.prepared == [["a"]], timeout=2.0)
+        batcher.submit(_entry("b"))
+        await asyncio.sleep(0.05)
+        # "a" runs: "b" waits to fill a batch.
+        assert rec.prepared == [["a"]]
+        batcher.submit(_entry("c"))
+        rec.gate.set()
+        # The thread is free again: "b" and "c" go at once, together.
+        await _until(lambda: len(rec.ran) == 2, timeout=2.0)
+        assert rec.ran == [["a"], ["b", "c"]]
+        assert await batcher.drain(5)
     finally:
         rec.gate.set()
         await batcher.close()
