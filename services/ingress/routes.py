@@ -220,17 +220,34 @@ async def _unless_client_leaves(
     request: Request, work: Coroutine[Any, Any, Outcome]
 ) -> Outcome | None:
     """`work`'s outcome, or None when the client closes its connection first; `work` is then
-    cancelled (its mailbox closes). A stream's later departure is its release's business."""
-    job = asyncio.ensure_future(work)
-    left = asyncio.ensure_future(_client_left(request))
+    cancelled (its mailbox closes). A stream's later departure is its release's business.
+
+    `work` runs in the request's own task; one watcher task waits for the disconnect and
+    cancels that task (a second task for `work` and `asyncio.wait` would cost two more trips
+    through the event loop per request). Any other cancellation of the request's task is
+    passed on unchanged."""
+    task = asyncio.current_task()
+    assert task is not None
+    left = watching = False
+
+    def client_left(watcher: asyncio.Future[None]) -> None:
+        nonlocal left
+        if watching and not watcher.cancelled():
+            left = True
+            task.cancel()
+
+    watcher = asyncio.ensure_future(_client_left(request))
+    watcher.add_done_callback(client_left)
+    watching = True
     try:
-        await asyncio.wait((job, left), return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if left and task.uncancel() == 0:
+            return None
+        raise
     finally:
-        left.cancel()
-        if not job.done():
-            job.cancel()
-            await asyncio.wait((job,))
-    return None if job.cancelled() else job.result()
+        watching = False
+        watcher.cancel()
 
 
 async def list_models(request: Request) -> Response:
