@@ -27,11 +27,10 @@ marked down stay last, as they were.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
@@ -117,6 +116,25 @@ class EndpointView:
         return Rank.BUSY
 
 
+class _Sending:
+    """`LoraState.sending`'s block: one more request for `model` in flight while it runs (a
+    plain class: a generator-based context manager costs more on every call to vLLM)."""
+
+    __slots__ = ("_counts", "_model")
+
+    def __init__(self, counts: Counter[str], model: str) -> None:
+        self._counts = counts
+        self._model = model
+
+    def __enter__(self) -> None:
+        self._counts[self._model] += 1
+
+    def __exit__(self, *_: object) -> None:
+        self._counts[self._model] -= 1
+        if self._counts[self._model] <= 0:
+            del self._counts[self._model]
+
+
 class LoraState:
     """Every endpoint's view, and the adapter-aware order. One per dispatcher process."""
 
@@ -179,20 +197,13 @@ class LoraState:
         if not present:
             view.slots.pop(adapter, None)
 
-    @contextlib.contextmanager
-    def sending(self, endpoint: str, model: str) -> Iterator[None]:
-        """Count one request to `endpoint` for `model` while the block runs; an adapter sent
-        there takes a slot there."""
+    def sending(self, endpoint: str, model: str) -> _Sending:
+        """Count one request to `endpoint` for `model` while the `with` block runs; an adapter
+        sent there takes a slot there."""
         view = self.view(endpoint)
         if model in self.adapters:
             view.touch(model)
-        view.in_flight[model] += 1
-        try:
-            yield
-        finally:
-            view.in_flight[model] -= 1
-            if view.in_flight[model] <= 0:
-                del view.in_flight[model]
+        return _Sending(view.in_flight, model)
 
     def order(
         self,
