@@ -112,7 +112,7 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's event loop where it is installed (with `uvicorn[standard]`, on every platform
     but Windows), else None: asyncio's own. The ingress runs on uvloop too; the workers' loop
     runs every message and every call to vLLM, and costs less CPU per request on uvloop
-    (docs/benchmarks.md, "The request path's CPU")."""
+    (docs/benchmarks.md, "The request path's CPU, trimmed")."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - Windows
