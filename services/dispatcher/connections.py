@@ -211,8 +211,10 @@ class ConnectFailed(Exception):
 
 
 class EndpointConnections:
-    """The connections to one `scheme://host:port`: idle ones (most recent last), how many are
-    in use, and the calls waiting for one."""
+    """The connections to one `scheme://host:port`: idle ones (most recent last), how many
+    calls hold one (`in_use`, at most `limit`), and the calls waiting for one, served in their
+    order: a freed slot is handed to the first waiter (counted for it at once), so a later call
+    cannot take it first."""
 
     def __init__(self, scheme: str, host: str, port: int, limit: int, tls: ssl.SSLContext | None):
         self.host, self.port, self.limit = host, port, limit
@@ -222,36 +224,46 @@ class EndpointConnections:
         self.waiting: deque[asyncio.Future[None]] = deque()
         self.open: set[Connection] = set()
 
-    def reuse(self, now: float) -> Connection | None:
-        """An idle connection fit for a request, taken, or None (stale ones are closed)."""
-        while self.idle and self.in_use < self.limit:
+    def _take_idle(self, now: float) -> Connection | None:
+        """An idle connection fit for a request, taken from the pool (stale ones are closed)."""
+        while self.idle:
             connection = self.idle.pop()
             if connection.usable(now):
-                self.in_use += 1
                 return connection
             connection.close()
         return None
 
+    def reuse(self, now: float) -> Connection | None:
+        """An idle connection for a call, when one is there and a slot is free with nobody
+        waiting for it; else None (`connect` then waits or opens one)."""
+        if self.waiting or self.in_use >= self.limit:
+            return None
+        connection = self._take_idle(now)
+        if connection is not None:
+            self.in_use += 1
+        return connection
+
     async def connect(self, timeout_s: float) -> Connection:
-        """A connection to take: an idle one once a slot is free, else a new one. Raises
-        `ConnectFailed`, or `CancelledError` when the caller's bounds end the wait."""
+        """A connection for a call: once a slot is free (after the calls that waited before),
+        an idle one, else a new one. Raises `ConnectFailed`, or `CancelledError` when the
+        caller's bounds end the wait."""
         loop = asyncio.get_running_loop()
-        while self.in_use >= self.limit:
-            waiter = loop.create_future()
+        if self.waiting or self.in_use >= self.limit:
+            waiter: asyncio.Future[None] = loop.create_future()
             self.waiting.append(waiter)
             try:
-                await waiter
+                await waiter  # `_free_slot` counts the slot for this call before waking it
             except BaseException:
                 if waiter.done() and not waiter.cancelled():
-                    self._wake_next()  # pass on the slot this caller was given
-                raise
-            finally:
-                if waiter in self.waiting:
+                    self._free_slot()  # handed a slot, but gone: the next waiter gets it
+                elif waiter in self.waiting:
                     self.waiting.remove(waiter)
-            connection = self.reuse(loop.time())
-            if connection is not None:
-                return connection
-        self.in_use += 1
+                raise
+        else:
+            self.in_use += 1
+        connection = self._take_idle(loop.time())
+        if connection is not None:
+            return connection
         try:
             try:
                 async with asyncio.timeout(timeout_s):
@@ -267,34 +279,34 @@ class EndpointConnections:
             except OSError as error:
                 raise ConnectFailed(timed_out=False) from error
         except BaseException:
-            self.in_use -= 1
-            self._wake_next()
+            self._free_slot()
             raise
         self.open.add(connection)
         return connection
 
     def give_back(self, connection: Connection, reuse: bool) -> None:
         """End a call's use of `connection`: pooled when `reuse`, else closed."""
-        self.in_use -= 1
         if reuse and connection.transport is not None:
             connection.idle_since = asyncio.get_running_loop().time()
             connection.finished()
             self.idle.append(connection)
         else:
             connection.close()
-        self._wake_next()
+        self._free_slot()
 
     def lost(self, connection: Connection) -> None:
         self.open.discard(connection)
         if connection in self.idle:
             self.idle.remove(connection)
 
-    def _wake_next(self) -> None:
-        while self.waiting:
+    def _free_slot(self) -> None:
+        """A call stopped holding a slot: hand it to the first waiting call, if any."""
+        self.in_use -= 1
+        while self.waiting and self.in_use < self.limit:
             waiter = self.waiting.popleft()
             if not waiter.done():
+                self.in_use += 1
                 waiter.set_result(None)
-                return
 
     def close(self) -> None:
         for connection in list(self.open):

@@ -31,6 +31,7 @@ class Server:
 
     def __init__(self) -> None:
         self.peers: list[int] = []
+        self.ids: list[str] = []
         self.busy = self.most_busy = 0
         self.delay = 0.0
         self.disconnected = asyncio.Event()
@@ -42,6 +43,7 @@ class Server:
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         assert request.transport is not None
         self.peers.append(request.transport.get_extra_info("peername")[1])
+        self.ids.append(request.headers.get("X-Request-Id", ""))
         assert await request.read() == BODY
         self.busy += 1
         self.most_busy = max(self.most_busy, self.busy)
@@ -115,6 +117,28 @@ async def test_no_more_connections_than_the_limit_are_in_use_at_once(server: Ser
         await up.close()
     assert all(answer[0] == 200 for answer in answers)
     assert server.most_busy == 2 and len(set(server.peers)) == 2
+
+
+async def test_calls_waiting_for_a_connection_are_served_in_their_order(server: Server) -> None:
+    server.delay = 0.1
+    up = Upstream(max_connections_per_endpoint=1, connect_timeout_s=2.0)
+
+    async def call(name: str) -> None:
+        response = await up.post(server.url, BODY, {"X-Request-Id": name}, 5.0)
+        await response.read()
+        response.release()
+
+    async def one_then_another() -> None:
+        await call("a")
+        await call("c")  # the connection is idle at once, but "b" waits for it already
+
+    try:
+        first = asyncio.ensure_future(one_then_another())
+        await asyncio.sleep(0.03)
+        await asyncio.gather(first, call("b"))
+    finally:
+        await up.close()
+    assert server.ids == ["a", "b", "c"]
 
 
 async def test_a_call_waiting_for_a_connection_ends_at_its_deadline(server: Server) -> None:
