@@ -209,9 +209,7 @@ class ClassifierHandlers:
             traceparent=tracing.traceparent(meta.traceparent),
         ).to_headers()
         await self.nc.publish(subject, payload, reply=f"{self.bounce}.{reply}", headers=headers)
-        self.metrics.routed.labels(route.category or "none", route.model, route.reason).inc()
-        if route.reason == "classified" and route.category is not None:
-            self.metrics.selected.labels(route.category, route.model).inc()
+        self.metrics.count_routed(route.category, route.model, route.reason)
         _log.info(
             "routed",
             request_id=meta.request_id,

@@ -6,6 +6,7 @@ Labels stay low-cardinality: categories and models come from the config, never f
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -95,6 +96,16 @@ class WorkerMetrics:
             "Texts classified for the classification API.",
             registry=registry,
         )
+        # Each label set's child, looked up once: `labels()` costs about a microsecond a call.
+        self._routed = functools.lru_cache(maxsize=1024)(self.routed.labels)
+        self._selected = functools.lru_cache(maxsize=1024)(self.selected.labels)
+
+    def count_routed(self, category: str | None, model: str, reason: str) -> None:
+        """Count one routed chat request (category None: below the threshold, or not
+        classified), and for a classified one the model chosen for its category."""
+        self._routed(category or "none", model, reason).inc()
+        if reason == "classified" and category is not None:
+            self._selected(category, model).inc()
 
     def watch_spelling(self, totals: Callable[[], tuple[int, int]]) -> None:
         """Export the spelling corrector's running totals (`SpellingCorrector.totals`)."""

@@ -15,6 +15,7 @@ keepalive whenever vLLM has kept it silent for a heartbeat.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import msgspec
 import structlog
@@ -34,6 +35,11 @@ from services.dispatcher.metrics import DispatcherMetrics
 __all__ = ["DispatcherHandlers"]
 
 _log = structlog.get_logger("loraroute.dispatcher")
+
+
+def _debug() -> bool:
+    """Whether debug lines are written (`--log-level debug`)."""
+    return bool(_log.is_enabled_for(logging.DEBUG))
 
 
 class DispatcherHandlers:
@@ -86,7 +92,7 @@ class DispatcherHandlers:
             return
         token = model_token(meta.request_id)
         if self.cancels.overtaken(token):
-            self.metrics.requests.labels("cancelled", "unknown").inc()
+            self.metrics.answered("cancelled", "unknown")
             _log.info("dispatch_cancelled_before_start", request_id=meta.request_id)
             await bus.reply_error(
                 self.nc,
@@ -127,19 +133,20 @@ class DispatcherHandlers:
                 attributes={"loraroute.request_id": meta.request_id},
             ) as span:
                 outcome = await self.dispatch.run(request, meta, send)
-                tracing.set_attributes(
-                    span,
-                    {
-                        "loraroute.model": outcome.model or request.route.model,
-                        "loraroute.endpoint": outcome.endpoint or "",
-                        "loraroute.attempts": outcome.attempts,
-                        "http.response.status_code": outcome.status,
-                    },
-                )
-                if outcome.error:
-                    tracing.mark_error(span, outcome.error)
+                if span is not None:  # tracing on
+                    tracing.set_attributes(
+                        span,
+                        {
+                            "loraroute.model": outcome.model or request.route.model,
+                            "loraroute.endpoint": outcome.endpoint or "",
+                            "loraroute.attempts": outcome.attempts,
+                            "http.response.status_code": outcome.status,
+                        },
+                    )
+                    if outcome.error:
+                        tracing.mark_error(span, outcome.error)
         except asyncio.CancelledError:
-            self.metrics.requests.labels("cancelled", "unknown").inc()
+            self.metrics.answered("cancelled", "unknown")
             _log.info("dispatch_cancelled", request_id=meta.request_id, model=request.route.model)
             await self._answer_cancelled(reply, meta)
             raise
@@ -151,16 +158,17 @@ class DispatcherHandlers:
             return
         finally:
             self.keepalives.release(reply)
-        stream = "true" if outcome.stream else "false"
-        self.metrics.requests.labels(str(outcome.status), stream).inc()
-        self.metrics.seconds.labels(stream).observe(outcome.elapsed_s)
+        self.metrics.answered(outcome.status, outcome.stream, outcome.elapsed_s)
         if outcome.endpoint is not None:
-            self.metrics.attempts.labels(outcome.endpoint).inc(outcome.attempts)
+            self.metrics.attempted(outcome.endpoint, outcome.attempts)
         if outcome.stream and outcome.chunks and outcome.error:
             self.metrics.stream_errors.inc()
         # Successes at debug: the classifier already logs each request once (`routed`); a
         # request that needed a fallback model is worth an operator's eye.
-        log = _log.info if outcome.error or outcome.fallbacks_used else _log.debug
+        notable = bool(outcome.error or outcome.fallbacks_used)
+        if not notable and not _debug():
+            return  # a line nobody reads: not even its fields are gathered
+        log = _log.info if notable else _log.debug
         log(
             "dispatched",
             request_id=meta.request_id,

@@ -56,6 +56,7 @@ class _GuardedHttpTools(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._timer: asyncio.TimerHandle | None = None
+        self._header_began = 0.0  # loop time of a later request's first byte
         self._awaiting_header = True
         self._header_bytes = 0  # bytes received while the header is incomplete (approximate)
         self._header_size = 0  # the parsed request line and headers (exact)
@@ -63,9 +64,9 @@ class _GuardedHttpTools(HttpToolsProtocol):
 
     # -------------------------------------------------------------- the deadline
 
-    def _arm(self) -> None:
+    def _arm(self, began: float) -> None:
         if self._timer is None:
-            self._timer = self.loop.call_later(self.header_timeout_s, self._expired)
+            self._timer = self.loop.call_at(began + self.header_timeout_s, self._expired)
 
     def _disarm(self) -> None:
         if self._timer is not None:
@@ -82,7 +83,7 @@ class _GuardedHttpTools(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm()
+        self._arm(self.loop.time())
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -100,6 +101,9 @@ class _GuardedHttpTools(HttpToolsProtocol):
         super().data_received(data)
         if not self._awaiting_header or self.transport.is_closing():
             return
+        # A later request's header did not come whole: its deadline runs from its first byte
+        # (a header that arrives in one read, the usual case, needs no timer at all).
+        self._arm(self._header_began)
         self._header_bytes += len(data)
         if self._header_bytes > self.max_header_bytes:
             self._refuse_large()
@@ -128,7 +132,7 @@ class _GuardedHttpTools(HttpToolsProtocol):
         super().on_message_begin()
         self._awaiting_header = True
         self._header_size = 0
-        self._arm()
+        self._header_began = self.loop.time()
 
     def on_url(self, url: bytes) -> None:
         self._grow(len(url))

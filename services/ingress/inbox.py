@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections import deque
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Literal
@@ -80,33 +81,56 @@ class Lost:
 _Item = tuple[Mapping[str, str] | None, bytes] | None
 
 
-class Mailbox:
-    """The replies to one request. Use as a context manager so the token is always released."""
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
-    __slots__ = ("_inbox", "_queue", "epoch", "held_by", "reply", "token")
+
+class Mailbox:
+    """The replies to one request. Use as a context manager so the token is always released.
+
+    Replies wait in a deque; a reader that finds it empty waits on one future, which the next
+    `put` or its time limit completes (a plain timer, no `asyncio.Queue` or `asyncio.timeout`
+    per request)."""
+
+    __slots__ = ("_inbox", "_items", "_waiter", "epoch", "held_by", "reply", "token")
 
     def __init__(self, inbox: Inbox, token: str) -> None:
         self._inbox = inbox
         self.token = token
         self.reply = f"{inbox.prefix}.{token}"
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._items: deque[_Item] = deque()
+        self._waiter: asyncio.Future[None] | None = None
         #: The inbox's connection epoch at opening: a later one means the bus was lost since.
         self.epoch = inbox.epoch
         #: Who last sent a keepalive; once `dispatcher`, vLLM may have been called.
         self.held_by: HeldBy | None = None
 
     def put(self, item: _Item) -> None:
-        self._queue.put_nowait(item)
+        self._items.append(item)
+        if self._waiter is not None:
+            _wake(self._waiter)
+
+    async def _arrival(self, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for a message; True when one is there."""
+        if self._items:
+            return True
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(timeout_s, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+        return bool(self._items)
 
     async def receive_raw(self, timeout_s: float) -> _Item:
         """The next message as it came: headers and payload, or None when the bus connection
         was lost. Raises `TimeoutError` when none comes within `timeout_s`."""
-        if self._queue.empty():
-            if timeout_s <= 0:
-                raise TimeoutError
-            async with asyncio.timeout(timeout_s):
-                return await self._queue.get()
-        return self._queue.get_nowait()
+        if not self._items and (timeout_s <= 0 or not await self._arrival(timeout_s)):
+            raise TimeoutError
+        return self._items.popleft()
 
     async def receive(self, timeout_s: float) -> ReplyMessage | NoResponders | Lost:
         """The next reply, decoded. Raises `TimeoutError` when none comes within `timeout_s`;
@@ -120,22 +144,18 @@ class Mailbox:
         end = loop.time() + timeout_s
         stall_s = self._inbox.stall_s
         while True:
-            if self._queue.empty():
+            if not self._items:
                 left = end - loop.time()
                 if left <= 0:
                     raise TimeoutError
                 stalls = stall_s is not None and stall_s < left
-                try:
-                    async with asyncio.timeout(stall_s if stalls else left):
-                        item = await self._queue.get()
-                except TimeoutError:
+                if not await self._arrival(stall_s if stall_s is not None and stalls else left):
                     if not stalls:
-                        raise
+                        raise TimeoutError
                     assert stall_s is not None
                     bus = not self._inbox.connected or self._inbox.epoch != self.epoch
                     return Lost(bus=bus, held_by=self.held_by, silent_s=stall_s)
-            else:
-                item = self._queue.get_nowait()
+            item = self._items.popleft()
             if item is None:
                 return Lost(bus=True, held_by=self.held_by, silent_s=0.0)
             message = self._decode(*item)

@@ -80,7 +80,7 @@ class IngressState:
 
 def _forbidden(
     key: ApiKeyEntry | None, model: str, ids: headers.RequestIds, state: IngressState
-) -> Response:
+) -> _Whole:
     state.metrics.refused("model")
     _log.info("model_refused", key=key.name if key else None, model=model, request_id=ids.pipeline)
     return _error(forbidden_model(model), ids)
@@ -91,8 +91,31 @@ def _state(request: Request) -> IngressState:
     return state
 
 
-def _error(error: ErrorResponse, ids: headers.RequestIds) -> Response:
-    return Response(msgspec.json.encode(error), error.status, ids.response_headers(), _JSON)
+class _Whole:
+    """A whole JSON answer: the ASGI messages a Starlette `Response` sends (same headers, same
+    order), without its header machinery; every chat answer but a stream is one."""
+
+    __slots__ = ("body", "headers", "status_code")
+
+    def __init__(self, body: bytes, status: int, hdrs: dict[str, str]) -> None:
+        self.body = body
+        self.status_code = status
+        self.headers = hdrs
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
+        raw.append((b"content-length", b"%d" % len(self.body)))
+        raw.append((b"content-type", b"application/json"))
+        await send({"type": "http.response.start", "status": self.status_code, "headers": raw})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+#: What the routes answer: a whole JSON body or an SSE stream (or a Starlette response).
+_Answer = Response | _Whole
+
+
+def _error(error: ErrorResponse, ids: headers.RequestIds) -> _Whole:
+    return _Whole(msgspec.json.encode(error), error.status, ids.response_headers())
 
 
 class _Relay(StreamingResponse):
@@ -109,10 +132,10 @@ class _Relay(StreamingResponse):
             await self._release()
 
 
-def _respond(outcome: Outcome, ids: headers.RequestIds) -> Response:
+def _respond(outcome: Outcome, ids: headers.RequestIds) -> _Answer:
     hdrs = {**ids.response_headers(), **headers.route_headers(outcome.route)}
     if isinstance(outcome, JsonAnswer):
-        return Response(outcome.body, outcome.status, hdrs, _JSON)
+        return _Whole(outcome.body, outcome.status, hdrs)
     if isinstance(outcome, StreamAnswer):
         return _Relay(outcome, hdrs)
     if outcome.retry_after is not None:
@@ -125,7 +148,7 @@ def _respond(outcome: Outcome, ids: headers.RequestIds) -> Response:
             status=outcome.status,
             error_type=outcome.error.error.type,
         )
-    return Response(msgspec.json.encode(outcome.error), outcome.status, hdrs, _JSON)
+    return _Whole(msgspec.json.encode(outcome.error), outcome.status, hdrs)
 
 
 async def _read_json_body(request: Request, limit: int) -> bytes | ErrorResponse:
@@ -163,15 +186,23 @@ def _meta(
     )
 
 
-async def chat_completions(request: Request) -> Response:
-    """`POST /v1/chat/completions`: JSON or SSE, through the pipeline."""
-    started = time.perf_counter()
-    response = await _chat(request)
-    _state(request).metrics.observe("chat", response.status_code, time.perf_counter() - started)
-    return response
+class _ChatCompletions:
+    """`POST /v1/chat/completions`: JSON or SSE, through the pipeline.
+
+    A plain ASGI endpoint (a class, so Starlette's route calls it as one): the path nearly all
+    traffic takes skips Starlette's per-request wrapping and exception scope, which add nothing
+    here (no route raises `HTTPException`; anything else still reaches the server error
+    handler)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        request = Request(scope, receive)
+        response = await _chat(request)
+        _state(request).metrics.observe("chat", response.status_code, time.perf_counter() - started)
+        await response(scope, receive, send)
 
 
-async def _chat(request: Request) -> Response:
+async def _chat(request: Request) -> _Answer:
     state = _state(request)
     ids = headers.request_ids(request.headers.get(headers.REQUEST_ID))
     body = await _read_json_body(request, state.body_limit)
@@ -220,17 +251,34 @@ async def _unless_client_leaves(
     request: Request, work: Coroutine[Any, Any, Outcome]
 ) -> Outcome | None:
     """`work`'s outcome, or None when the client closes its connection first; `work` is then
-    cancelled (its mailbox closes). A stream's later departure is its release's business."""
-    job = asyncio.ensure_future(work)
-    left = asyncio.ensure_future(_client_left(request))
+    cancelled (its mailbox closes). A stream's later departure is its release's business.
+
+    `work` runs in the request's own task; one watcher task waits for the disconnect and
+    cancels that task (a second task for `work` and `asyncio.wait` would cost two more trips
+    through the event loop per request). Any other cancellation of the request's task is
+    passed on unchanged."""
+    task = asyncio.current_task()
+    assert task is not None
+    left = watching = False
+
+    def client_left(watcher: asyncio.Future[None]) -> None:
+        nonlocal left
+        if watching and not watcher.cancelled():
+            left = True
+            task.cancel()
+
+    watcher = asyncio.ensure_future(_client_left(request))
+    watcher.add_done_callback(client_left)
+    watching = True
     try:
-        await asyncio.wait((job, left), return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if left and task.uncancel() == 0:
+            return None
+        raise
     finally:
-        left.cancel()
-        if not job.done():
-            job.cancel()
-            await asyncio.wait((job,))
-    return None if job.cancelled() else job.result()
+        watching = False
+        watcher.cancel()
 
 
 async def list_models(request: Request) -> Response:
@@ -272,7 +320,7 @@ async def ready(request: Request) -> Response:
     return Response(msgspec.json.encode(report), 200 if ok else 503, media_type=_JSON)
 
 
-async def _classify(request: Request, batch: bool) -> Response:
+async def _classify(request: Request, batch: bool) -> _Answer:
     state = _state(request)
     ids = headers.request_ids(request.headers.get(headers.REQUEST_ID))
     body = await _read_json_body(request, state.body_limit)
@@ -294,15 +342,10 @@ async def _classify(request: Request, batch: bool) -> Response:
         return _respond(reply, ids)
     assert isinstance(reply, ClassifyTextsResult)
     build = classify_api.batch_body if batch else classify_api.intent_body
-    return Response(
-        build(state.config, reply, with_probabilities),
-        200,
-        ids.response_headers(),
-        _JSON,
-    )
+    return _Whole(build(state.config, reply, with_probabilities), 200, ids.response_headers())
 
 
-async def classify_intent(request: Request) -> Response:
+async def classify_intent(request: Request) -> _Answer:
     """`POST /api/v1/classify/intent`: one text through the classifier, no generation."""
     started = time.perf_counter()
     response = await _classify(request, batch=False)
@@ -310,7 +353,7 @@ async def classify_intent(request: Request) -> Response:
     return response
 
 
-async def classify_batch(request: Request) -> Response:
+async def classify_batch(request: Request) -> _Answer:
     """`POST /api/v1/classify/batch`: up to `ingress.max_classify_texts` texts."""
     started = time.perf_counter()
     response = await _classify(request, batch=True)
@@ -337,7 +380,7 @@ async def openapi(request: Request) -> Response:
 
 
 PUBLIC_ROUTES = [
-    HttpRoute("/v1/chat/completions", chat_completions, methods=["POST"]),
+    HttpRoute("/v1/chat/completions", _ChatCompletions(), methods=["POST"]),
     HttpRoute("/v1/models", list_models, methods=["GET"]),
     HttpRoute("/health", health, methods=["GET"]),
     HttpRoute("/api/v1/classify/intent", classify_intent, methods=["POST"]),

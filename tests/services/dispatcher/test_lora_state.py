@@ -152,3 +152,22 @@ vllm:num_requests_waiting{engine="0",model_name="m"} 2.0
 """
     assert parse_metrics(text) == Polled(running=("b", "c"), waiting=("d",), max_lora=2, queued=6)
     assert parse_metrics("# nothing here\n") == Polled()
+    # The other families vLLM exports around them change nothing (only these lines are read).
+    other = """# HELP vllm:e2e_request_latency_seconds Histogram of end to end request latency.
+# TYPE vllm:e2e_request_latency_seconds histogram
+vllm:e2e_request_latency_seconds_bucket{le="0.3",model_name="m"} 4.0
+vllm:e2e_request_latency_seconds_bucket{le="+Inf",model_name="m"} 9.0
+vllm:e2e_request_latency_seconds_count{model_name="m"} 9.0
+vllm:e2e_request_latency_seconds_sum{model_name="m"} 2.5
+# TYPE vllm:num_requests_waiting_by_reason gauge
+vllm:num_requests_waiting_by_reason{reason="capacity"} 40.0
+"""
+    running = "# TYPE vllm:num_requests_running"
+    mixed = other + text.replace(running, other + running)
+    assert "vllm:num_requests_running gauge" in mixed
+    assert parse_metrics(mixed) == parse_metrics(text)
+
+
+def test_parse_metrics_refuses_a_malformed_line_of_a_family_it_reads() -> None:
+    with pytest.raises(ValueError):
+        parse_metrics('vllm:num_requests_running{engine="0" 3.0\n')

@@ -341,6 +341,18 @@ def test_a_header_that_never_ends_is_cut_with_408(ingress: Ingress) -> None:
     assert b"RequestTimeoutError" in answer
 
 
+def test_a_later_header_on_a_kept_alive_connection_has_the_same_deadline(
+    ingress: Ingress,
+) -> None:
+    with _connect(ingress.port) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        answer = b""
+        while b'{"status":"ok"}' not in answer:
+            answer += sock.recv(65536)
+        sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\nx-slow: ")  # never finished
+        assert _read_all(sock).startswith(b"HTTP/1.1 408 ")
+
+
 def test_a_slow_loris_cannot_extend_the_deadline(ingress: Ingress) -> None:
     import time
 
