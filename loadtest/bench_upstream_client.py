@@ -8,10 +8,8 @@ client and each in-flight count runs N asyncio tasks that POST chat completions 
 - `httpx`          plain `httpx.AsyncClient` (httpcore pool)
 - `httpx+aiohttp`  `httpx.AsyncClient(transport=httpx_aiohttp.AiohttpTransport(...))`
 - `aiohttp`        `aiohttp.ClientSession` alone
-- `upstream`       the dispatcher's own client (`services.dispatcher.upstream.Upstream`, httptools)
 
-Each cell is the median of `--reps` runs, on uvloop's event loop as the services run (`--loop
-asyncio`: the standard one). Loopback only; bounded in time. Not a test.
+Each cell is the median of `--reps` runs. Loopback only; bounded in time. Not a test.
 
     nice python loadtest/bench_upstream_client.py --duration 3 --reps 3
 """
@@ -28,14 +26,12 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
-
-from services.dispatcher.upstream import Upstream
 
 BODY = json.dumps(
     {
@@ -129,22 +125,6 @@ async def _run_client(
                     return r.status
 
             n, wall, cpu = await _load(post, body, inflight, duration)
-    elif kind == "upstream":
-        upstream = Upstream(max_connections_per_endpoint=inflight, connect_timeout_s=5.0)
-
-        async def post(data: bytes) -> int:
-            response = await upstream.post(url, data, {}, 30.0)
-            try:
-                async for _ in response.chunks():
-                    pass
-                return response.status
-            finally:
-                response.release()
-
-        try:
-            n, wall, cpu = await _load(post, body, inflight, duration)
-        finally:
-            await upstream.close()
     else:
         limits = httpx.Limits(
             max_connections=inflight, max_keepalive_connections=inflight, keepalive_expiry=4.0
@@ -166,23 +146,12 @@ async def _run_client(
     return {"requests": n, "rps": n / wall, "cpu_us_per_req": cpu / max(n, 1) * 1e6}
 
 
-def _run(loop: str, work: Coroutine[Any, Any, dict[str, float]]) -> dict[str, float]:
-    if loop == "uvloop":
-        import uvloop
-
-        return uvloop.run(work)
-    return asyncio.run(work)
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--duration", type=float, default=3.0)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--inflight", type=int, nargs="+", default=[1, 64])
-    p.add_argument(
-        "--clients", nargs="+", default=["httpx", "httpx+aiohttp", "aiohttp", "upstream"]
-    )
-    p.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+    p.add_argument("--clients", nargs="+", default=["httpx", "httpx+aiohttp", "aiohttp"])
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
     port = _free_port()
@@ -194,7 +163,7 @@ def main() -> int:
             for inflight in args.inflight:
                 for kind in args.clients:
                     runs = [
-                        _run(args.loop, _run_client(kind, url, inflight, args.duration, stream))
+                        asyncio.run(_run_client(kind, url, inflight, args.duration, stream))
                         for _ in range(args.reps)
                     ]
                     row = {
@@ -223,7 +192,6 @@ def main() -> int:
             "cpus": os.cpu_count(),
             "duration": args.duration,
             "reps": args.reps,
-            "loop": args.loop,
         }
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=2)
