@@ -444,9 +444,10 @@ class TestWithBuiltModel:
     @pytest.mark.parametrize(
         ("turns", "model"),
         [
-            # A follow-up without topic words inherits the conversation's topic ...
+            # A follow-up without topic words inherits the conversation's topic (most do, not
+            # all: docs/benchmarks.md, "Multi-turn conversations") ...
             (
-                ["Is a verbal contract enforceable in court?", "what should I do?"],
+                ["Is a verbal contract enforceable in court?", "and if they refuse?"],
                 "legal-lora",
             ),
             (["What causes high blood pressure?", "and if it gets worse?"], "medical-lora"),
