@@ -30,7 +30,12 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BucketNotFoundError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import (
+    BucketNotFoundError,
+    NoKeysError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
@@ -43,6 +48,7 @@ __all__ = [
     "DUPLICATE_WINDOW_S",
     "JetStreamSetupError",
     "JobResources",
+    "bucket_keys",
     "ensure_job_resources",
     "ensure_stream",
     "job_streams",
@@ -56,6 +62,9 @@ DUPLICATE_WINDOW_S = 24 * 3600.0
 
 #: The settings compared with an existing stream; a difference is a `JetStreamSetupError`.
 _COMPARED = ("subjects", "retention", "storage", "num_replicas", "max_age", "duplicate_window")
+
+#: The most subjects one stream-info reply lists (nats-server's `JSMaxSubjectDetails`).
+_SUBJECTS_PER_REPLY = 100_000
 
 _log = get_logger()
 
@@ -221,3 +230,24 @@ async def result_counts(js: JetStreamContext, subjects: Subjects, job_id: str) -
     )
     counts = info.state.subjects or {}
     return RequestCounts(completed=counts.get(ok, 0), failed=counts.get(err, 0))
+
+
+async def bucket_keys(js: JetStreamContext, bucket: str) -> list[str]:
+    """Every key of the KV `bucket`, read from its stream's per-subject counts: one request,
+    and nothing left behind on the server.
+
+    `KeyValue.keys()` reads them through an ordered consumer, which the server keeps for five
+    minutes after the client has let it go: a jobs worker sweeping every 2 s kept dozens alive
+    and the server's memory grew with them (docs/benchmarks.md, "Soak"). A deleted or purged key
+    is listed until its marker expires, so callers skip keys they cannot read. A bucket with more
+    keys than one reply lists falls back to `keys()`.
+    """
+    prefix = f"$KV.{bucket}."
+    info = await js.stream_info(f"KV_{bucket}", subjects_filter=f"{prefix}>")
+    subjects = info.state.subjects or {}
+    if len(subjects) < _SUBJECTS_PER_REPLY:
+        return [subject[len(prefix) :] for subject in subjects]
+    try:
+        return list(await (await js.key_value(bucket)).keys())
+    except NoKeysError:
+        return []

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import msgspec
 from nats.js import JetStreamContext
 from nats.js.api import Header
-from nats.js.errors import KeyWrongLastSequenceError, NoKeysError, NotFoundError
+from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
 from schemas.config import Jobs, Limits
@@ -37,7 +37,7 @@ from schemas.jobs import (
     StartBatch,
     window_seconds,
 )
-from services.common.jetstream import result_counts
+from services.common.jetstream import bucket_keys, result_counts
 from services.common.limits import depth_error, too_deep
 from services.common.subjects import Subjects
 from services.ingress.files import (
@@ -227,9 +227,7 @@ class Batches:
         """Up to `limit` batches, newest first, starting after the batch `after` (which need not
         exist any more: the page starts at the next older id)."""
         try:
-            keys = await self.kv.keys()
-        except NoKeysError:
-            keys = []
+            keys = await bucket_keys(self.js, self.subjects.batches_bucket)
         except BUS_ERRORS as error:
             return unavailable(error)
         older = sorted(

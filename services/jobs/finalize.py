@@ -29,7 +29,7 @@ from schemas.jobs import (
     read_input,
     result_decoder,
 )
-from services.common.jetstream import result_counts
+from services.common.jetstream import bucket_keys, result_counts
 from services.common.subjects import Subjects
 from services.jobs.start import line_keys
 from services.jobs.store import (
@@ -262,16 +262,29 @@ async def request_if_ready(
         await request_finalize(js, subjects, batch_id)
 
 
-async def sweep(js: JetStreamContext, subjects: Subjects, batches: BatchStore) -> None:
+async def sweep(
+    js: JetStreamContext, subjects: Subjects, batches: BatchStore, finished: set[str]
+) -> None:
     """Request the finalization of every running batch that is ready: its completion window
     has passed (even when no line is left to notice it), or every line has a result (when the
-    check after its last line failed, e.g. NATS was away)."""
+    check after its last line failed, e.g. NATS was away).
+
+    `finished` holds the ids of batches seen in a final state, which they never leave; the
+    caller keeps it from one sweep to the next, so a sweep reads only the unfinished batches,
+    not every batch kept for `jobs.retention_s`. Ids no longer in the bucket are dropped."""
     now = now_s()
-    for batch_id in await batches.batch_ids():
+    ids = await bucket_keys(js, subjects.batches_bucket)
+    finished.intersection_update(ids)
+    for batch_id in ids:
+        if batch_id in finished:
+            continue
         found = await batches.read(batch_id)
         if found is None:
             continue
-        if due(found[0], now):
+        batch = found[0]
+        if batch.status in FINAL:
+            finished.add(batch_id)
+        elif due(batch, now):
             await request_finalize(js, subjects, batch_id)
-        elif found[0].status in ("in_progress", "cancelling"):
+        elif batch.status in ("in_progress", "cancelling"):
             await request_if_ready(js, subjects, batches, batch_id)

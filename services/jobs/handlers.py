@@ -99,6 +99,8 @@ class JobsHandlers:
         self.limits = limits or Limits()
         self.batches = batches
         self.files = files
+        #: Batches the sweep has seen final: it never reads them again (`finalize.sweep`).
+        self.finished: set[str] = set()
         self.metrics = metrics
         #: Set when the worker stops: a line waiting for the pipeline goes back to the stream.
         self.stopping = asyncio.Event()
@@ -375,4 +377,4 @@ class JobsHandlers:
 
     async def sweep(self) -> None:
         """One pass of the sweep for running batches ready to end (`finalize.sweep`)."""
-        await sweep(self.js, self.subjects, self.batches)
+        await sweep(self.js, self.subjects, self.batches, self.finished)

@@ -94,13 +94,6 @@ class BatchStore:
             return changed
         raise RuntimeError(f"batch {batch_id}: {attempts} concurrent writers in a row")
 
-    async def batch_ids(self) -> list[str]:
-        """Every batch id in the bucket."""
-        try:
-            return list(await self.kv.keys())
-        except Exception:  # nats-py raises NoKeysError for an empty bucket
-            return []
-
 
 async def read_file(files: ObjectStore, file_id: str) -> bytes | None:
     """A stored file's content; None when it is missing or deleted."""

@@ -12,6 +12,7 @@ from schemas.config import Jobs
 from schemas.jobs import RequestCounts
 from services.common.jetstream import (
     JetStreamSetupError,
+    bucket_keys,
     ensure_job_resources,
     ensure_stream,
     job_streams,
@@ -79,3 +80,24 @@ async def test_result_counts_count_each_line_once(client: Client) -> None:
         )
     await js.publish(subjects.job_results("b2", True), b"{}")
     assert await result_counts(js, subjects, "b1") == RequestCounts(completed=2, failed=1)
+
+
+async def test_bucket_keys_lists_every_key_and_leaves_no_consumer(client: Client) -> None:
+    js = client.jetstream()
+    subjects = _subjects()
+    resources = await ensure_job_resources(js, subjects, Jobs(retention_s=3600.0))
+    stream = f"KV_{subjects.batches_bucket}"
+    assert await bucket_keys(js, subjects.batches_bucket) == []
+    for key in ("batch_b", "batch_a", "batch_c"):
+        await resources.batches.put(key, b"{}")
+    await resources.batches.put("batch_a", b'{"again": true}')  # one key, two revisions
+    for _ in range(5):  # as a worker's sweep does, round after round
+        assert sorted(await bucket_keys(js, subjects.batches_bucket)) == [
+            "batch_a",
+            "batch_b",
+            "batch_c",
+        ]
+    assert (await js.stream_info(stream)).state.consumer_count == 0
+    # What it replaces: each `keys()` leaves an ordered consumer on the server for minutes.
+    await resources.batches.keys()
+    assert (await js.stream_info(stream)).state.consumer_count == 1

@@ -1,20 +1,36 @@
-"""`services.jobs.finalize`: when a batch is final, in which state, and its files."""
+"""`services.jobs.finalize`: when a batch is final, in which state, and its files; the sweep
+against a real nats-server."""
 
 from __future__ import annotations
 
+import uuid
+
 import msgspec
 import pytest
+from nats.aio.client import Client
 
+from schemas.config import Jobs
 from schemas.jobs import (
     Batch,
     BatchLineError,
     BatchOutputLine,
     BatchResponse,
+    FinalizeBatch,
     JobResult,
     RequestCounts,
 )
-from services.jobs.finalize import due, final, finalizing, missing_results, render, target
-from services.jobs.store import derived_id, line_request_id
+from services.common.jetstream import ensure_job_resources
+from services.common.subjects import Subjects
+from services.jobs.finalize import (
+    due,
+    final,
+    finalizing,
+    missing_results,
+    render,
+    sweep,
+    target,
+)
+from services.jobs.store import BatchStore, derived_id, line_request_id, now_s
 
 
 def _batch(status: str = "in_progress", total: int = 3, **changes: object) -> Batch:
@@ -101,3 +117,40 @@ def test_ids_derive_from_the_batch() -> None:
     assert len(derived_id("batch_1", "output")) == len("file-") + 32
     assert line_request_id("batch_1", "a").startswith("batch_req_")
     assert len(line_request_id("batch_1", "a")) == len("batch_req_") + 32
+
+
+@pytest.mark.integration
+async def test_sweep_finalizes_due_batches_and_reads_finished_ones_once(client: Client) -> None:
+    js = client.jetstream()
+    subjects = Subjects(f"t{uuid.uuid4().hex[:8]}")
+    resources = await ensure_job_resources(js, subjects, Jobs(retention_s=3600.0))
+    now = now_s()
+    for batch in (
+        _batch("completed", id="batch_done"),
+        _batch(id="batch_due", expires_at=now - 1),
+        _batch(id="batch_running", expires_at=now + 3600),
+    ):
+        await resources.batches.put(batch.id, msgspec.json.encode(batch))
+    store = BatchStore(resources.batches)
+    reads: list[str] = []
+    read = store.read
+
+    async def counted(batch_id: str) -> tuple[Batch, int] | None:
+        reads.append(batch_id)
+        return await read(batch_id)
+
+    store.read = counted  # type: ignore[method-assign]
+    finished = {"batch_gone"}  # an id no longer in the bucket is dropped
+    await sweep(js, subjects, store, finished)
+    assert finished == {"batch_done"}
+    assert "batch_done" in reads
+    # Exactly one finalization request, for the batch whose window has passed.
+    assert (await js.stream_info(subjects.control_stream)).state.messages == 1
+    request = await js.get_last_msg(subjects.control_stream, subjects.jobs_control)
+    assert msgspec.json.decode(request.data or b"", type=FinalizeBatch).batch_id == "batch_due"
+
+    reads.clear()
+    await sweep(js, subjects, store, finished)
+    assert "batch_done" not in reads and "batch_running" in reads
+    # The request is deduplicated (`finalize:<batch id>`): still one.
+    assert (await js.stream_info(subjects.control_stream)).state.messages == 1
