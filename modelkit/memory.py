@@ -29,6 +29,7 @@ import numpy.typing as npt
 import torch
 
 from modelkit.calibration import fit_temperature, softmax
+from modelkit.data import Example
 from modelkit.encoder import Encoder, load_encoder, print_progress
 from modelkit.heads import (
     MEMORY_FILE,
@@ -40,7 +41,7 @@ from modelkit.heads import (
     save_memory,
 )
 from modelkit.heldout import CHAT_FILE
-from modelkit.plan import HeadPlan, balance_weights, evaluate_plan
+from modelkit.plan import FileSplit, HeadPlan, balance_weights, evaluate_plan
 from modelkit.runs import RunError, plan_again, trained_together
 from modelkit.scores import balanced_accuracy, confusion_matrix
 
@@ -53,6 +54,7 @@ __all__ = [
     "attach_memory",
     "fit_memory",
     "memory_logits",
+    "memory_rows",
 ]
 
 #: Candidates for (k, tau, mix). The head always keeps a share: votes alone jump between
@@ -171,6 +173,11 @@ def fit_memory(
 MEMORY_SKIPS: frozenset[str] = frozenset({CHAT_FILE})
 
 
+def memory_rows(files: Sequence[FileSplit]) -> list[list[Example]]:
+    """Each file's training rows that the memory stores: none of a file in `MEMORY_SKIPS`."""
+    return [[] if f.name in MEMORY_SKIPS else list(f.train) for f in files]
+
+
 def attach_memory(plan: HeadPlan, enc: Encoder, head_dir: Path, seed: int) -> Memory:
     """Fit a memory for the head saved in `head_dir` (trained on `plan`'s rows with `enc`),
     write it there and record it, with test figures, in the head's meta.json.
@@ -182,7 +189,7 @@ def attach_memory(plan: HeadPlan, enc: Encoder, head_dir: Path, seed: int) -> Me
     if not head.normalize:
         raise ValueError(f"{head_dir}: a memory needs normalised embeddings")
     enc.eval()
-    parts = [[] if f.name in MEMORY_SKIPS else f.train for f in plan.files]
+    parts = memory_rows(plan.files)
     rows = [e for part in parts for e in part]
     xt = enc.embed([e.text for e in rows], progress=print_progress(f"memory {plan.name}"))
     yt = np.asarray([plan.index(e.label) for e in rows], dtype=np.int64)

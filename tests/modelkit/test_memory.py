@@ -9,6 +9,7 @@ import msgspec
 import numpy as np
 import pytest
 
+from modelkit.data import Example
 from modelkit.heads import (
     MEMORY_FILE,
     MEMORY_SCALE,
@@ -17,8 +18,10 @@ from modelkit.heads import (
     save_head,
     save_memory,
 )
-from modelkit.memory import GRID, add_memory, fit_memory, memory_logits
+from modelkit.heldout import CHAT_FILE
+from modelkit.memory import GRID, add_memory, fit_memory, memory_logits, memory_rows
 from modelkit.options import TrainOptions
+from modelkit.plan import FileSplit
 from modelkit.runs import RunError
 from modelkit.train import train
 from tests.modelkit.toydata import write_data
@@ -164,3 +167,9 @@ def test_add_memory_recomputes_and_retraining_without_one_removes_it(tmp_path: P
     train(msgspec.structs.replace(options, memory=False))
     assert load_head(out / "mine").memory is None
     assert not (out / "mine" / MEMORY_FILE).exists()
+
+
+def test_memory_rows_leave_the_conversational_file_out() -> None:
+    exam = FileSplit("domain_train.jsonl", [Example(f"e{i}", "legal") for i in range(3)], [], [])
+    chat = FileSplit(CHAT_FILE, [Example(f"c{i}", "general") for i in range(5)], [], [])
+    assert memory_rows([exam, chat]) == [exam.train, []]
