@@ -2,6 +2,7 @@ loraroute model train --threads 1 --mask-missing-labels --out runs/m        # ru
 loraroute model train --threads 1 --epochs 4 --max-per-class 800 --mask-missing-labels --out runs/mb  # run MB (about 90 min)
 loraroute model average runs/m runs/mb      # the shipped mmlu-pro head (and the domain head before): their average and its memory, in place
 loraroute model train --threads 2 --head domain --mask-missing-labels  # the shipped domain head, with the conversational file (about 55 min)
+loraroute model train --split subject --threads 2 --head domain --mask-missing-labels --out runs/sdc  # ... on unseen subjects (about 15 min on a quiet machine)
 loraroute model train --threads 1 --out runs/a                             # run A (about 70 min)
 loraroute model train --threads 1 --epochs 4 --max-per-class 800 --out runs/b  # run B (about 65 min)
 loraroute model average runs/a runs/b --out runs/ab                        # the heads shipped before
