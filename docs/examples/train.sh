@@ -3,6 +3,11 @@ loraroute model train --threads 1 --epochs 4 --max-per-class 800 --mask-missing-
 loraroute model average runs/m runs/mb      # the shipped mmlu-pro head (and the domain head before): their average and its memory, in place
 loraroute model train --threads 2 --head domain --mask-missing-labels  # the shipped domain head, with the conversational file (about 55 min)
 loraroute model train --split subject --threads 2 --head domain --mask-missing-labels --out runs/sdc  # ... on unseen subjects (about 15 min on a quiet machine)
+loraroute model train --threads 2 --head domain --mask-missing-labels --epochs 2 --out runs/d2  # the shipped domain head's recipe, 2 epochs: not adopted
+loraroute model train --threads 2 --head domain --mask-missing-labels --crop-prob 0.3 --out runs/dc  # ... with sentence crops: not adopted
+loraroute model train --threads 2 --head domain --mask-missing-labels --out runs/d0  # the shipped domain head's run, in a folder of its own
+loraroute model train --threads 2 --head domain --mask-missing-labels --run-seed 1 --out runs/d1  # ... run seed 1: not adopted
+loraroute model average runs/d0 runs/d1 --out runs/d0d1                   # their average: not adopted
 loraroute model train --threads 1 --out runs/a                             # run A (about 70 min)
 loraroute model train --threads 1 --epochs 4 --max-per-class 800 --out runs/b  # run B (about 65 min)
 loraroute model average runs/a runs/b --out runs/ab                        # the heads shipped before
