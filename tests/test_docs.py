@@ -200,7 +200,7 @@ def test_api_keys_example_writes_a_keys_file_the_ingress_config_names(tmp_path: 
 
 
 def test_measurement_examples_name_real_options() -> None:
-    for name in ("fuzz-api.sh", "faults.sh", "bench-vs-litellm.sh"):
+    for name in ("fuzz-api.sh", "faults.sh", "bench-vs-litellm.sh", "soak.sh"):
         words = shlex.split((EXAMPLES / name).read_text(encoding="utf-8"))
         assert words[0] == "python"
         shown = subprocess.run(
